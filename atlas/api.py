@@ -1,0 +1,93 @@
+"""Plain functions behind the CLI (and for notebooks): load a config, run stages, report status."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .stages import STAGES, available_stages, get_stage, parse_shard
+from .store import RunDir, StoreError
+
+__all__ = ["load", "run", "run_stage", "status", "format_status", "layers", "USER_ERRORS"]
+
+log = logging.getLogger("atlas")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConfigError, StoreError, NotImplementedError, FileNotFoundError, ValueError]
+    try:
+        from .models import ModelError
+        from .sources import SourceError
+
+        errors += [ModelError, SourceError]
+    except ImportError:  # pragma: no cover - partial installs
+        pass
+    return tuple(errors)
+
+
+USER_ERRORS = _user_errors()
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a run config (``None``: the defaults)."""
+    return load_config(path, overrides)
+
+
+def run_stage(name: str, cfg: Config, *, shard: str | tuple[int, int] | None = None) -> None:
+    """Run one stage (or one shard of it)."""
+    sh = shard if isinstance(shard, tuple) else parse_shard(shard)
+    get_stage(name).run(cfg, shard=sh)
+
+
+def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
+    """Run stages in pipeline order, skipping finished work; returns the stages run."""
+    wanted = stages or list(STAGES)
+    bad = [s for s in wanted if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage {bad[0]!r} in --stages; stages are {', '.join(STAGES)}")
+    have = available_stages()
+    todo = [s for s in STAGES if s in wanted and s in have]
+    for name in todo:
+        log.info("== %s", name)
+        run_stage(name, cfg)
+    missing = [s for s in STAGES if s in wanted and s not in have]
+    if missing:
+        print(f"atlas: ran {', '.join(todo)}; not in this version yet: {', '.join(missing)}")
+    return todo
+
+
+def status(run_dir: str | Path) -> dict[str, Any]:
+    """Per stage: state (done / partial / not started), units done/total and details."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"run directory {run.root} does not exist")
+    report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
+    for name in STAGES:
+        try:
+            mod = get_stage(name)
+        except NotImplementedError:
+            report["stages"].append({"stage": name, "state": "not available", "done": 0, "total": None})
+            continue
+        report["stages"].append(mod.status(run).as_dict())
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"run {report['run_dir']}"]
+    for st in report["stages"]:
+        total = "?" if st["total"] is None else st["total"]
+        extra = {k: v for k, v in st.items() if k not in ("stage", "state", "done", "total")}
+        info = "  ".join(f"{k}={v}" for k, v in extra.items())
+        lines.append(f"  {st['stage']:8s} {st['state']:12s} {st['done']}/{total} units  {info}".rstrip())
+    return "\n".join(lines)
+
+
+def layers(model: str, *, weights: str | None = None, input_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """Every hookable layer of ``model`` with its output shape (C, H, W)."""
+    from .config import ModelConfig
+    from .models import list_layers, load_network
+
+    net = load_network(ModelConfig(name=model, weights=weights, input_size=input_size))
+    return list_layers(net)

@@ -1,0 +1,356 @@
+"""Run configuration: schema, defaults, YAML loading, ``--set`` overrides, provenance.
+
+The schema is a tree of frozen-free dataclasses. Every field carries a ``help``
+string in its metadata; ``docs/configuration.md`` is generated from it
+(``python -m atlas.config``). Unknown keys are rejected by name, listing the
+allowed ones, and values are checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import platform
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ImagesConfig",
+    "ModelConfig",
+    "CollectConfig",
+    "ReduceConfig",
+    "GridConfig",
+    "RenderConfig",
+    "TileConfig",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "provenance",
+    "schema_rows",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message naming the key and the fix."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ImagesConfig:
+    kind: str = _f("auto", "Image source: `auto` (detected from `path`), `demo`, `folder`, `list` (.txt/.csv of paths) or `tar` (webdataset-style shards).",
+                   choices=("auto", "demo", "folder", "list", "tar"))
+    path: str = _f("demo", "Folder, list file, tar file, folder of tars or glob of tars; `demo` for the embedded demo set.")
+    labels: str = _f("auto", "Where labels come from: `auto` (sub-folders / CSV column / `.cls` members / demo photo), `folders`, `none`.",
+                     choices=("auto", "folders", "none"))
+    limit: int | None = _f(None, "Use only the first `limit` images of the source order (None = all).")
+    demo_count: int = _f(2000, "Number of images in the embedded demo set (seeded crops, scales and flips of the photos scikit-image ships).")
+    demo_size: int = _f(320, "Side in pixels of the generated demo images.")
+    max_pixels: int = _f(89_478_485, "Images with more pixels are rejected as decompression bombs (PIL's default limit).")
+    min_side: int = _f(16, "Images whose shorter side is below this are recorded as too small.")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("efficientnet_lite0", "Network: `efficientnet_lite0` (bundled weights), `efficientnet_lite2`, any torchvision classifier name (`googlenet`, `resnet50`, ...) or `torchscript`.")
+    weights: str | None = _f(None, "Weights file (.pth state dict, or the TorchScript file). None = the bundled weights or the torch cache.")
+    layer: str = _f("blocks.5", "Layer whose output is sampled; `atlas layers --model NAME` lists them with their shapes.")
+    input_size: int | None = _f(None, "Square input side in pixels; None = the model's own (224 for Lite0, 260 for Lite2).")
+    mean: list[float] | None = _f(None, "Per-channel mean on [0, 1] inputs; None = the model's own (needed for `torchscript`).")
+    std: list[float] | None = _f(None, "Per-channel std on [0, 1] inputs; None = the model's own (needed for `torchscript`).")
+    device: str = _f("auto", "`auto` (CUDA when present), `cpu` or `cuda`.", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass
+class CollectConfig:
+    chunk_rows: int = _f(4096, "Rows per Zarr chunk and per unit of work (resume and sharding granularity).")
+    batch_size: int = _f(64, "Images per forward pass.")
+    workers: int = _f(2, "DataLoader decode worker processes (0 = decode in the main process).")
+    border: int = _f(1, "Positions within this many cells of the layer grid's edge are never sampled (Distill excluded the border).")
+    attribution: bool = _f(True, "Store class attribution of the sampled vector (one forward-mode product). Off: the network is cut after the layer.")
+    top_k: int = _f(10, "Classes kept per image for attribution.")
+    dtype: str = _f("float16", "Storage dtype of activations.", choices=("float16", "float32"))
+    channels_last: bool = _f(True, "Run the network in channels_last memory format (about 2x on CPU).")
+    threads: int | None = _f(None, "torch intra-op threads (None = torch's default).")
+
+
+@dataclass
+class ReduceConfig:
+    n_neighbors: int | None = _f(None, "UMAP neighbours; None = 50 (Distill) or 20 for runs under 10,000 points.")
+    min_dist: float = _f(0.05, "UMAP min_dist (Distill: 0.05).")
+    metric: str = _f("cosine", "Distance: `cosine` (Distill) or `euclidean`.", choices=("cosine", "euclidean"))
+    pca: int | None = _f(None, "Reduce to this many dimensions with PCA first (None = off).")
+    exact_knn_max: int = _f(20_000, "Up to this many points the kNN graph is exact; beyond, approximate (HNSW) with a measured recall.")
+    fit_max: int = _f(50_000, "Fit UMAP on at most this many points (seeded sample); the rest are placed in chunks.")
+    init: str = _f("auto", "UMAP init: `auto` (spectral when small, PCA when large), `spectral`, `pca`, `random`.",
+                   choices=("auto", "spectral", "pca", "random"))
+    n_epochs: int | None = _f(None, "UMAP epochs (None = umap-learn's default for the size).")
+    clip_percentile: float = _f(1.0, "Layout is clipped to [p, 100-p] percentiles before normalising to [0, 1].")
+    margin: float = _f(0.02, "Margin kept around the normalised layout.")
+    spectral_max: int = _f(100_000, "`init: auto` uses spectral init up to this many fitted points, PCA beyond (spectral init stalls on huge graphs).")
+    placement: str = _f("interpolate", "How rows outside the fitted sample are placed: `interpolate` (weighted mean of the layout positions of their `place_k` nearest fitted points) or `transform` (umap-learn's transform: that init plus SGD against the fixed layout).",
+                        choices=("interpolate", "transform"))
+    place_k: int = _f(10, "Nearest fitted points used by `placement: interpolate`.")
+    hnsw_m: int = _f(32, "HNSW graph degree (approximate kNN beyond `exact_knn_max`).")
+    hnsw_ef_construction: int = _f(64, "HNSW efConstruction (build effort).")
+    hnsw_ef_search: int = _f(64, "HNSW efSearch (query effort; raised to k when smaller).")
+    recall_queries: int = _f(1000, "Seeded queries whose approximate neighbours are checked against exact search (recall@k).")
+    trust_sample: int = _f(5000, "Seeded points on which trustworthiness (k=10, cosine) is measured.")
+    threads: int | None = _f(None, "faiss and numba threads (None = every CPU this process may use).")
+
+
+@dataclass
+class GridConfig:
+    sizes: list[int] = _f([8, 16, 32], "Grid sizes (cells per side), powers of two, each double the previous: aligned levels.")
+    min_count: int = _f(4, "Cells with fewer points are empty (Distill used 4-10).")
+    top_classes: int = _f(5, "Classes kept per cell.")
+    examples: int = _f(8, "Dataset examples per cell (nearest sampled activations to the cell mean).")
+    whiten_eps: float = _f(1e-2, "Whitening: S = inv(A^T A / N + eps I); eps relative to the mean eigenvalue.")
+    scheduler: str | None = _f(None, "dask scheduler address; None = a LocalCluster of worker processes.")
+    dask_workers: int = _f(2, "Worker processes of the LocalCluster; 0 = no dask, chunks are processed in this process.")
+
+
+@dataclass
+class RenderConfig:
+    levels: list[int] | None = _f(None, "Grid sizes to render; None = all.")
+    icon_size: int = _f(80, "Icon side in pixels.")
+    steps: int = _f(512, "Optimisation steps per icon.")
+    batch_size: int = _f(100, "Icons optimised together.")
+    restarts: int = _f(1, "Best of k restarts per icon, folded into the batch.")
+    lr: float = _f(0.05, "Adam learning rate.")
+    cossim_power: float = _f(2.0, "p in dot(h, v) * max(cos(h, v), 0.1)^p.")
+    whiten: bool = _f(False, "Whiten the target directions with the grid's S.")
+    reduce: str = _f("mean", "How the icon's layer activation is reduced over positions: `mean` or `center`.", choices=("mean", "center"))
+
+
+@dataclass
+class TileConfig:
+    tile_size: int = _f(256, "Deep Zoom tile side in pixels.")
+    overlap: int = _f(1, "Deep Zoom tile overlap in pixels.")
+    format: str = _f("jpg", "Tile image format.", choices=("jpg", "png", "webp"))
+    quality: int = _f(90, "JPEG/WebP quality.")
+
+
+@dataclass
+class Config:
+    run_dir: str = _f("runs/demo", "Run directory; every stage reads and writes under it.")
+    seed: int = _f(0, "Run seed: fixes sampled positions, layout, render noise.")
+    images: ImagesConfig = field(default_factory=ImagesConfig, metadata={"help": "Image source."})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Network and layer."})
+    collect: CollectConfig = field(default_factory=CollectConfig, metadata={"help": "Stage 1: activations."})
+    reduce: ReduceConfig = field(default_factory=ReduceConfig, metadata={"help": "Stage 2: UMAP layout."})
+    grid: GridConfig = field(default_factory=GridConfig, metadata={"help": "Stage 3: multi-level grid."})
+    render: RenderConfig = field(default_factory=RenderConfig, metadata={"help": "Stage 4: icons."})
+    tile: TileConfig = field(default_factory=TileConfig, metadata={"help": "Stage 5: Deep Zoom tiles."})
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+
+# --------------------------------------------------------------------------- typing
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _check_value(key: str, tp: Any, value: Any, choices: tuple | None) -> Any:
+    """Coerce/validate ``value`` against annotation ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(key, inner[0], value, choices)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key `{key}` must be a list, got {value!r}")
+        return [_check_value(f"{key}[{i}]", args[0], v, None) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key `{key}` must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key `{key}` must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key `{key}` must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key `{key}` must be a string, got {value!r}")
+        value = str(value)
+        if choices and value not in choices:
+            raise ConfigError(f"config key `{key}` must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key `{prefix}{unknown[0]}`; allowed keys in {where}: {', '.join(fields)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if _is_section(tp):
+            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(f"{prefix}{name}", tp, value, fields[name].metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. images.path=/data/imgs), got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, dict):  # "a: b" in a value is a string, not a mapping
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw dict."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: `{part}` is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass a YAML file such as pipelines/demo.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    data = apply_overrides(data, overrides or [])
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    positive = {
+        "collect.chunk_rows": cfg.collect.chunk_rows,
+        "collect.batch_size": cfg.collect.batch_size,
+        "collect.top_k": cfg.collect.top_k,
+        "images.demo_count": cfg.images.demo_count,
+        "images.demo_size": cfg.images.demo_size,
+        "render.icon_size": cfg.render.icon_size,
+        "render.steps": cfg.render.steps,
+        "render.batch_size": cfg.render.batch_size,
+        "render.restarts": cfg.render.restarts,
+        "tile.tile_size": cfg.tile.tile_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key `{key}` must be positive, got {value}")
+    if cfg.collect.workers < 0 or cfg.collect.border < 0:
+        raise ConfigError("config keys `collect.workers` and `collect.border` must be >= 0")
+    if cfg.images.limit is not None and cfg.images.limit <= 0:
+        raise ConfigError(f"config key `images.limit` must be positive or null, got {cfg.images.limit}")
+    sizes = cfg.grid.sizes
+    if not sizes or any(s <= 0 or s & (s - 1) for s in sizes) or any(b != 2 * a for a, b in zip(sizes, sizes[1:])):
+        raise ConfigError(f"config key `grid.sizes` must be increasing powers of two, each double the previous (e.g. [8, 16, 32]); got {sizes}")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions of the stack and the machine, for the run directory's config.yaml."""
+    pkgs = {}
+    for name in ("atlas", "torch", "torchvision", "timm", "numpy", "zarr", "umap-learn", "faiss-cpu", "dask", "pillow"):
+        try:
+            pkgs[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pkgs[name] = None
+    out = {"python": platform.python_version(), "platform": platform.platform(), "packages": pkgs}
+    out.update(extra or {})
+    return out
+
+
+def schema_rows(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf key, in schema order."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            rows.extend(schema_rows(tp, f"{prefix}{f.name}."))
+            continue
+        tname = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        rows.append((f"{prefix}{f.name}", tname, json.dumps(getattr(inst, f.name)), f.metadata.get("help", "")))
+    return rows
+
+
+def _markdown() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema in `atlas/config.py` by `python -m atlas.config > docs/configuration.md`.",
+        "Every key can be set in the YAML file or on the command line with `--set key=value`.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, tname, default, help in schema_rows():
+        lines.append(f"| `{key}` | {tname} | `{default}` | {help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(_markdown(), end="")

@@ -1,0 +1,165 @@
+"""Sampling one spatial position of a layer per image, with its class attribution (Distill's activation atlas).
+
+Attribution of the sampled vector a = h[b, :, y_b, x_b] to logit k is the
+directional derivative of the logits along the tangent t that equals a at
+(y_b, x_b) and 0 elsewhere: ``attr[b, k] = sum_c a_c * d logit_k / d h[b, c, y_b, x_b]``
+(Carter et al. 2019: activation times gradient at that position). It is computed
+for all classes in one forward-mode pass: the layer's forward hook turns its output
+into a dual tensor ``(h, t)`` and the logits' tangent is the attribution.
+
+Without attribution, the forward pass stops right after the layer (a hook raises),
+so nothing after it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from ._layers import layer_output, layer_shape, logits_of, run_tapped
+from ._network import ModelError, Network
+
+__all__ = ["LayerSampler", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; a CUDA request without CUDA raises ModelError."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device `cuda` was requested but torch sees no CUDA device; set model.device=cpu (or auto)")
+    return device
+
+
+def _prepare_module(module: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """A private copy of ``module`` on ``device`` (channels_last when asked), so the Network stays untouched."""
+    with warnings.catch_warnings():  # TorchScript parameters warn about .grad access inside Module._apply
+        warnings.filterwarnings("ignore", message=r".*\.grad attribute of a Tensor that is not a leaf")
+        module = copy.deepcopy(module).to(device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+    return module.eval()
+
+
+def _gather(h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """h [B, C, H, W], positions long [B, 2] (y, x) -> h[b, :, y_b, x_b] as a new tensor [B, C]."""
+    b = torch.arange(h.shape[0], device=h.device)
+    return h[b, :, positions[:, 0], positions[:, 1]]
+
+
+def _spike(h: torch.Tensor, positions: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Tangent like h [B, C, H, W] (same strides): ``a[b]`` at (y_b, x_b), zero elsewhere."""
+    t = torch.zeros_like(h)
+    b = torch.arange(h.shape[0], device=h.device)
+    t[b, :, positions[:, 0], positions[:, 1]] = a
+    return t
+
+
+def _check_positions(positions: torch.Tensor, out: Any, layer: str) -> None:
+    """positions (CPU) must lie on the layer's H x W grid of this batch's output [B, C, H, W]."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        raise ModelError(f"layer `{layer}` does not output a [B, C, H, W] tensor; choose one `atlas layers` lists")
+    h, w = out.shape[-2:]
+    y, x = positions[:, 0], positions[:, 1]
+    if bool(((y < 0) | (y >= h) | (x < 0) | (x >= w)).any()):
+        raise ModelError(f"positions must be (y, x) on layer `{layer}`'s {h} x {w} grid, got values outside it: {positions.tolist()}")
+
+
+class LayerSampler:
+    """Runs a batch through the network and returns, per image, the layer's vector at one given spatial position,
+    and optionally the attribution of that vector to every logit (top-K kept).
+
+    The sampler runs its own copy of ``net.module`` (``self.module``) on ``device``,
+    in channels_last memory format when ``channels_last``; ``autocast`` enables
+    bfloat16 (float16 where bf16 is unsupported) autocast on CUDA only.
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        layer: str,
+        *,
+        attribution: bool,
+        top_k: int = 10,
+        device: str | torch.device = "cpu",
+        channels_last: bool = True,
+        autocast: bool = False,
+    ) -> None:
+        if top_k <= 0:
+            raise ModelError(f"top_k must be positive, got {top_k}; set collect.top_k")
+        self.net = net
+        self.layer = layer
+        self.layer_shape = layer_shape(net, layer)
+        self.attribution = attribution
+        self.top_k = top_k
+        self.device = resolve_device(device)
+        self.channels_last = channels_last
+        self.autocast = autocast and self.device.type == "cuda"
+        self.module = _prepare_module(net.module, self.device, channels_last)
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x float [B, 3, S, S] preprocessed; positions long [B, 2] (y, x) on the layer grid.
+
+        Returns vectors float32 [B, C], top_values float32 [B, K] and top_classes
+        int64 [B, K] (K = min(top_k, classes); None without attribution), all on the CPU.
+        """
+        x = self._input(x)
+        cpu_positions = self._positions(positions, x.shape[0])
+        pos = cpu_positions.to(self.device)
+        with torch.no_grad(), self._autocast():
+            if not self.attribution:
+                return self._truncated(x, pos, cpu_positions).float().cpu(), None, None
+            vectors, attribution = self._attributed(x, pos, cpu_positions)
+        values, classes = attribution.float().topk(min(self.top_k, attribution.shape[1]), dim=1)
+        return vectors.float().cpu(), values.cpu(), classes.cpu()
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ModelError(f"LayerSampler expects preprocessed float images [B, 3, S, S], got {x.dtype} {tuple(x.shape)}; use Network.preprocess")
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _positions(self, positions: torch.Tensor, batch: int) -> torch.Tensor:
+        if positions.shape != (batch, 2) or positions.is_floating_point():
+            raise ModelError(f"positions must be integer (y, x) pairs [B, 2] = [{batch}, 2], got {positions.dtype} {tuple(positions.shape)}")
+        return positions.detach().to("cpu", torch.long)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def _truncated(self, x: torch.Tensor, pos: torch.Tensor, cpu_positions: torch.Tensor) -> torch.Tensor:
+        """Forward up to the layer only; vectors [B, C]."""
+        h = layer_output(self.net, self.layer, x, module=self.module)
+        _check_positions(cpu_positions, h, self.layer)
+        return _gather(h, pos)
+
+    def _attributed(self, x: torch.Tensor, pos: torch.Tensor, cpu_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward-mode pass; vectors [B, C] and attribution [B, num_classes]."""
+        captured: list[torch.Tensor] = []
+
+        def tap(name: str, out: Any) -> Any:
+            if name != self.layer or captured:
+                return None
+            _check_positions(cpu_positions, out, self.layer)
+            a = _gather(out.detach(), pos)
+            captured.append(a)
+            with warnings.catch_warnings():  # the first make_dual scripts torch's jvp decompositions
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+                return fwAD.make_dual(out, _spike(out, pos, a))
+
+        with fwAD.dual_level():
+            logits = logits_of(run_tapped(self.module, x, tap, [self.layer]))
+            tangent = fwAD.unpack_dual(logits).tangent
+            attribution = torch.zeros_like(logits) if tangent is None else tangent.clone()
+        if not captured:
+            raise ModelError(f"layer `{self.layer}` did not run in the forward pass of `{self.net.name}`; choose one `atlas layers --model {self.net.name}` lists")
+        return captured[0], attribution

@@ -1,0 +1,173 @@
+"""The run directory: Zarr groups, atomic files, done markers, unit locks.
+
+Layout (see docs/formats.md)::
+
+    RUN/config.yaml             resolved config + provenance (written by every stage start)
+    RUN/<stage>/                Zarr v3 group of the stage's arrays
+    RUN/state/<stage>/units/    per-unit side data (npz/json), written before the marker
+    RUN/state/<stage>/done/<unit>   done markers, written last, atomically
+    RUN/state/<stage>/locks/<unit>  leases held while a worker runs a unit
+
+Bookkeeping lives outside the Zarr groups so that Zarr sees only its own arrays.
+    RUN/logs/                   one log per stage and shard; bad-input report
+
+Completion is never inferred from array contents (Zarr does not store chunks
+equal to the fill value); only markers count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = [
+    "RunDir",
+    "StoreError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_save_npz",
+]
+
+
+class StoreError(RuntimeError):
+    """A run-directory problem (disk full, permission, mismatched settings) with a fix."""
+
+
+def _explain_oserror(path: Path, e: OSError) -> StoreError:
+    if e.errno == errno.ENOSPC:
+        return StoreError(f"disk full while writing {path}: free space on that disk or set run_dir elsewhere; rerun to resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"no permission to write {path}: choose a writable run_dir or fix the folder's permissions")
+    return StoreError(f"cannot write {path}: {e}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise _explain_oserror(path, e) from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class RunDir:
+    """Access to one run directory. Cheap to construct; creates nothing until asked."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths
+    def stage_path(self, stage: str) -> Path:
+        return self.root / stage
+
+    def logs_path(self) -> Path:
+        return self.root / "logs"
+
+    def state_path(self, stage: str) -> Path:
+        return self.root / "state" / stage
+
+    def unit_data_path(self, stage: str, unit: str, suffix: str = ".npz") -> Path:
+        return self.state_path(stage) / "units" / f"{unit}{suffix}"
+
+    def _marker(self, stage: str, unit: str) -> Path:
+        return self.state_path(stage) / "done" / unit
+
+    # ---------------------------------------------------------------- markers
+    def is_done(self, stage: str, unit: str) -> bool:
+        return self._marker(stage, unit).exists()
+
+    def mark_done(self, stage: str, unit: str, info: dict[str, Any] | None = None) -> None:
+        """Write the unit's done marker; call only after all its data are on disk."""
+        atomic_write_text(self._marker(stage, unit), json.dumps(info or {}))
+
+    def done_units(self, stage: str) -> set[str]:
+        d = self.state_path(stage) / "done"
+        if not d.is_dir():
+            return set()
+        return {p.name for p in d.iterdir() if not p.name.startswith(".")}
+
+    def clear_done(self, stage: str, unit: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._marker(stage, unit).unlink()
+
+    @contextlib.contextmanager
+    def lease(self, stage: str, unit: str) -> Iterator[bool]:
+        """Exclusive lease on a unit (flock on a lock file). Yields False if another
+        live process holds it; the lease dies with its process, so a killed worker
+        never leaves a stale lock."""
+        path = self.state_path(stage) / "locks" / unit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def stage_lock(self, stage: str) -> Iterator[None]:
+        """Blocking exclusive lock for one-off stage set-up (creating arrays)."""
+        path = self.state_path(stage) / "locks" / "_stage"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------- zarr
+    def open_group(self, stage: str, mode: str = "r") -> zarr.Group:
+        path = self.stage_path(stage)
+        if mode == "r" and not (path / "zarr.json").exists():
+            raise StoreError(f"{path} has no Zarr group: run `atlas {stage}` first")
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+
+    def has_group(self, stage: str) -> bool:
+        return (self.stage_path(stage) / "zarr.json").exists()
+
+    def read_json(self, relpath: str) -> Any:
+        return json.loads((self.root / relpath).read_text())
+
+    def write_json(self, relpath: str, obj: Any) -> None:
+        atomic_write_text(self.root / relpath, json.dumps(obj, indent=2, sort_keys=True, default=str))
