@@ -10,12 +10,13 @@ from .config import Config, ConfigError, load_config
 from .stages import STAGES, available_stages, get_stage, parse_shard
 from .store import RunDir, StoreError
 
-__all__ = ["load", "run", "run_stage", "status", "format_status", "layers", "USER_ERRORS"]
+__all__ = ["load", "run", "run_stage", "status", "format_status", "layers", "user_errors"]
 
 log = logging.getLogger("atlas")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's to fix: printed as one line, no traceback."""
     errors: list[type[BaseException]] = [ConfigError, StoreError, NotImplementedError, FileNotFoundError, ValueError]
     try:
         from .models import ModelError
@@ -26,8 +27,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         pass
     return tuple(errors)
 
-
-USER_ERRORS = _user_errors()
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:

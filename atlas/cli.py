@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except api.USER_ERRORS as e:
+    except api.user_errors() as e:
         print(f"atlas: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -134,14 +134,28 @@ class RenderConfig:
     cossim_power: float = _f(2.0, "p in dot(h, v) * max(cos(h, v), 0.1)^p.")
     whiten: bool = _f(False, "Whiten the target directions with the grid's S.")
     reduce: str = _f("mean", "How the icon's layer activation is reduced over positions: `mean` or `center`.", choices=("mean", "center"))
+    cossim_floor: float = _f(0.1, "Floor of the cosine in the objective (Lucid: 0.1): below it only the projection dot(h, v) is pushed.")
+    decay_power: float = _f(1.0, "Spectral parameterisation: frequency f is scaled by 1 / max(f, 1/size)^decay_power (Lucid: 1).")
+    init_sd: float = _f(0.01, "Standard deviation of the random initial spectrum (Lucid: 0.01).")
+    transforms: str = _f("standard", "Random transforms applied at each step: `standard` (Lucid's: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 deg, jitter 4) or `none`.",
+                         choices=("standard", "none"))
+    threads: int | None = _f(None, "torch intra-op threads on the CPU (None = torch's default).")
 
 
 @dataclass
 class TileConfig:
     tile_size: int = _f(256, "Deep Zoom tile side in pixels.")
     overlap: int = _f(1, "Deep Zoom tile overlap in pixels.")
-    format: str = _f("jpg", "Tile image format.", choices=("jpg", "png", "webp"))
-    quality: int = _f(90, "JPEG/WebP quality.")
+    format: str = _f("jpg", "Tile image format (also of the per-cell icon files).", choices=("jpg", "png", "webp"))
+    quality: int = _f(90, "JPEG/WebP quality (tiles, icon files, example crops).")
+    background: str = _f("#ffffff", "Colour (#rrggbb) of empty cells and of the canvas margin.")
+    lod_fraction: float = _f(1.0, "Level of detail: a zoom level shows the finest grid whose cells are at least this fraction of the icon size there (1.0: each zoom step doubles the grid, icons at native resolution; smaller: finer grids earlier, downscaled). In (0, 1].")
+    density_scale: bool = _f(False, "Scale each icon within its cell by the cell's point count (0.4 + 0.6 * sqrt(count / max count of the level)).")
+    example_levels: int | None = _f(None, "Crop dataset examples for the cells of the finest this many rendered levels (None = every level, 0 = none).")
+    example_window: float = _f(3.0, "Side of an example crop in layer cells around the sampled position (about input_size / H * this pixels).")
+    unit_tiles: int = _f(256, "About this many tiles per unit of work (whole tile rows of one zoom level): the resume and sharding granularity.")
+    examples_per_unit: int = _f(256, "Example crops per unit of work.")
+    workers: int = _f(0, "Worker processes per shard (0 = tile in this process); each takes units round robin.")
 
 
 @dataclass

@@ -7,8 +7,9 @@ holding all activations in memory.
 
 Usage::
 
-    from tests.synthetic_collect import make_collect
+    from tests.synthetic_collect import make_collect, make_layout
     make_collect(tmp_path / "run", n=2000, c=16, chunk_rows=256, seed=0, bad_rows=[3, 7])
+    make_layout(tmp_path / "run", seed=0)   # a finished RUN/reduce without running UMAP
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import zarr
 
 from atlas.ops.sampling import sample_positions
 
-__all__ = ["make_collect", "clustered_activations", "cluster_of_rows", "STATUS_CODES"]
+__all__ = ["make_collect", "make_layout", "clustered_activations", "cluster_of_rows", "STATUS_CODES"]
 
 STATUS_CODES = {"0": "not done", "1": "ok", "2": "unreadable", "3": "too small", "4": "too large", "5": "missing"}
 _N_SUPER = 10
@@ -156,3 +157,32 @@ def make_collect(run_root: Path, n: int, c: int, *, chunk_rows: int, seed: int, 
     g.create_array("second_moment", shape=(c, c), chunks=(c, c), dtype="float64", fill_value=0)
     g["second_moment"][...] = moment
     g.attrs["ok_count"] = int(n - len({b for b in bad if 0 <= b < n}))
+
+
+def make_layout(run_root: Path, seed: int = 0) -> np.ndarray:
+    """Write a finished ``run_root/reduce`` (``coords`` only, plus its ``setup``/``done`` markers)
+    whose layout follows the clusters of :func:`make_collect`'s rows, without running UMAP.
+
+    Returns the coords: float32 [N, 2] in [0, 1], NaN for rows whose status is not 1.
+    """
+    run_root = Path(run_root)
+    col = zarr.open_group(str(run_root / "collect"), mode="r")
+    n, r = col["status"].shape[0], int(col.attrs["chunk_rows"])
+    rows = np.arange(n)
+    rng = np.random.default_rng([seed, 11])
+    supers = rng.uniform(0.15, 0.85, size=(_N_SUPER, 2))  # sub-clusters stay near their super-cluster
+    centres = np.repeat(supers, _N_SUB, axis=0) + rng.normal(0, 0.04, size=(_N_SUPER * _N_SUB, 2))
+    xy = centres[cluster_of_rows(rows, int(col.attrs["seed"]))]
+    xy = np.clip(xy + np.random.default_rng([seed, 12]).normal(0, 0.02, size=(n, 2)), 0.0, 1.0)
+    xy[:3] = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]  # exact edges
+    xy = xy.astype(np.float32)
+    xy[col["status"][:] != 1] = np.nan
+    g = zarr.open_group(str(run_root / "reduce"), mode="w", zarr_format=3)
+    g.create_array("coords", shape=(n, 2), chunks=(r, 2), dtype="float32", fill_value=np.nan)
+    g["coords"][...] = xy
+    g.attrs.update({"synthetic": True, "complete": True})
+    done = run_root / "state" / "reduce" / "done"
+    done.mkdir(parents=True, exist_ok=True)
+    (done / "setup").write_text(json.dumps({"key": f"synthetic-{seed}", "n_chunks": -(-n // r)}))
+    (done / "done").write_text(json.dumps({"trustworthiness": None}))
+    return xy

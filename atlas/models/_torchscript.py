@@ -55,7 +55,7 @@ def load_torchscript(model: ModelConfig) -> Network:
     """Load ``model.weights`` (a TorchScript Sequential) on the CPU; needs model.input_size, model.mean, model.std."""
     if model.weights is None:
         raise ModelError("model `torchscript` needs the TorchScript file: --set model.weights=/path/to/model.pt")
-    path = Path(model.weights)
+    path = Path(model.weights).expanduser()
     input_size, mean, std = resolve_preprocessing(model, None, None, None)
     module = _jit_load(path)
     _check_sequential(module, path)

@@ -76,10 +76,14 @@ def _fix_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
 
 
+def _rgb(values: list[float]) -> tuple[float, float, float]:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
 def _weights_file(model: ModelConfig) -> Path:
     """``model.weights`` when set, else the torch cache file; ModelError naming both paths when it is missing."""
     cache = default_weights_path(model.name)
-    path = Path(model.weights) if model.weights is not None else cache
+    path = Path(model.weights).expanduser() if model.weights is not None else cache
     if path.is_file():
         return path
     if model.weights is None:
@@ -108,7 +112,7 @@ def load_torchvision(model: ModelConfig) -> Network:
         raise ModelError(f"weights file {path} does not fit torchvision's `{model.name}`: {e}. Pass that model's weights in model.weights (or fix model.name)") from None
     _drop_aux_heads(model.name, module)
     transform = weights.transforms()
-    input_size, mean, std = resolve_preprocessing(model, int(transform.crop_size[0]), tuple(transform.mean), tuple(transform.std))
+    input_size, mean, std = resolve_preprocessing(model, int(transform.crop_size[0]), _rgb(transform.mean), _rgb(transform.std))
     return Network(
         module=module.eval(),
         name=model.name,

@@ -33,6 +33,11 @@ __all__ = [
     "unit_rows",
     "cell_similarity",
     "top_rows_per_cell",
+    "rank_in_groups",
+    "chunk_partial",
+    "empty_accumulator",
+    "add_partial",
+    "pyramid",
 ]
 
 
@@ -125,6 +130,16 @@ def level_means(sums: np.ndarray, counts: np.ndarray, min_count: int) -> np.ndar
         return np.where(full, sums / np.where(c > 0, c, 1.0), np.nan).astype(np.float32)
 
 
+def rank_in_groups(groups: np.ndarray) -> np.ndarray:
+    """Position of each element inside its run of equal values: sorted int [n] -> int64 [n]
+    (e.g. [3, 3, 5, 7, 7, 7] -> [0, 1, 0, 0, 1, 2])."""
+    groups = np.asarray(groups)
+    if groups.size == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return np.arange(groups.size) - np.repeat(starts, np.diff(np.r_[starts, groups.size]))
+
+
 def top_per_cell(keys: np.ndarray, values: np.ndarray, n_cells: int, n_classes: int,
                  t: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-t classes per cell by value (ties: lower class first).
@@ -135,8 +150,7 @@ def top_per_cell(keys: np.ndarray, values: np.ndarray, n_cells: int, n_classes: 
     cells, cls = keys // n_classes, keys % n_classes
     order = np.lexsort((cls, -np.asarray(values, np.float64), cells))
     cells, cls, vals = cells[order], cls[order], np.asarray(values)[order]
-    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if cells.size else np.zeros(0, np.int64)
-    rank = np.arange(cells.size) - np.repeat(starts, np.diff(np.r_[starts, cells.size]))
+    rank = rank_in_groups(cells)
     keep = rank < t
     out_c = np.full((n_cells, t), -1, dtype=np.int16)
     out_v = np.full((n_cells, t), np.nan, dtype=np.float32)
@@ -188,7 +202,78 @@ def top_rows_per_cell(cells: np.ndarray, rows: np.ndarray, scores: np.ndarray,
     """Indices (into the inputs) of the best ``e`` candidates of each cell, by score then
     lower row id, ordered by cell then rank. cells, rows, scores: [n] -> int64 [<= n]."""
     order = np.lexsort((rows, -np.asarray(scores, np.float64), cells))
-    c = cells[order]
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if c.size else np.zeros(0, np.int64)
-    rank = np.arange(c.size) - np.repeat(starts, np.diff(np.r_[starts, c.size]))
-    return order[rank < e]
+    return order[rank_in_groups(np.asarray(cells)[order]) < e]
+
+
+def chunk_partial(coords: np.ndarray, act: np.ndarray, ok: np.ndarray, size: int, *,
+                  attr_classes: np.ndarray | None = None, attr_values: np.ndarray | None = None,
+                  n_classes: int = 0, labels: np.ndarray | None = None,
+                  n_labels: int = 0) -> dict[str, np.ndarray]:
+    """Per-cell sums of one chunk at grid ``size`` (sparse: occupied cells only).
+
+    coords: float [n, 2] (x, y); act: float [n, C]; ok: bool [n] (rows used);
+    attr_classes: int [n, K], attr_values: float [n, K] (top-K attribution, optional);
+    labels: int [n] (-1 = none, optional). Returns ``cells`` int64 [u] (sorted ids),
+    ``count`` int64 [u], ``act_sum`` float64 [u, C], and when given ``attr_keys`` / ``attr_sums``
+    (key = cell * n_classes + class, float64) and ``label_keys`` / ``label_counts``
+    (key = cell * n_labels + label, int64).
+    """
+    ids = cell_ids(coords, size)
+    keep = np.asarray(ok, dtype=bool) & (ids >= 0)
+    ids = ids[keep]
+    cells, inverse = np.unique(ids, return_inverse=True)
+    out = {"cells": cells, "count": np.bincount(inverse, minlength=cells.size).astype(np.int64),
+           "act_sum": scatter_sums(inverse, np.asarray(act)[keep], cells.size)}
+    if attr_classes is not None and attr_values is not None and n_classes > 0:
+        cls = np.asarray(attr_classes, dtype=np.int64)[keep]
+        good = (cls >= 0) & (cls < n_classes)
+        keys = ids[:, None] * n_classes + cls
+        out["attr_keys"], out["attr_sums"] = key_sums(keys[good], np.asarray(attr_values, np.float64)[keep][good])
+    if labels is not None and n_labels > 0:
+        lab = np.asarray(labels, dtype=np.int64)[keep]
+        good = (lab >= 0) & (lab < n_labels)
+        out["label_keys"], out["label_counts"] = key_sums(ids[good] * n_labels + lab[good],
+                                                          np.ones(int(good.sum()), dtype=np.int64))
+    return out
+
+
+def empty_accumulator(size: int, n_channels: int) -> dict[str, np.ndarray]:
+    """Zero finest-level totals for :func:`add_partial`: dense counts [s*s] and activation
+    sums [s*s, C], empty sparse attribution and label sums."""
+    return {"count": np.zeros(size * size, np.int64), "act_sum": np.zeros((size * size, n_channels), np.float64),
+            "attr_keys": np.zeros(0, np.int64), "attr_sums": np.zeros(0, np.float64),
+            "label_keys": np.zeros(0, np.int64), "label_counts": np.zeros(0, np.int64)}
+
+
+def add_partial(acc: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
+    """Add one chunk's :func:`chunk_partial` into ``acc`` in place (call in chunk order for
+    bit-reproducible float sums)."""
+    cells = part["cells"]
+    acc["count"][cells] += part["count"]
+    acc["act_sum"][cells] += part["act_sum"]
+    for keys, vals in (("attr_keys", "attr_sums"), ("label_keys", "label_counts")):
+        if keys in part:
+            acc[keys], acc[vals] = merge_key_sums(acc[keys], acc[vals], part[keys], part[vals])
+
+
+def pyramid(acc: dict[str, np.ndarray], sizes: list[int], n_classes: int,
+            n_labels: int) -> dict[int, dict[str, np.ndarray]]:
+    """Every level's totals from the finest one by repeated 2x2 pooling.
+
+    acc: :func:`empty_accumulator` layout at size S = max(sizes); sizes: increasing powers
+    of two, each double the previous. Returns {s: {"count" int64 [s, s], "act_sum" float64
+    [s, s, C], "attr_keys"/"attr_sums", "label_keys"/"label_counts" (sparse, at size s)}}.
+    """
+    big = sizes[-1]
+    cur = {"count": acc["count"].reshape(big, big), "act_sum": acc["act_sum"].reshape(big, big, -1),
+           "attr_keys": acc["attr_keys"], "attr_sums": acc["attr_sums"],
+           "label_keys": acc["label_keys"], "label_counts": acc["label_counts"]}
+    out = {big: cur}
+    s = big
+    while s > sizes[0]:
+        nxt = {"count": pool2x2(cur["count"]), "act_sum": pool2x2(cur["act_sum"])}
+        for keys, vals, n in (("attr_keys", "attr_sums", n_classes), ("label_keys", "label_counts", n_labels)):
+            nxt[keys], nxt[vals] = pool_keys(cur[keys], cur[vals], s, n) if n > 0 else (cur[keys], cur[vals])
+        s //= 2
+        out[s] = cur = nxt
+    return {size: out[size] for size in sizes}

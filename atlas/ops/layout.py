@@ -178,7 +178,7 @@ def apply_bounds(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: float) 
         raise ValueError(f"margin must be in [0, 0.5), got {margin}")
     span = np.asarray(hi, np.float64) - np.asarray(lo, np.float64)
     unit = (np.clip(xy.astype(np.float64), lo, hi) - lo) / np.where(span > 0, span, 1.0)
-    unit = np.where(span > 0, unit, 0.5)
+    unit = np.where((span > 0) | np.isnan(xy), unit, 0.5)
     out = margin + (1.0 - 2.0 * margin) * unit
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 

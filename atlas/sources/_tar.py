@@ -14,7 +14,6 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

@@ -97,8 +97,7 @@ def test_limits_are_the_callers(corpus):
     assert _status(d / "huge_3000x2000.jpg", max_pixels=5_000_000) == STATUS_TOO_LARGE
 
 
-def test_missing_folder_and_unreadable_paths(tmp_path, corpus):
-    d, _ = corpus
+def test_missing_folder_and_unreadable_paths(tmp_path):
     assert _status(tmp_path / "nope.jpg") == STATUS_MISSING
     assert _status(tmp_path) == STATUS_UNREADABLE
     assert _status("demo://64/x") == STATUS_UNREADABLE

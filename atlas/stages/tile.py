@@ -1,0 +1,708 @@
+"""Stage 5, tile: a Deep Zoom pyramid of the rendered icons, cell metadata and the web viewer -> ``RUN/tiles``.
+
+Output (``RUN/tiles``, a self-contained static folder: open ``index.html`` from disk or
+serve it with ``atlas serve RUN``)::
+
+    atlas.dzi                       Deep Zoom descriptor (Format, Overlap, TileSize, Size)
+    atlas_files/<level>/<col>_<row>.<fmt>
+    atlas.json / atlas.js           model, layer, image count, sizes, LOD table, class names
+    cells-<s>.json / cells-<s>.js   per non-empty cell of grid s: count, top classes, examples, cossim
+    icons/<s>/<row>_<col>.<fmt>     every cell's icon at full size (the click panel)
+    examples/<row>.jpg              crop of collect row ``row`` around its sampled position
+    index.html viewer.js viewer.css openseadragon/   the viewer
+
+The ``.js`` twins assign the JSON to globals (``window.ATLAS``, ``window.ATLAS_CELLS_<s>``)
+so the page works from ``file://``, where Chromium refuses ``fetch``.
+
+Canvas. ``W = H = S * icon`` pixels for the finest rendered grid size ``S``; cell
+(row, col) of grid ``s`` covers canvas ``[col, col + 1) * W / s`` in x (row 0 at the top).
+
+Level of detail (:func:`atlas.ops.dzi.lod_grid_size`). DZI level ``L`` (scale
+``2^(L - top)``) shows the finest rendered grid whose cells are at least
+``tile.lod_fraction * icon`` pixels on that level, the coarsest grid below that. With
+the default 1.0 the top level shows the finest grid, the level below the next coarser
+grid, each at its icons' native resolution (no resampling), so zooming in one step
+doubles the grid; levels below the coarsest grid show it shrunk.
+
+Every level is painted directly from the grid (not by downsampling the level above): a
+tile is painted from the cells whose rectangles meet it (:func:`atlas.ops.canvas.paint_region`),
+so memory is one tile plus the icons of the unit's band of tile rows, whatever the
+atlas size. Levels where a cell is smaller than a pixel are painted ``k`` times larger
+(``k`` a power of two) and box-reduced, so every cell still contributes.
+
+Units of work (``RUN/state/tile/done/<unit>``), split round robin over ``--shard i/n``
+and leased while running:
+
+``tiles-<LL>-<RRRRRR>``   a range of whole tile rows of DZI level LL (about ``tile.unit_tiles`` tiles)
+``icons-<SSSS>-<KKKK>``   1024 icons of grid s written as files
+``examples-<KKKKKK>``     ``tile.examples_per_unit`` example crops
+``final``                 by whichever shard finishes last: metadata, viewer, descriptor, index.html
+
+Files are written to a temporary name and renamed, fsynced before the unit's marker;
+outputs are deterministic, so a unit redone after a ``kill -9`` writes the same bytes.
+The plan (units, settings, a hash of the inputs) is kept in ``RUN/state/tile/plan.json``;
+other settings or other grid/render results start the stage over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from logging import Logger
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from ..config import Config, ConfigError
+from ..ops.canvas import crop_box, density_fraction, paint_region, parse_colour, resize_icon
+from ..ops.dzi import (cell_edges, cells_in_span, descriptor_xml, level_size, lod_grid_size, max_level,
+                       supersample, tile_bounds, tile_bounds_1d, tile_counts)
+from ..progress import progress, stage_logger
+from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text
+from ._base import StageStatus, my_units, save_run_config
+
+__all__ = ["STAGE", "OUTPUT", "run", "status", "openseadragon_dir", "viewer_source_dir"]
+
+STAGE = "tile"
+OUTPUT = "tiles"
+FINAL = "final"
+DZI_NAME = "atlas"
+ICONS_PER_UNIT = 1024
+_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_VIEWER_FILES = ("index.html", "viewer.js", "viewer.css")
+_REPO = Path(__file__).resolve().parents[2]
+_OSD_REL = Path("viewer") / "node_modules" / "openseadragon" / "build" / "openseadragon"
+
+
+# --------------------------------------------------------------------------- static files
+
+
+def viewer_source_dir() -> Path:
+    """``atlas/viewer``: the page's own files (index.html, viewer.js, viewer.css)."""
+    return Path(__file__).resolve().parents[1] / "viewer"
+
+
+def openseadragon_dir() -> Path:
+    """OpenSeadragon's build folder (``openseadragon.min.js`` + ``images/``).
+
+    ``$ATLAS_OPENSEADRAGON`` if set, else ``viewer/node_modules/openseadragon/build/openseadragon``
+    of the source checkout (installed by ``npm ci --prefix viewer``, pinned in viewer/package-lock.json).
+    """
+    env = os.environ.get("ATLAS_OPENSEADRAGON")
+    candidates = [Path(env)] if env else []
+    candidates.append(_REPO / _OSD_REL)
+    for c in candidates:
+        if (c / "openseadragon.min.js").is_file() and (c / "images").is_dir():
+            return c
+    raise FileNotFoundError(
+        f"the viewer's zoom library OpenSeadragon is not installed (looked for {candidates[-1] / 'openseadragon.min.js'}"
+        f"{' and $ATLAS_OPENSEADRAGON' if env else ''}): run `make setup`, or `npm ci --prefix viewer` in {_REPO}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """What the grid, render and collect stages left, reduced to what tiling needs (small)."""
+
+    sizes: list[int]
+    icon: int
+    width: int
+    height: int
+    min_count: int
+    index: dict[int, np.ndarray]      # s -> [s, s] int64 icon row of cell (row, col), -1 when empty
+    count: dict[int, np.ndarray]      # s -> [s, s] int64
+    collect_attrs: dict[str, Any]
+    class_names: list[str]
+    label_names: list[str]
+    key: str                          # hash of every input above and of the arrays read
+
+
+def _hash_arrays(h: Any, *arrays: np.ndarray) -> None:
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+
+
+def _grid_complete(run: RunDir) -> bool:
+    if not run.has_group("grid"):
+        return False
+    return run.is_done("grid", "done") or bool(run.open_group("grid").attrs.get("complete"))
+
+
+def read_inputs(cfg: Config, run: RunDir) -> Inputs:
+    """Open collect / grid / render, check they are complete, build the cell -> icon maps."""
+    if not run.has_group("collect"):
+        raise StoreError(f"{run.stage_path('collect')} has no Zarr group: run `atlas collect` first")
+    if not _grid_complete(run):
+        raise StoreError(f"{run.stage_path('grid')} is missing or incomplete: run `atlas grid` first")
+    if not run.has_group("render"):
+        raise StoreError(f"{run.stage_path('render')} has no Zarr group: run `atlas render` first")
+    col, grid, render = run.open_group("collect"), run.open_group("grid"), run.open_group("render")
+    if render.attrs.get("complete") is False:
+        raise StoreError(f"{run.stage_path('render')} is incomplete: finish `atlas render` (rerun it to resume) first")
+    grid_sizes = [int(s) for s in (grid.attrs.get("sizes") or cfg.grid.sizes)]
+    sizes = sorted(s for s in grid_sizes if f"level-{s}" in render and "icons" in render[f"level-{s}"])
+    if not sizes:
+        raise StoreError(f"{run.stage_path('render')} has no rendered level among the grid sizes {grid_sizes}: "
+                         "run `atlas render` first")
+    min_count = int(grid.attrs.get("min_count", cfg.grid.min_count))
+    h = hashlib.sha256()
+    index, count = {}, {}
+    for s in sizes:
+        rl, gl = render[f"level-{s}"], grid[f"level-{s}"]
+        cells = np.asarray(rl["cells"][:], dtype=np.int64).reshape(-1, 2)
+        shape = rl["icons"].shape
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[0] != len(cells):
+            raise StoreError(f"render level-{s}: icons {shape} do not match cells {cells.shape} "
+                             "(expected [cells, h, h, 3] uint8)")
+        cnt = np.asarray(gl["count"][:], dtype=np.int64)
+        idx = np.full((s, s), -1, np.int64)
+        if len(cells) and (cells.min() < 0 or cells.max() >= s):
+            raise StoreError(f"render level-{s}: cell coordinates outside the {s} x {s} grid")
+        idx[cells[:, 0], cells[:, 1]] = np.arange(len(cells))
+        idx[cnt < min_count] = -1  # only non-empty cells are painted
+        index[s], count[s] = idx, cnt
+        _hash_arrays(h, cells, np.asarray(rl["objective"][:]), np.asarray(rl["cossim"][:]), cnt,
+                     np.asarray(gl["examples"][:]), np.asarray(gl["example_positions"][:]))
+        for name in ("top_classes", "top_values", "label_counts"):
+            if name in gl:
+                _hash_arrays(h, np.asarray(gl[name][:]))
+        h.update(repr(shape).encode())
+    icon = int(render[f"level-{sizes[-1]}"]["icons"].shape[1])
+    ca = dict(col.attrs)
+    keep = {k: ca.get(k) for k in ("model", "layer", "layer_shape", "input_size", "n_images", "ok_count")}
+    h.update(json.dumps({"sizes": sizes, "min_count": min_count, "collect": keep}, sort_keys=True, default=str).encode())
+    class_names = list(grid.attrs.get("class_names") or ca.get("class_names") or [])
+    label_names = list(grid.attrs.get("label_names") or ca.get("label_names") or [])
+    return Inputs(sizes, icon, sizes[-1] * icon, sizes[-1] * icon, min_count, index, count, keep,
+                  class_names, label_names, h.hexdigest()[:16])
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _validate(cfg: Config) -> None:
+    t = cfg.tile
+    if not 0 <= t.overlap < t.tile_size:
+        raise ConfigError(f"config key `tile.overlap` must be in [0, tile.tile_size), got {t.overlap}")
+    if not 1 <= t.quality <= 100:
+        raise ConfigError(f"config key `tile.quality` must be in 1..100, got {t.quality}")
+    if not 0 < t.lod_fraction <= 1:
+        raise ConfigError(f"config key `tile.lod_fraction` must be in (0, 1], got {t.lod_fraction}")
+    for key in ("unit_tiles", "examples_per_unit"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"config key `tile.{key}` must be positive, got {getattr(t, key)}")
+    if t.example_window <= 0:
+        raise ConfigError(f"config key `tile.example_window` must be positive, got {t.example_window}")
+    if t.example_levels is not None and t.example_levels < 0:
+        raise ConfigError(f"config key `tile.example_levels` must be >= 0 or null, got {t.example_levels}")
+    if t.workers < 0:
+        raise ConfigError(f"config key `tile.workers` must be >= 0, got {t.workers}")
+    try:
+        parse_colour(t.background)
+    except ValueError as e:
+        raise ConfigError(f"config key `tile.background`: {e}") from None
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """Tile settings that change the output (not ``workers``)."""
+    d = asdict(cfg.tile)
+    d.pop("workers", None)
+    return d
+
+
+def example_sizes(sizes: list[int], example_levels: int | None) -> list[int]:
+    """Grid sizes whose cells get example crops: the finest ``example_levels`` (None: all)."""
+    if example_levels is None:
+        return list(sizes)
+    return list(sizes[len(sizes) - example_levels:]) if example_levels else []
+
+
+def _example_rows(run: RunDir, inp: Inputs, ex_sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique collect rows shown as examples (non-empty cells of ``ex_sizes``) and their (y, x)."""
+    grid = run.open_group("grid")
+    rows_l, pos_l = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)]
+    for s in ex_sizes:
+        ex = np.asarray(grid[f"level-{s}"]["examples"][:], dtype=np.int64)
+        pos = np.asarray(grid[f"level-{s}"]["example_positions"][:], dtype=np.int64)
+        keep = (inp.count[s] >= inp.min_count)[:, :, None] & (ex >= 0)
+        rows_l.append(ex[keep])
+        pos_l.append(pos[keep])
+    rows, pos = np.concatenate(rows_l), np.concatenate(pos_l)
+    uniq, first = np.unique(rows, return_index=True)
+    return uniq, pos[first]
+
+
+def _plan(cfg: Config, run: RunDir, inp: Inputs) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(plan, example rows, their positions)."""
+    t = cfg.tile
+    w, h = inp.width, inp.height
+    top = max_level(w, h)
+    lod = [lod_grid_size(inp.sizes, lv, top, t.lod_fraction) for lv in range(top + 1)]
+    units: list[dict[str, Any]] = []
+    n_tiles = 0
+    for lv in range(top, -1, -1):
+        lw, lh = level_size(w, h, lv)
+        cols, rows = tile_counts(lw, lh, t.tile_size)
+        n_tiles += cols * rows
+        per = max(1, t.unit_tiles // cols)
+        for r0 in range(0, rows, per):
+            units.append({"name": f"tiles-{lv:02d}-{r0:06d}", "level": lv, "rows": [r0, min(rows, r0 + per)]})
+    for s in inp.sizes:
+        n_icons = int((inp.index[s] >= 0).sum())
+        for k in range(-(-n_icons // ICONS_PER_UNIT)):
+            units.append({"name": f"icons-{s:04d}-{k:04d}", "size": s, "part": k})
+    ex_sizes = example_sizes(inp.sizes, t.example_levels)
+    rows_ex, pos_ex = _example_rows(run, inp, ex_sizes)
+    for k in range(-(-len(rows_ex) // t.examples_per_unit)):
+        units.append({"name": f"examples-{k:06d}", "part": k})
+    key = hashlib.sha256(json.dumps({"inputs": inp.key, "tile": _settings(cfg)}, sort_keys=True).encode()).hexdigest()[:16]
+    plan = {"key": key, "width": w, "height": h, "max_level": top, "sizes": inp.sizes, "icon_size": inp.icon,
+            "lod": lod, "tiles": n_tiles, "example_sizes": ex_sizes, "n_examples": int(len(rows_ex)),
+            "settings": _settings(cfg), "units": units}
+    return plan, rows_ex, pos_ex
+
+
+def _plan_path(run: RunDir) -> Path:
+    return run.state_path(STAGE) / "plan.json"
+
+
+def _ensure_plan(cfg: Config, run: RunDir, inp: Inputs, log: Logger) -> dict[str, Any]:
+    """The stage's plan; a new one (and a fresh start) when settings or inputs changed. Under the stage lock."""
+    plan, rows, pos = _plan(cfg, run, inp)
+    path = _plan_path(run)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("key") == plan["key"]:
+            return old
+        log.info("tile settings or grid/render results differ from the previous attempt: starting over")
+    for unit in run.done_units(STAGE):
+        run.clear_done(STAGE, unit)
+    shutil.rmtree(run.state_path(STAGE) / "units", ignore_errors=True)
+    shutil.rmtree(run.stage_path(OUTPUT), ignore_errors=True)
+    atomic_save_npz(run.state_path(STAGE) / "examples.npz", rows=rows, positions=pos)
+    save_run_config(cfg, run)
+    atomic_write_text(path, json.dumps(plan, indent=1, sort_keys=True))
+    return plan
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _Writer:
+    """Files written under a temporary name then renamed (a kill never leaves half a file);
+    :meth:`sync` fsyncs them and their folders before the unit's marker is written."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+        self.dirs: set[Path] = set()
+
+    def put(self, path: Path, data: bytes) -> None:
+        if path.parent not in self.dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.dirs.add(path.parent)
+        tmp = path.with_name(f".{path.name}.tmp")  # one fixed name per file: a redo reuses it
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e}; free disk space or fix permissions, then rerun to resume") from None
+        self.paths.append(path)
+
+    def sync(self) -> None:
+        for p in self.paths + sorted(self.dirs):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.paths, self.dirs = [], set()
+
+
+def encode_image(arr: np.ndarray, fmt: str, quality: int) -> bytes:
+    """uint8 [h, w, 3] -> bytes of a jpg / png / webp file (deterministic)."""
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        img.save(buf, "JPEG", quality=quality)
+    elif fmt == "png":
+        img.save(buf, "PNG", compress_level=6)
+    elif fmt == "webp":
+        img.save(buf, "WEBP", quality=quality, method=4)
+    else:  # pragma: no cover - validated by the config
+        raise ValueError(f"unknown tile format {fmt!r}")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- units
+
+
+@dataclass
+class _Context:
+    cfg: Config
+    run: RunDir
+    plan: dict[str, Any]
+    inputs: Inputs
+    log: Logger
+
+    @property
+    def out(self) -> Path:
+        return self.run.stage_path(OUTPUT)
+
+
+def _load_icons(icons: zarr.Array, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    """Icons ``wanted`` (sorted unique rows), read one chunk of the array at a time."""
+    out: dict[int, np.ndarray] = {}
+    if wanted.size == 0:
+        return out
+    step = int(icons.chunks[0])
+    chunk = wanted // step
+    cuts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        lo = int(chunk[a]) * step
+        block = np.asarray(icons[lo:min(lo + step, icons.shape[0])])
+        for i in wanted[a:b]:
+            out[int(i)] = np.ascontiguousarray(block[int(i) - lo, :, :, :3]).astype(np.uint8, copy=False)
+    return out
+
+
+def _level_grid(ctx: _Context, level: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(grid size, supersampling k, x edges, y edges) of a DZI level, edges in k-times-larger pixels."""
+    p = ctx.plan
+    top, s = p["max_level"], p["lod"][level]
+    k = max(supersample(s, p["width"], level, top), supersample(s, p["height"], level, top))
+    ex = cell_edges(s, p["width"], (1 << level) * k, 1 << top)
+    ey = cell_edges(s, p["height"], (1 << level) * k, 1 << top)
+    return s, k, ex, ey
+
+
+def _tiles_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: Any) -> int:
+    p, t = ctx.plan, ctx.cfg.tile
+    level, (r0, r1) = unit["level"], unit["rows"]
+    lw, lh = level_size(p["width"], p["height"], level)
+    cols, _ = tile_counts(lw, lh, t.tile_size)
+    s, k, ex, ey = _level_grid(ctx, level)
+    index = ctx.inputs.index[s]
+    fraction = None
+    if t.density_scale:
+        cnt = ctx.inputs.count[s]
+        fraction = density_fraction(cnt, int(cnt.max()) if cnt.size else 1)
+    band = (tile_bounds_1d(r0, lh, t.tile_size, t.overlap)[0] * k, tile_bounds_1d(r1 - 1, lh, t.tile_size, t.overlap)[1] * k)
+    rlo, rhi = cells_in_span(ey, *band)
+    wanted = np.unique(index[rlo:rhi][index[rlo:rhi] >= 0])
+    icons = _load_icons(ctx.run.open_group("render")[f"level-{s}"]["icons"], wanted)
+    resized: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def icon_at(i: int, w: int, h: int) -> np.ndarray:
+        key = (i, w, h)
+        if key not in resized:
+            resized[key] = resize_icon(icons[i], w, h)
+        return resized[key]
+
+    bg = parse_colour(t.background)
+    folder = ctx.out / f"{DZI_NAME}_files" / str(level)
+    for row in range(r0, r1):
+        for col in range(cols):
+            x0, y0, x1, y1 = tile_bounds(col, row, lw, lh, t.tile_size, t.overlap)
+            arr = paint_region((x0 * k, y0 * k, x1 * k, y1 * k), ex, ey, index, icon_at, bg, fraction)
+            if k > 1:
+                arr = np.asarray(Image.fromarray(arr).reduce(k))
+            writer.put(folder / f"{col}_{row}.{t.format}", encode_image(arr, t.format, t.quality))
+            bar.update(1)
+    return (r1 - r0) * cols
+
+
+def _icons_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: Any) -> int:
+    s, part, t = unit["size"], unit["part"], ctx.cfg.tile
+    index = ctx.inputs.index[s]
+    rows, cols = np.nonzero(index >= 0)
+    sel = slice(part * ICONS_PER_UNIT, (part + 1) * ICONS_PER_UNIT)
+    rows, cols = rows[sel], cols[sel]
+    ids = index[rows, cols]
+    order = np.argsort(ids, kind="stable")
+    icons = _load_icons(ctx.run.open_group("render")[f"level-{s}"]["icons"], ids[order])
+    folder = ctx.out / "icons" / str(s)
+    for r, c, i in zip(rows.tolist(), cols.tolist(), ids.tolist()):
+        writer.put(folder / f"{r}_{c}.{t.format}", encode_image(icons[i], t.format, t.quality))
+    return len(ids)
+
+
+_MANIFEST: dict[str, Any] = {}
+
+
+def _manifest(run: RunDir) -> Any:
+    from ..sources import read_manifest
+
+    key = str(run.root.resolve())
+    if key not in _MANIFEST:
+        _MANIFEST.clear()
+        _MANIFEST[key] = read_manifest(run.root)
+    return _MANIFEST[key]
+
+
+def _examples_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: Any) -> int:
+    from ..sources import BadInput, load_image
+
+    cfg, t = ctx.cfg, ctx.cfg.tile
+    with np.load(ctx.run.state_path(STAGE) / "examples.npz") as z:
+        sel = slice(unit["part"] * t.examples_per_unit, (unit["part"] + 1) * t.examples_per_unit)
+        rows, pos = z["rows"][sel], z["positions"][sel]
+    manifest = _manifest(ctx.run)
+    _, lh, lw = (int(v) for v in ctx.inputs.collect_attrs["layer_shape"])
+    size = int(ctx.inputs.collect_attrs["input_size"])
+    failed = []
+    for row, (y, x) in zip(rows.tolist(), pos.tolist()):
+        try:
+            img = load_image(manifest.locations[row], size=size, max_pixels=cfg.images.max_pixels,
+                             min_side=cfg.images.min_side)
+        except (BadInput, IndexError) as e:
+            failed.append({"row": row, "reason": getattr(e, "reason", str(e))})
+            continue
+        top, left, bottom, right = crop_box(y, x, lh, lw, size, t.example_window)
+        writer.put(ctx.out / "examples" / f"{row}.jpg", encode_image(img[top:bottom, left:right], "jpg", t.quality))
+    atomic_write_text(ctx.run.unit_data_path(STAGE, unit["name"], ".json"), json.dumps(failed))
+    if failed:
+        ctx.log.info("%s: %d example images could not be read again (first: row %d, %s)", unit["name"],
+                     len(failed), failed[0]["row"], failed[0]["reason"])
+    return len(rows)
+
+
+def _run_unit(ctx: _Context, unit: dict[str, Any], bar: Any) -> None:
+    writer = _Writer()
+    kind = unit["name"].split("-")[0]
+    func = {"tiles": _tiles_unit, "icons": _icons_unit, "examples": _examples_unit}[kind]
+    n = func(ctx, unit, writer, bar)
+    writer.sync()
+    ctx.run.mark_done(STAGE, unit["name"], {"items": n})
+
+
+def _parent_alive(ppid: int | None) -> bool:
+    return ppid is None or os.getppid() == ppid
+
+
+def _run_units(ctx: _Context, names: list[str], ppid: int | None = None) -> None:
+    by_name = {u["name"]: u for u in ctx.plan["units"]}
+    todo = [by_name[n] for n in names]
+    n_tiles = sum(_unit_tiles(ctx.plan, u) for u in todo)
+    bar = progress(total=n_tiles, desc="tile", unit="tile")
+    t0, done = time.time(), 0
+    for unit in todo:
+        if not _parent_alive(ppid):
+            return
+        with ctx.run.lease(STAGE, unit["name"]) as mine:
+            if not mine or ctx.run.is_done(STAGE, unit["name"]):
+                continue
+            _run_unit(ctx, unit, bar)
+        done += 1
+        if done % 20 == 0 or done == len(todo):
+            rate = done / max(time.time() - t0, 1e-9)
+            ctx.log.info("%d/%d units of this process done (%.1f units/s, ETA %.0f s)", done, len(todo), rate,
+                         (len(todo) - done) / max(rate, 1e-9))
+    bar.close()
+
+
+def _unit_tiles(plan: dict[str, Any], unit: dict[str, Any]) -> int:
+    if "level" not in unit:
+        return 0
+    lw, lh = level_size(plan["width"], plan["height"], unit["level"])
+    cols, _ = tile_counts(lw, lh, plan["settings"]["tile_size"])
+    return (unit["rows"][1] - unit["rows"][0]) * cols
+
+
+# --------------------------------------------------------------------------- final
+
+
+def _r(x: float, digits: int = 5) -> float | None:
+    x = float(x)
+    return None if not np.isfinite(x) else float(f"{x:.{digits}g}")
+
+
+def _cells_doc(ctx: _Context, s: int, failed: set[int]) -> dict[str, Any]:
+    inp, t = ctx.inputs, ctx.cfg.tile
+    gl = ctx.run.open_group("grid")[f"level-{s}"]
+    rl = ctx.run.open_group("render")[f"level-{s}"]
+    count = inp.count[s]
+    examples = np.asarray(gl["examples"][:], dtype=np.int64)
+    show_examples = s in ctx.plan["example_sizes"]
+    objective, cossim = np.asarray(rl["objective"][:]), np.asarray(rl["cossim"][:])
+    icon_of = np.full((s, s), -1, np.int64)
+    cells = np.asarray(rl["cells"][:], dtype=np.int64).reshape(-1, 2)
+    icon_of[cells[:, 0], cells[:, 1]] = np.arange(len(cells))
+    if "top_classes" in gl:
+        top_c, top_v = np.asarray(gl["top_classes"][:], np.int64), np.asarray(gl["top_values"][:], np.float64)
+        names, kind = inp.class_names, "attribution"
+    elif "label_counts" in gl:
+        lc = np.asarray(gl["label_counts"][:], np.int64)
+        top_c = np.argsort(-lc, axis=2, kind="stable")[:, :, :5]
+        top_v = np.take_along_axis(lc, top_c, axis=2).astype(np.float64)
+        top_c = np.where(top_v > 0, top_c, -1)
+        names, kind = inp.label_names, "labels"
+    else:
+        top_c, top_v, names, kind = np.full((s, s, 0), -1), np.zeros((s, s, 0)), [], "none"
+    out = []
+    for r, c in zip(*np.nonzero(count >= inp.min_count)):
+        r, c = int(r), int(c)
+        top = [{"class": int(k), "name": names[k] if 0 <= k < len(names) else str(k), "value": _r(v)}
+               for k, v in zip(top_c[r, c].tolist(), top_v[r, c].tolist()) if k >= 0 and np.isfinite(v)]
+        i = int(icon_of[r, c])
+        cell: dict[str, Any] = {"row": r, "col": c, "count": int(count[r, c]), "top": top,
+                                "examples": [e for e in examples[r, c].tolist() if e >= 0 and e not in failed]
+                                if show_examples else [],
+                                "icon": bool(inp.index[s][r, c] >= 0),
+                                "cossim": _r(cossim[i]) if i >= 0 else None,
+                                "objective": _r(objective[i]) if i >= 0 else None}
+        out.append(cell)
+    return {"size": s, "cell_px": ctx.plan["width"] // s, "top_kind": kind, "top_k": int(top_c.shape[2]),
+            "icon_url": f"icons/{s}/{{row}}_{{col}}.{t.format}", "example_url": "examples/{row}.jpg",
+            "examples": show_examples, "cells": out}
+
+
+def _atlas_doc(ctx: _Context, docs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    p, t, inp = ctx.plan, ctx.cfg.tile, ctx.inputs
+    ca = inp.collect_attrs
+    kind = next(iter(docs.values()))["top_kind"] if docs else "none"
+    present = sorted({k["class"] for d in docs.values() for cell in d["cells"] for k in cell["top"]})
+    names = inp.class_names if kind == "attribution" else inp.label_names if kind == "labels" else []
+    return {
+        "format": 1, "model": ca.get("model"), "layer": ca.get("layer"), "layer_shape": ca.get("layer_shape"),
+        "input_size": ca.get("input_size"), "n_images": ca.get("n_images"), "ok_images": ca.get("ok_count"),
+        "sizes": p["sizes"], "icon_size": p["icon_size"], "width": p["width"], "height": p["height"],
+        "max_level": p["max_level"], "lod": p["lod"], "lod_fraction": t.lod_fraction,
+        "background": t.background, "density_scale": t.density_scale,
+        "dzi": {"url": f"{DZI_NAME}.dzi", "tiles_url": f"{DZI_NAME}_files/", "format": t.format,
+                "tile_size": t.tile_size, "overlap": t.overlap},
+        "cells": {str(s): f"cells-{s}.json" for s in docs},
+        "cell_counts": {str(s): len(d["cells"]) for s, d in docs.items()},
+        "example_sizes": p["example_sizes"], "top_kind": kind,
+        "class_names": names, "search_classes": present,
+    }
+
+
+def _js(var: str, doc: Any) -> str:
+    return f"window.{var} = {json.dumps(doc, separators=(',', ':'), sort_keys=True)};\n"
+
+
+def _finalize(ctx: _Context) -> None:
+    """Metadata (JSON + JS twins), the viewer, the descriptor; index.html last, then the marker."""
+    osd = openseadragon_dir()
+    out, t, p = ctx.out, ctx.cfg.tile, ctx.plan
+    failed: set[int] = set()
+    for u in p["units"]:
+        if u["name"].startswith("examples-"):
+            failed |= {f["row"] for f in json.loads(ctx.run.unit_data_path(STAGE, u["name"], ".json").read_text())}
+    writer = _Writer()
+    docs = {s: _cells_doc(ctx, s, failed) for s in p["sizes"]}
+    for s, doc in docs.items():
+        writer.put(out / f"cells-{s}.json", json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
+        writer.put(out / f"cells-{s}.js", _js(f"ATLAS_CELLS_{s}", doc).encode())
+    atlas = _atlas_doc(ctx, docs)
+    writer.put(out / "atlas.json", json.dumps(atlas, indent=1, sort_keys=True).encode())
+    writer.put(out / "atlas.js", _js("ATLAS", atlas).encode())
+    for f in sorted((osd / "images").iterdir()):
+        if f.is_file():
+            writer.put(out / "openseadragon" / "images" / f.name, f.read_bytes())
+    writer.put(out / "openseadragon" / "openseadragon.min.js", (osd / "openseadragon.min.js").read_bytes())
+    lic = osd.parents[1] / "LICENSE.txt"
+    if lic.is_file():
+        writer.put(out / "openseadragon" / "LICENSE.txt", lic.read_bytes())
+    writer.put(out / f"{DZI_NAME}.dzi", descriptor_xml(p["width"], p["height"], t.tile_size, t.overlap, t.format).encode())
+    src = viewer_source_dir()
+    for name in _VIEWER_FILES[1:] + _VIEWER_FILES[:1]:  # index.html last: its presence means "complete"
+        writer.put(out / name, (src / name).read_bytes())
+    writer.sync()
+    ctx.run.mark_done(STAGE, FINAL, {"tiles": p["tiles"], "levels": p["max_level"] + 1})
+    ctx.log.info("tiles complete: %d tiles on %d levels, %d x %d px; view with `atlas serve %s`", p["tiles"],
+                 p["max_level"] + 1, p["width"], p["height"], ctx.run.root)
+
+
+def _maybe_finalize(ctx: _Context) -> None:
+    with ctx.run.stage_lock(STAGE):
+        done = ctx.run.done_units(STAGE)
+        if FINAL in done:
+            return
+        missing = [u["name"] for u in ctx.plan["units"] if u["name"] not in done]
+        if missing:
+            ctx.log.info("%d units still to do by other shards; the last shard finishes the stage", len(missing))
+            return
+        _finalize(ctx)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _context(cfg: Config, shard: tuple[int, int]) -> _Context:
+    _validate(cfg)
+    openseadragon_dir()  # fail before any work when the viewer cannot be assembled
+    run_dir = RunDir(cfg.run_dir)
+    log = stage_logger(run_dir.root, STAGE, shard)
+    inp = read_inputs(cfg, run_dir)
+    with run_dir.stage_lock(STAGE):
+        plan = _ensure_plan(cfg, run_dir, inp, log)
+    return _Context(cfg, run_dir, plan, inp, log)
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to SIGKILL this worker when its parent dies (a killed shard stops its workers)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker(cfg: Config, shard: tuple[int, int], names: list[str], ppid: int) -> None:
+    _die_with_parent()
+    if os.getppid() != ppid:
+        return
+    ctx = _context(cfg, shard)
+    _run_units(ctx, names, ppid)
+
+
+def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
+    """Tile this shard's unfinished units, then finish the stage if every unit is done."""
+    ctx = _context(cfg, shard)
+    names = [u["name"] for u in ctx.plan["units"]]
+    done = ctx.run.done_units(STAGE)
+    todo = [n for n in my_units(names, shard) if n not in done]
+    ctx.log.info("shard %d/%d: %d of %d units to do (%d tiles on %d levels, %d x %d px, grids %s, %d examples)",
+                 shard[0], shard[1], len(todo), len(names), ctx.plan["tiles"], ctx.plan["max_level"] + 1,
+                 ctx.plan["width"], ctx.plan["height"], ctx.plan["sizes"], ctx.plan["n_examples"])
+    workers = min(ctx.cfg.tile.workers, len(todo))
+    if workers <= 1:
+        _run_units(ctx, todo)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        mp = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
+            futures = [pool.submit(_worker, cfg, shard, todo[i::workers], os.getpid()) for i in range(workers)]
+            for f in futures:
+                f.result()
+    _maybe_finalize(ctx)
+
+
+def status(run: RunDir) -> StageStatus:
+    """Units done / total (tile row ranges, icon and example batches, final)."""
+    path = _plan_path(run)
+    if not path.is_file():
+        return StageStatus(STAGE, 0, None)
+    plan = json.loads(path.read_text())
+    done = run.done_units(STAGE)
+    names = [u["name"] for u in plan["units"]] + [FINAL]
+    detail = {"tiles": plan["tiles"], "levels": plan["max_level"] + 1, "size": f"{plan['width']}x{plan['height']}",
+              "grids": plan["sizes"], "complete": FINAL in done, "output": str(run.stage_path(OUTPUT))}
+    return StageStatus(STAGE, sum(n in done for n in names), len(names), detail)

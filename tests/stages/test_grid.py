@@ -1,0 +1,219 @@
+"""grid stage on real on-disk Zarr: dask LocalCluster vs in-process, brute-force values,
+resume after SIGKILL, memory flat in N."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from atlas.config import Config
+from atlas.ops.whitening import whitening_matrix
+from atlas.stages import grid as G
+from atlas.store import RunDir, StoreError
+from tests.synthetic_collect import make_collect, make_layout
+
+REPO = Path(__file__).resolve().parents[2]
+N, C, CHUNK, LABELS = 2000, 16, 256, 5
+BAD = [5, 6, 1000]
+SIZES = [4, 8, 16]
+
+
+def build(root: Path, n: int = N, chunk_rows: int = CHUNK) -> Path:
+    make_collect(root, n, C, chunk_rows=chunk_rows, seed=0, n_classes=50, top_k=4, bad_rows=BAD, n_labels=LABELS)
+    make_layout(root, seed=0)
+    return root
+
+
+def copy_inputs(src: Path, dst: Path) -> Path:
+    for part in ("collect", "reduce", "state/collect", "state/reduce"):
+        shutil.copytree(src / part, dst / part)
+    return dst
+
+
+def config(root: Path, **grid_kw: Any) -> Config:
+    cfg = Config(run_dir=str(root), seed=1)
+    cfg.grid.sizes = list(SIZES)
+    cfg.grid.examples = 3
+    cfg.grid.dask_workers = 0
+    for key, value in grid_kw.items():
+        setattr(cfg.grid, key, value)
+    return cfg
+
+
+def grid_arrays(root: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(root / "grid"), mode="r")
+    out = {"whitening": np.asarray(g["whitening"][...])}
+    for s in SIZES:
+        out |= {f"level-{s}/{k}": np.asarray(v[...]) for k, v in g[f"level-{s}"].arrays()}
+    return out
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    xa, xb = grid_arrays(a), grid_arrays(b)
+    assert sorted(xa) == sorted(xb)
+    for k in xa:
+        assert xa[k].dtype == xb[k].dtype and xa[k].tobytes() == xb[k].tobytes(), k
+    assert dict(zarr.open_group(str(a / "grid")).attrs) == dict(zarr.open_group(str(b / "grid")).attrs)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def inproc(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_inputs(src, tmp_path_factory.mktemp("inproc"))
+    G.run(config(root))
+    return root
+
+
+def test_local_cluster_equals_in_process(inproc: Path, src: Path, tmp_path: Path, cluster: Any) -> None:
+    root = copy_inputs(src, tmp_path / "dask")
+    G.run(config(root, scheduler=cluster.scheduler_address))
+    assert_identical(inproc, root)
+
+
+def _brute_force(root: Path, s: int, min_count: int, t: int, e: int) -> dict[str, np.ndarray]:
+    col = zarr.open_group(str(root / "collect"), mode="r")
+    ok = col["status"][:] == 1
+    xy = zarr.open_group(str(root / "reduce"), mode="r")["coords"][:]
+    act = col["activations"][:].astype(np.float64)
+    xy = np.nan_to_num(xy, nan=0.0)  # bad rows are excluded by `ok`
+    r = np.minimum((xy[:, 1] * s).astype(int), s - 1)
+    c = np.minimum((xy[:, 0] * s).astype(int), s - 1)
+    out = {"count": np.zeros((s, s), np.int64), "mean": np.full((s, s, C), np.nan), "examples": np.full((s, s, e), -1),
+           "top": np.full((s, s, t), -1), "labels": np.zeros((s, s, LABELS), np.int64)}
+    cls, val, lab = col["attr_classes"][:], col["attr_values"][:], col["labels"][:]
+    for i in range(s):
+        for j in range(s):
+            rows = np.flatnonzero(ok & (r == i) & (c == j))
+            out["count"][i, j] = rows.size
+            out["labels"][i, j] = np.bincount(lab[rows], minlength=LABELS)
+            if rows.size < min_count:
+                continue
+            mean = act[rows].mean(axis=0)
+            out["mean"][i, j] = mean
+            attr = np.zeros(50)
+            np.add.at(attr, cls[rows].ravel(), val[rows].ravel().astype(np.float64))
+            out["top"][i, j] = np.lexsort((np.arange(50), -attr / rows.size))[:t]
+            u = act[rows] / np.linalg.norm(act[rows], axis=1, keepdims=True)
+            sim = u @ (mean / np.linalg.norm(mean))
+            best = rows[np.lexsort((rows, -sim))][:e]
+            out["examples"][i, j, : best.size] = best
+    return out
+
+
+def test_values_match_brute_force(inproc: Path) -> None:
+    g = zarr.open_group(str(inproc / "grid"), mode="r")
+    pos = zarr.open_group(str(inproc / "collect"), mode="r")["positions"][:]
+    for s in SIZES:
+        lev, ref = g[f"level-{s}"], _brute_force(inproc, s, 4, 5, 3)
+        np.testing.assert_array_equal(lev["count"][:], ref["count"])
+        assert lev["count"][:].sum() == N - len(BAD)
+        np.testing.assert_allclose(lev["mean_activation"][:], ref["mean"], rtol=1e-5, atol=1e-5)
+        empty = ref["count"] < 4
+        assert np.isnan(lev["mean_activation"][:][empty]).all() and (lev["top_classes"][:][empty] == -1).all()
+        np.testing.assert_array_equal(lev["top_classes"][:][~empty], ref["top"][~empty])
+        np.testing.assert_array_equal(lev["label_counts"][:], ref["labels"])
+        np.testing.assert_array_equal(lev["examples"][:], ref["examples"])
+        ex = lev["examples"][:]
+        np.testing.assert_array_equal(lev["example_positions"][:][ex >= 0], pos[ex[ex >= 0]])
+        assert (lev["example_positions"][:][ex < 0] == -1).all()
+        assert lev["top_classes"].dtype == np.int16 and lev["top_values"].dtype == np.float32
+
+
+def test_whitening_purity_and_attrs(inproc: Path) -> None:
+    g = zarr.open_group(str(inproc / "grid"), mode="r")
+    col = zarr.open_group(str(inproc / "collect"), mode="r")
+    np.testing.assert_array_equal(g["whitening"][:], whitening_matrix(col["second_moment"][:], col.attrs["ok_count"], 1e-2))
+    assert g.attrs["class_names"] == col.attrs["class_names"]
+    for s in SIZES:
+        p, b = g.attrs["purity"][str(s)], g.attrs["purity_shuffled"][str(s)]
+        assert 0.6 < p <= 1.0 and b < p - 0.2
+        assert g[f"level-{s}"].attrs["purity"] == p
+    st = G.status(RunDir(inproc))
+    assert st.state == "done" and st.total == 2 * 8 + 2 and st.detail["purity"] == g.attrs["purity"]
+
+
+def _grid_subprocess(root: Path) -> subprocess.Popen:
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from atlas.config import Config; "
+            f"from atlas.stages.grid import run; cfg = Config(run_dir={str(root)!r}, seed=1); "
+            f"cfg.grid.sizes = {SIZES!r}; cfg.grid.examples = 3; cfg.grid.dask_workers = 0; run(cfg)")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_then_rerun_gives_identical_arrays(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", n=6000, chunk_rows=40)  # 150 chunks: time to kill mid-way
+    killed = copy_inputs(src, tmp_path / "killed")
+    proc = _grid_subprocess(killed)
+    marker = killed / "state" / "grid" / "done" / "chunk-000001"
+    t0 = time.monotonic()
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not RunDir(killed).is_done("grid", "done")
+    G.run(config(killed))
+    clean = copy_inputs(src, tmp_path / "clean")
+    G.run(config(clean))
+    for s in SIZES:
+        a, b = zarr.open_group(str(killed / "grid"))[f"level-{s}"], zarr.open_group(str(clean / "grid"))[f"level-{s}"]
+        for k, v in a.arrays():
+            assert v[...].tobytes() == b[k][...].tobytes(), (s, k)
+    assert zarr.open_group(str(killed / "grid"))["whitening"][...].tobytes() == \
+        zarr.open_group(str(clean / "grid"))["whitening"][...].tobytes()
+
+
+def _peak_chunk_bytes(root: Path) -> int:
+    plan = G._make_plan(config(root), RunDir(root), zarr.open_group(str(root / "collect"), mode="r"))
+    tracemalloc.start()
+    try:
+        G.sums_unit(plan, 0)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_chunk_kernel_memory_is_flat_in_n(tmp_path: Path) -> None:
+    small = _peak_chunk_bytes(build(tmp_path / "small", n=2000))
+    big = _peak_chunk_bytes(build(tmp_path / "big", n=32000))  # 16x the rows, same chunks
+    assert big < 1.25 * small + 256 * 1024, (small, big)
+    assert big < 8 * CHUNK * C * 8 + 2 * 2**20  # a few chunk-sized buffers, not N
+
+
+def test_errors(src: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="one job"):
+        G.run(config(tmp_path), shard=(0, 2))
+    root = tmp_path / "noreduce"
+    for part in ("collect", "state/collect"):
+        shutil.copytree(src / part, root / part)
+    with pytest.raises(StoreError, match="atlas reduce"):
+        G.run(config(root))
+    g = zarr.open_group(str(root / "collect"), mode="r+")
+    g.attrs.update({"ok_count": None})
+    del g["second_moment"]
+    with pytest.raises(StoreError, match="finish `atlas collect`"):
+        G.run(config(root))
+    with pytest.raises(ValueError, match="grid.sizes"):
+        G.run(config(copy_inputs(src, tmp_path / "badsizes"), sizes=[4, 12]))

@@ -1,0 +1,197 @@
+"""A synthetic run directory holding exactly what the ``tile`` stage reads (collect, grid,
+render, manifest), with known icons, so tile / viewer tests need no network, model or UMAP.
+
+    from tests.synthetic_atlas import make_atlas
+    info = make_atlas(tmp_path / "run", sizes=(2, 4), icon=16)
+
+What is written (the documented formats):
+
+``RUN/manifest.tsv|json``  one PNG per row under ``RUN/source/`` (``write_images=False``: none)
+``RUN/collect``   attrs (class_names, layer_shape, input_size, model, layer, n_images, ok_count),
+                  ``positions`` [N, 2] int16, ``status`` [N] uint8 (all ok)
+``RUN/grid``      attrs sizes/min_count/class_names/complete; per size ``level-<s>``: ``count``,
+                  ``top_classes``/``top_values`` (or none with ``attribution=False``), ``examples``,
+                  ``example_positions``; marker ``state/grid/done/done``
+``RUN/render``    per size ``level-<s>``: ``icons`` [cells, icon, icon, 3] (cells = non-empty cells
+                  in row-major order), ``cells`` [cells, 2] int32, ``objective``, ``cossim``
+
+Layout: every row lands in one finest cell; the number of rows per finest cell is a blob
+field (so large atlases have empty regions) with cell (0, 0) forced empty and the last
+cell holding a single row (empty below ``min_count``). Coarser levels hold the union of
+their 2 x 2 children. Icons are solid :func:`icon_colour` squares (``pattern="solid"``) or
+that colour with a smooth texture and a disc (``pattern="texture"``, for benchmarks and
+screenshots).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from PIL import Image
+
+__all__ = ["make_atlas", "icon_colour", "icon_image", "class_name", "LAYER_HW", "INPUT_SIZE"]
+
+LAYER_HW = (7, 7)
+INPUT_SIZE = 56
+
+
+def class_name(k: int) -> str:
+    return f"class-{k:03d}"
+
+
+def icon_colour(s: int, r: int, c: int) -> tuple[int, int, int]:
+    """The solid colour of cell (r, c)'s icon at grid size s (never white, neighbours differ)."""
+    return (40 + (r * 37 + s * 11) % 170, 40 + (c * 53 + s * 29) % 170, 40 + ((r + c) * 23 + s * 7) % 170)
+
+
+def icon_image(s: int, r: int, c: int, icon: int, pattern: str = "solid") -> np.ndarray:
+    """uint8 [icon, icon, 3] icon of cell (r, c) at size s."""
+    base = np.array(icon_colour(s, r, c), np.float32)
+    if pattern == "solid":
+        return np.broadcast_to(base.astype(np.uint8), (icon, icon, 3)).copy()
+    yy, xx = np.mgrid[0:icon, 0:icon].astype(np.float32) / icon
+    phase = (r * 0.7 + c * 1.3 + s * 0.1)
+    wave = np.sin(2 * np.pi * (xx * (2 + r % 3) + yy * (1 + c % 4)) + phase)[..., None]
+    img = base + 45.0 * wave * np.array([1.0, -0.6, 0.4], np.float32)
+    disc = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) < 0.08
+    img[disc] = 255.0 - base
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _weights(S: int, seed: int) -> np.ndarray:
+    """Rows per finest cell: a sum of random Gaussian blobs, rounded; (0, 0) empty, last cell 1."""
+    rng = np.random.default_rng([seed, 11])
+    yy, xx = (np.mgrid[0:S, 0:S] + 0.5) / S
+    field = np.zeros((S, S))
+    for _ in range(6):
+        cy, cx = rng.uniform(0.15, 0.85, 2)
+        sd = rng.uniform(0.12, 0.3)
+        field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sd * sd))
+    w = np.floor(field / field.max() * 6.0 + rng.uniform(0, 1, (S, S))).astype(np.int64)
+    w[0, 0] = 0
+    w[S - 1, S - 1] = 1
+    if S > 2:
+        w[S // 2, S // 2] = max(w[S // 2, S // 2], 3)
+    return w
+
+
+def _per_cell(keys: np.ndarray, values: np.ndarray, n_cells: int, e: int, fill: int) -> np.ndarray:
+    """First ``e`` values (in row order) of each cell key -> [n_cells, e], ``fill`` padded."""
+    order = np.argsort(keys, kind="stable")
+    k, v = keys[order], values[order]
+    start = np.searchsorted(k, k, side="left")
+    rank = np.arange(k.size) - start
+    keep = rank < e
+    out = np.full((n_cells, e) + values.shape[1:], fill, dtype=values.dtype)
+    out[k[keep], rank[keep]] = v[keep]
+    return out
+
+
+def _put(g: zarr.Group, name: str, data: np.ndarray, fill: Any, chunks: tuple[int, ...] | None = None) -> None:
+    chunks = chunks or tuple(min(d, 64) if i < 2 else d for i, d in enumerate(data.shape))
+    g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill)
+    g[name][...] = data
+
+
+def _write_images(run_root: Path, n: int, seed: int, size: int) -> list[str]:
+    """n small PNGs (a colour gradient + a row-specific tint) under RUN/source/."""
+    folder = run_root / "source"
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    locs = []
+    for i in range(n):
+        tint = np.array([(i * 47) % 256, (i * 91) % 256, (i * 13) % 256], np.float32)
+        img = 0.5 * tint + 0.5 * np.stack([xx * 255, yy * 255, (1 - xx) * 255], axis=-1)
+        path = folder / f"img-{i:06d}.png"
+        Image.fromarray(img.astype(np.uint8)).save(path)
+        locs.append(str(path))
+    return locs
+
+
+def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16, seed: int = 0,
+               min_count: int = 2, n_classes: int = 20, top: int = 5, examples: int = 4,
+               pattern: str = "solid", attribution: bool = True, write_images: bool = True,
+               image_size: int = 64, icon_chunk: int = 64) -> dict[str, Any]:
+    """Write a complete synthetic run (see the module docstring); returns what tests need:
+    ``n`` rows, ``sizes``, ``icon``, per size ``count`` [s, s] and ``cells`` [k, 2]."""
+    run_root = Path(run_root)
+    run_root.mkdir(parents=True, exist_ok=True)
+    sizes = sorted(int(s) for s in sizes)
+    S = sizes[-1]
+    w = _weights(S, seed)
+    fine = np.repeat(np.arange(S * S), w.ravel())
+    rng = np.random.default_rng([seed, 23])
+    fine = fine[rng.permutation(fine.size)]  # row order unrelated to the layout
+    n = int(fine.size)
+    lh, lw = LAYER_HW
+    positions = np.stack([rng.integers(1, lh - 1, n), rng.integers(1, lw - 1, n)], axis=1).astype(np.int16)
+
+    # manifest
+    from atlas.sources import Manifest, write_manifest
+
+    locs = _write_images(run_root, n, seed, image_size) if write_images else [f"missing://{i}" for i in range(n)]
+    write_manifest(Manifest("folder", str(run_root / "source"), locs, np.full(n, -1, np.int32), []), run_root)
+
+    # collect
+    class_names = [class_name(k) for k in range(n_classes)]
+    col = zarr.open_group(str(run_root / "collect"), mode="w", zarr_format=3)
+    _put(col, "positions", positions, -1, (max(1, min(n, 4096)), 2))
+    _put(col, "status", np.ones(n, np.uint8), 0, (max(1, min(n, 4096)),))
+    col.attrs.update({"model": "synthetic-net", "layer": "blocks.5", "layer_shape": [16, lh, lw],
+                      "input_size": INPUT_SIZE, "n_images": n, "ok_count": n, "class_names": class_names,
+                      "label_names": [], "chunk_rows": 4096, "attribution": attribution})
+
+    grid = zarr.open_group(str(run_root / "grid"), mode="w", zarr_format=3)
+    render = zarr.open_group(str(run_root / "render"), mode="w", zarr_format=3)
+    info: dict[str, Any] = {"n": n, "sizes": sizes, "icon": icon, "count": {}, "cells": {}, "examples": {},
+                            "top_classes": {}}
+    fr, fc = fine // S, fine % S
+    for s in sizes:
+        f = S // s
+        key = (fr // f) * s + (fc // f)
+        count = np.bincount(key, minlength=s * s).reshape(s, s).astype(np.int64)
+        empty = count < min_count
+        ex = _per_cell(key, np.arange(n, dtype=np.int64), s * s, examples, -1).reshape(s, s, examples)
+        ex_pos = _per_cell(key, positions, s * s, examples, -1).reshape(s, s, examples, 2)
+        ex[empty], ex_pos[empty] = -1, -1
+        g = grid.create_group(f"level-{s}")
+        _put(g, "count", count, 0)
+        if attribution:
+            k = np.arange(s * s)[:, None]
+            cls = ((k * 7 + np.arange(top)[None, :] * 3 + s) % n_classes).astype(np.int16).reshape(s, s, top)
+            val = ((1.0 + (np.arange(s * s) % 3))[:, None] * (1.0 - 0.15 * np.arange(top))[None, :]).astype(np.float32)
+            val = val.reshape(s, s, top)
+            cls[empty], val[empty] = -1, np.nan
+            _put(g, "top_classes", cls, -1)
+            _put(g, "top_values", val, np.nan)
+            info["top_classes"][s] = cls
+        _put(g, "examples", ex, -1)
+        _put(g, "example_positions", ex_pos.astype(np.int16), -1)
+        g.attrs.update({"size": s, "empty_cells": int(empty.sum())})
+
+        cells = np.argwhere(~empty).astype(np.int32)  # row-major
+        icons = np.stack([icon_image(s, int(r), int(c), icon, pattern) for r, c in cells]) if len(cells) \
+            else np.zeros((0, icon, icon, 3), np.uint8)
+        rl = render.create_group(f"level-{s}")
+        rl.create_array("icons", shape=icons.shape, chunks=(max(1, min(icon_chunk, len(cells))), icon, icon, 3),
+                        dtype="uint8", fill_value=0)
+        if len(cells):
+            rl["icons"][...] = icons
+        _put(rl, "cells", cells.reshape(-1, 2), -1, (max(1, len(cells)), 2))
+        rng_o = np.random.default_rng([seed, 5, s])
+        _put(rl, "objective", rng_o.uniform(1, 10, len(cells)).astype(np.float32), 0, (max(1, len(cells)),))
+        _put(rl, "cossim", rng_o.uniform(0.3, 0.9, len(cells)).astype(np.float32), 0, (max(1, len(cells)),))
+        info["count"][s], info["cells"][s], info["examples"][s] = count, cells, ex
+    grid.attrs.update({"sizes": sizes, "min_count": min_count, "top_classes": top, "examples": examples,
+                       "class_names": class_names, "label_names": [], "complete": True})
+    render.attrs.update({"levels": sizes, "icon_size": icon, "complete": True})
+    for stage in ("grid", "render"):
+        done = run_root / "state" / stage / "done"
+        done.mkdir(parents=True, exist_ok=True)
+        (done / "done").write_text(json.dumps({"sizes": sizes}))
+    return info
