@@ -2,25 +2,38 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
+OSD    := viewer/node_modules/openseadragon/package.json
 
 .PHONY: setup demo test test-fast browser clean-demo
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(OSD)
 
+# Python 3.11 venv; torch==2.14.1 / torchvision==0.29.1 come from this machine's wheel store.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# The viewer's third-party code (OpenSeadragon), pinned in viewer/package-lock.json.
+$(OSD): viewer/package.json viewer/package-lock.json
+	npm ci --prefix viewer --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's Chromium for the headless viewer test (root on CI; sudo elsewhere).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
 demo: setup
 	$(BIN)/atlas run pipelines/demo.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 clean-demo:
 	rm -rf runs/demo

@@ -54,6 +54,10 @@ def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
     missing = [s for s in STAGES if s in wanted and s not in have]
     if missing:
         print(f"atlas: ran {', '.join(todo)}; not in this version yet: {', '.join(missing)}")
+    tiles = Path(cfg.run_dir) / "tiles" / "index.html"
+    if "tile" in todo and tiles.exists():
+        print(f"atlas: the atlas is ready. Open it with\n  atlas serve {cfg.run_dir}\n"
+              f"and browse http://127.0.0.1:8000/ (or open {tiles.resolve()} directly).")
     return todo
 
 

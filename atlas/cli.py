@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run the {name} stage")
         _add_config_args(p, shard=True)
 
+    p = sub.add_parser("serve", help="serve RUN_DIR/tiles (the atlas viewer) on 127.0.0.1")
+    p.add_argument("run_dir")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+
     p = sub.add_parser("status", help="per stage: done / partial / not started, bad inputs")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -49,6 +54,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "layers":
         for name, shape in api.layers(args.model, weights=args.weights, input_size=args.input_size):
             print(f"{name:40s} {'x'.join(map(str, shape))}")
+        return 0
+    if args.command == "serve":
+        from .serve import serve
+
+        serve(args.run_dir, host=args.host, port=args.port)
         return 0
     if args.command == "status":
         report = api.status(args.run_dir)

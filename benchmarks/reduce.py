@@ -138,6 +138,16 @@ def _copy_collect(src: Path) -> Path:
     return dst
 
 
+def _plain_layout(run_dir: Path, path: Path) -> np.ndarray:
+    """Plain umap-learn's embedding of the ok rows -> [N, 2] by collect row (NaN elsewhere)."""
+    import zarr
+
+    ok = _ok_rows(run_dir)
+    full = np.full((zarr.open_group(str(run_dir / "collect"), mode="r")["status"].shape[0], 2), np.nan, np.float32)
+    full[ok] = np.load(path)
+    return full
+
+
 def _machine() -> dict[str, Any]:
     import psutil
 
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trust-sample", type=int, default=5000)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="reduce config override, key=value")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--reuse-plain", action="store_true",
+                    help="take plain umap-learn's layout and timing from an earlier run on the same data")
     ap.add_argument("--worker", choices=("ours", "plain"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -209,11 +221,13 @@ def run_benchmark(a: argparse.Namespace) -> None:
             out = OUT / f"plain-{name}.npy"
             res["methods"]["plain"] = _spawn(["--worker", "plain", "--worker-dir", str(run_dir), "--worker-out", str(out),
                                               "--worker-k", str(default_n_neighbors(n_ok)), "--seed", str(a.seed)])
-            ok = _ok_rows(run_dir)
-            full = np.full((int(zarr.open_group(str(run_dir / "collect"), mode="r")["status"].shape[0]), 2), np.nan, np.float32)
-            full[ok] = np.load(out)
-            layouts["plain"] = full
+            layouts["plain"] = _plain_layout(run_dir, out)
         print(f"  {method}: {res['methods'][method]['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    if a.reuse_plain and "plain" not in res["methods"]:
+        earlier_name = a.run_dir.name if a.run_dir else f"synthetic-{a.n}x{a.c}"
+        earlier = json.loads((OUT / f"reduce-{earlier_name}.json").read_text())
+        res["methods"]["plain"] = earlier["methods"]["plain"] | {"reused_from": f"reduce-{earlier_name}.json"}
+        layouts["plain"] = _plain_layout(run_dir, OUT / f"plain-{earlier_name}.npy")
     res["trust"] = _trust(run_dir, layouts, a.trust_sample, a.seed)
     if {"ours", "plain"} <= set(res["methods"]):
         res["speedup"] = res["methods"]["plain"]["wall_s"] / res["methods"]["ours"]["wall_s"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, file_sha256  # file_sha256 re-exported for the loaders
 
 __all__ = ["ModelError", "Network", "file_sha256", "read_state_dict", "resolve_preprocessing"]
 
@@ -47,15 +46,6 @@ class Network:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous()
-
-
-def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed in ``block``-byte pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unwrap(state: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ __all__ = [
     "chunk_partial",
     "empty_accumulator",
     "add_partial",
+    "add_partials",
     "pyramid",
 ]
 
@@ -95,12 +96,16 @@ def key_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def merge_key_sums(keys_a: np.ndarray, sums_a: np.ndarray, keys_b: np.ndarray,
                    sums_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Add two sparse sums (each with sorted unique keys): a's value + b's value per key.
-    Returns (sorted unique keys [u], sums [u]) with the dtype of sums_a."""
-    keys = np.union1d(keys_a, keys_b)
-    out = np.zeros(keys.size, dtype=sums_a.dtype)
-    out[np.searchsorted(keys, keys_a)] = sums_a
-    out[np.searchsorted(keys, keys_b)] += sums_b
-    return keys, out
+    Returns (sorted unique keys [u], sums [u]) with the dtype of sums_a. Linear time: a
+    stable sort of two sorted runs is a single merge."""
+    keys = np.concatenate([np.asarray(keys_a, np.int64), np.asarray(keys_b, np.int64)])
+    vals = np.concatenate([sums_a, np.asarray(sums_b, dtype=sums_a.dtype)])
+    order = np.argsort(keys, kind="stable")  # a key present in both: a's value first
+    keys, vals = keys[order], vals[order]
+    if keys.size == 0:
+        return keys, vals
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(vals, starts)
 
 
 def pool2x2(grid: np.ndarray) -> np.ndarray:
@@ -245,15 +250,27 @@ def empty_accumulator(size: int, n_channels: int) -> dict[str, np.ndarray]:
             "label_keys": np.zeros(0, np.int64), "label_counts": np.zeros(0, np.int64)}
 
 
-def add_partial(acc: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
-    """Add one chunk's :func:`chunk_partial` into ``acc`` in place (call in chunk order for
-    bit-reproducible float sums)."""
-    cells = part["cells"]
-    acc["count"][cells] += part["count"]
-    acc["act_sum"][cells] += part["act_sum"]
+def add_partials(acc: dict[str, np.ndarray], parts: list[dict[str, np.ndarray]]) -> None:
+    """Add a batch of chunks' :func:`chunk_partial` into ``acc`` in place.
+
+    Dense totals are added part by part; the sparse sums of the batch are first summed
+    together (parts in order) and then merged once into ``acc``, so the large accumulator
+    is re-sorted once per batch, not once per chunk. Call with batches in chunk order and
+    a fixed batch size for bit-reproducible float sums.
+    """
+    for part in parts:
+        acc["count"][part["cells"]] += part["count"]
+        acc["act_sum"][part["cells"]] += part["act_sum"]
     for keys, vals in (("attr_keys", "attr_sums"), ("label_keys", "label_counts")):
-        if keys in part:
-            acc[keys], acc[vals] = merge_key_sums(acc[keys], acc[vals], part[keys], part[vals])
+        present = [p for p in parts if keys in p]
+        if present:
+            batch = key_sums(np.concatenate([p[keys] for p in present]), np.concatenate([p[vals] for p in present]))
+            acc[keys], acc[vals] = merge_key_sums(acc[keys], acc[vals], *batch)
+
+
+def add_partial(acc: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
+    """:func:`add_partials` for one chunk."""
+    add_partials(acc, [part])
 
 
 def pyramid(acc: dict[str, np.ndarray], sizes: list[int], n_classes: int,

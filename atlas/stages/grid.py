@@ -43,7 +43,7 @@ import numpy as np
 import zarr
 
 from ..config import Config, GridConfig
-from ..ops.binning import (add_partial, cell_ids, cell_similarity, chunk_partial, dense_from_keys, empty_accumulator,
+from ..ops.binning import (add_partials, cell_ids, cell_similarity, chunk_partial, dense_from_keys, empty_accumulator,
                            key_sums, level_means, parent_ids, purity, pyramid, rank_in_groups, top_per_cell,
                            top_rows_per_cell, unit_rows)
 from ..ops.whitening import whitening_matrix
@@ -55,6 +55,7 @@ from .reduce import open_complete_collect
 __all__ = ["STAGE", "run", "status"]
 
 STAGE = "grid"
+_COMBINE_BATCH = 32  # chunk partials merged into the totals at a time (fixed: part of the sum order)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def examples_unit(plan: GridPlan, j: int) -> None:
     with run.lease(STAGE, unit) as mine:
         if not mine or run.is_done(STAGE, unit):
             return
-        means = np.load(run.unit_data_path(STAGE, "means"))
+        means = _load_npz(run.unit_data_path(STAGE, "means"))
         ch = _read_chunk(plan, j, positions=True)
         rows = np.arange(*plan.rows(j), dtype=np.int64)
         out: dict[str, np.ndarray] = {}
@@ -228,8 +229,9 @@ def _combine(plan: GridPlan, run: RunDir) -> None:
     if run.is_done(STAGE, "combine"):
         return
     acc = empty_accumulator(plan.sizes[-1], plan.n_channels)
-    for j in range(plan.n_chunks):
-        add_partial(acc, _load_npz(run.unit_data_path(STAGE, f"chunk-{j:06d}")))
+    for lo in range(0, plan.n_chunks, _COMBINE_BATCH):
+        chunks = range(lo, min(plan.n_chunks, lo + _COMBINE_BATCH))
+        add_partials(acc, [_load_npz(run.unit_data_path(STAGE, f"chunk-{j:06d}")) for j in chunks])
     atomic_save_npz(run.unit_data_path(STAGE, "combined"), **acc)
     means: dict[str, np.ndarray] = {}
     for s, lev in pyramid(acc, list(plan.sizes), plan.n_classes, plan.n_labels).items():
@@ -241,13 +243,16 @@ def _combine(plan: GridPlan, run: RunDir) -> None:
 
 
 def _merge_examples(plan: GridPlan, run: RunDir) -> dict[int, dict[str, np.ndarray]]:
-    """Per level, the best ``examples`` rows of every cell over all chunks (chunk order)."""
+    """Per level, the best ``examples`` rows of every cell over all chunks (a total order:
+    score, then row id, so the result does not depend on how chunks are batched)."""
+    names = ("cells", "rows", "scores", "pos")
     best = {s: {"cells": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "scores": np.zeros(0),
                 "pos": np.zeros((0, 2), np.int16)} for s in plan.sizes}
-    for j in range(plan.n_chunks):
-        part = _load_npz(run.unit_data_path(STAGE, f"examples-{j:06d}"))
+    for lo in range(0, plan.n_chunks, _COMBINE_BATCH):
+        parts = [_load_npz(run.unit_data_path(STAGE, f"examples-{j:06d}"))
+                 for j in range(lo, min(plan.n_chunks, lo + _COMBINE_BATCH))]
         for s, b in best.items():
-            cat = {k: np.concatenate([b[k], part[f"{k}_{s}"]]) for k in ("cells", "rows", "scores", "pos")}
+            cat = {k: np.concatenate([b[k], *(p[f"{k}_{s}"] for p in parts)]) for k in names}
             keep = top_rows_per_cell(cat["cells"], cat["rows"], cat["scores"], plan.examples)
             best[s] = {k: v[keep] for k, v in cat.items()}
     return best

@@ -141,6 +141,8 @@ def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
         "recall_queries": rc.recall_queries, "placement": rc.placement, "place_k": rc.place_k,
         "clip_percentile": rc.clip_percentile, "margin": rc.margin, "trust_sample": rc.trust_sample,
         "seed": cfg.seed, "n_rows": int(n), "ok_count": int(ok_rows.size), "chunk_rows": int(collect.attrs["chunk_rows"]),
+        "collect": {k: collect.attrs.get(k) for k in ("model", "layer", "seed", "n_images")}
+        | {"status_sha256": hashlib.sha256(status.tobytes()).hexdigest()[:16]},
     }
     plan = _Plan(int(n), int(c), int(collect.attrs["chunk_rows"]), status, fit_rows, params)
     plan.key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]

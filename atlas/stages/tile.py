@@ -7,7 +7,7 @@ serve it with ``atlas serve RUN``)::
     atlas_files/<level>/<col>_<row>.<fmt>
     atlas.json / atlas.js           model, layer, image count, sizes, LOD table, class names
     cells-<s>.json / cells-<s>.js   per non-empty cell of grid s: count, top classes, examples, cossim
-    icons/<s>/<row>_<col>.<fmt>     every cell's icon at full size (the click panel)
+    icons/<s>/<sheet>.<fmt>         every cell's icon at full size (the click panel), 256 per sheet
     examples/<row>.jpg              crop of collect row ``row`` around its sampled position
     index.html viewer.js viewer.css openseadragon/   the viewer
 
@@ -34,7 +34,8 @@ Units of work (``RUN/state/tile/done/<unit>``), split round robin over ``--shard
 and leased while running:
 
 ``tiles-<LL>-<RRRRRR>``   a range of whole tile rows of DZI level LL (about ``tile.unit_tiles`` tiles)
-``icons-<SSSS>-<KKKK>``   1024 icons of grid s written as files
+``icons-<SSSS>-<KKKK>``   icon sheet k of grid s: the level's non-empty cells in row-major order,
+                          256 per sheet, 16 per sheet row (a cell's sheet and slot are in cells-<s>.json)
 ``examples-<KKKKKK>``     ``tile.examples_per_unit`` example crops
 ``final``                 by whichever shard finishes last: metadata, viewer, descriptor, index.html
 
@@ -77,7 +78,8 @@ STAGE = "tile"
 OUTPUT = "tiles"
 FINAL = "final"
 DZI_NAME = "atlas"
-ICONS_PER_UNIT = 1024
+SHEET_COLS = 16          # icons per sheet row
+ICONS_PER_SHEET = 256    # icons per sheet (one unit of work)
 _FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _VIEWER_FILES = ("index.html", "viewer.js", "viewer.css")
 _REPO = Path(__file__).resolve().parents[2]
@@ -263,7 +265,7 @@ def _plan(cfg: Config, run: RunDir, inp: Inputs) -> tuple[dict[str, Any], np.nda
             units.append({"name": f"tiles-{lv:02d}-{r0:06d}", "level": lv, "rows": [r0, min(rows, r0 + per)]})
     for s in inp.sizes:
         n_icons = int((inp.index[s] >= 0).sum())
-        for k in range(-(-n_icons // ICONS_PER_UNIT)):
+        for k in range(-(-n_icons // ICONS_PER_SHEET)):
             units.append({"name": f"icons-{s:04d}-{k:04d}", "size": s, "part": k})
     ex_sizes = example_sizes(inp.sizes, t.example_levels)
     rows_ex, pos_ex = _example_rows(run, inp, ex_sizes)
@@ -302,9 +304,26 @@ def _ensure_plan(cfg: Config, run: RunDir, inp: Inputs, log: Logger) -> dict[str
 # --------------------------------------------------------------------------- writing
 
 
+def _syncfs(path: Path) -> bool:
+    """Linux ``syncfs`` of the filesystem holding ``path`` (one call flushes a whole unit's
+    files; per-file fsync costs milliseconds each). False where unavailable."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fn(fd) == 0
+    finally:
+        os.close(fd)
+
+
 class _Writer:
     """Files written under a temporary name then renamed (a kill never leaves half a file);
-    :meth:`sync` fsyncs them and their folders before the unit's marker is written."""
+    :meth:`sync` makes them durable (syncfs, else fsync of each file and folder) before the
+    unit's marker is written."""
 
     def __init__(self) -> None:
         self.paths: list[Path] = []
@@ -324,12 +343,13 @@ class _Writer:
         self.paths.append(path)
 
     def sync(self) -> None:
-        for p in self.paths + sorted(self.dirs):
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self.paths and not _syncfs(self.paths[0].parent):
+            for p in self.paths + sorted(self.dirs):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         self.paths, self.dirs = [], set()
 
 
@@ -376,7 +396,7 @@ def _load_icons(icons: zarr.Array, wanted: np.ndarray) -> dict[int, np.ndarray]:
         lo = int(chunk[a]) * step
         block = np.asarray(icons[lo:min(lo + step, icons.shape[0])])
         for i in wanted[a:b]:
-            out[int(i)] = np.ascontiguousarray(block[int(i) - lo, :, :, :3]).astype(np.uint8, copy=False)
+            out[int(i)] = np.array(block[int(i) - lo, :, :, :3], dtype=np.uint8)  # a copy: the chunk is freed
     return out
 
 
@@ -427,18 +447,20 @@ def _tiles_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: Any) 
 
 
 def _icons_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: Any) -> int:
+    """Icon sheet ``part`` of grid ``size``: slots in row-major order of the non-empty cells."""
     s, part, t = unit["size"], unit["part"], ctx.cfg.tile
     index = ctx.inputs.index[s]
     rows, cols = np.nonzero(index >= 0)
-    sel = slice(part * ICONS_PER_UNIT, (part + 1) * ICONS_PER_UNIT)
-    rows, cols = rows[sel], cols[sel]
-    ids = index[rows, cols]
-    order = np.argsort(ids, kind="stable")
-    icons = _load_icons(ctx.run.open_group("render")[f"level-{s}"]["icons"], ids[order])
-    folder = ctx.out / "icons" / str(s)
-    for r, c, i in zip(rows.tolist(), cols.tolist(), ids.tolist()):
-        writer.put(folder / f"{r}_{c}.{t.format}", encode_image(icons[i], t.format, t.quality))
-    return len(ids)
+    ids = index[rows, cols][part * ICONS_PER_SHEET:(part + 1) * ICONS_PER_SHEET]
+    icons = _load_icons(ctx.run.open_group("render")[f"level-{s}"]["icons"], np.unique(ids))
+    n, icon = len(ids), ctx.inputs.icon
+    sheet = np.empty((-(-n // SHEET_COLS) * icon, SHEET_COLS * icon, 3), np.uint8)
+    sheet[...] = np.asarray(parse_colour(t.background), np.uint8)
+    for j, i in enumerate(ids.tolist()):
+        y, x = (j // SHEET_COLS) * icon, (j % SHEET_COLS) * icon
+        sheet[y:y + icon, x:x + icon] = resize_icon(icons[i], icon, icon)
+    writer.put(ctx.out / "icons" / str(s) / f"{part}.{t.format}", encode_image(sheet, t.format, t.quality))
+    return n
 
 
 _MANIFEST: dict[str, Any] = {}
@@ -553,6 +575,9 @@ def _cells_doc(ctx: _Context, s: int, failed: set[int]) -> dict[str, Any]:
         names, kind = inp.label_names, "labels"
     else:
         top_c, top_v, names, kind = np.full((s, s, 0), -1), np.zeros((s, s, 0)), [], "none"
+    slot = np.full((s, s), -1, np.int64)  # position of the cell's icon in the level's sheets
+    painted = np.nonzero(inp.index[s] >= 0)
+    slot[painted] = np.arange(len(painted[0]))
     out = []
     for r, c in zip(*np.nonzero(count >= inp.min_count)):
         r, c = int(r), int(c)
@@ -562,20 +587,21 @@ def _cells_doc(ctx: _Context, s: int, failed: set[int]) -> dict[str, Any]:
         cell: dict[str, Any] = {"row": r, "col": c, "count": int(count[r, c]), "top": top,
                                 "examples": [e for e in examples[r, c].tolist() if e >= 0 and e not in failed]
                                 if show_examples else [],
-                                "icon": bool(inp.index[s][r, c] >= 0),
+                                "icon": [int(slot[r, c]) // ICONS_PER_SHEET, int(slot[r, c]) % ICONS_PER_SHEET]
+                                if slot[r, c] >= 0 else None,
                                 "cossim": _r(cossim[i]) if i >= 0 else None,
                                 "objective": _r(objective[i]) if i >= 0 else None}
         out.append(cell)
     return {"size": s, "cell_px": ctx.plan["width"] // s, "top_kind": kind, "top_k": int(top_c.shape[2]),
-            "icon_url": f"icons/{s}/{{row}}_{{col}}.{t.format}", "example_url": "examples/{row}.jpg",
+            "icon_url": f"icons/{s}/{{sheet}}.{t.format}", "icon_sheet_cols": SHEET_COLS, "icon_size": inp.icon,
+            "example_url": "examples/{row}.jpg",
             "examples": show_examples, "cells": out}
 
 
-def _atlas_doc(ctx: _Context, docs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def _atlas_doc(ctx: _Context, kinds: set[str], present: set[int], counts: dict[int, int]) -> dict[str, Any]:
     p, t, inp = ctx.plan, ctx.cfg.tile, ctx.inputs
     ca = inp.collect_attrs
-    kind = next(iter(docs.values()))["top_kind"] if docs else "none"
-    present = sorted({k["class"] for d in docs.values() for cell in d["cells"] for k in cell["top"]})
+    kind = "attribution" if "attribution" in kinds else "labels" if "labels" in kinds else "none"
     names = inp.class_names if kind == "attribution" else inp.label_names if kind == "labels" else []
     return {
         "format": 1, "model": ca.get("model"), "layer": ca.get("layer"), "layer_shape": ca.get("layer_shape"),
@@ -585,10 +611,10 @@ def _atlas_doc(ctx: _Context, docs: dict[int, dict[str, Any]]) -> dict[str, Any]
         "background": t.background, "density_scale": t.density_scale,
         "dzi": {"url": f"{DZI_NAME}.dzi", "tiles_url": f"{DZI_NAME}_files/", "format": t.format,
                 "tile_size": t.tile_size, "overlap": t.overlap},
-        "cells": {str(s): f"cells-{s}.json" for s in docs},
-        "cell_counts": {str(s): len(d["cells"]) for s, d in docs.items()},
+        "cells": {str(s): f"cells-{s}.json" for s in p["sizes"]},
+        "cell_counts": {str(s): n for s, n in counts.items()},
         "example_sizes": p["example_sizes"], "top_kind": kind,
-        "class_names": names, "search_classes": present,
+        "class_names": names, "search_classes": sorted(present),
     }
 
 
@@ -596,43 +622,67 @@ def _js(var: str, doc: Any) -> str:
     return f"window.{var} = {json.dumps(doc, separators=(',', ':'), sort_keys=True)};\n"
 
 
+def _static_files() -> dict[str, Path]:
+    """The viewer's static files: destination (relative to RUN/tiles) -> source. index.html last."""
+    osd, src = openseadragon_dir(), viewer_source_dir()
+    files = {f"openseadragon/images/{f.name}": f for f in sorted((osd / "images").iterdir()) if f.is_file()}
+    files["openseadragon/openseadragon.min.js"] = osd / "openseadragon.min.js"
+    lic = osd.parents[1] / "LICENSE.txt"
+    if lic.is_file():
+        files["openseadragon/LICENSE.txt"] = lic
+    for name in _VIEWER_FILES[1:] + _VIEWER_FILES[:1]:  # index.html last: its presence means "complete"
+        files[name] = src / name
+    return files
+
+
 def _finalize(ctx: _Context) -> None:
-    """Metadata (JSON + JS twins), the viewer, the descriptor; index.html last, then the marker."""
-    osd = openseadragon_dir()
+    """Metadata (JSON + JS twins, one level at a time), the descriptor, the viewer (index.html
+    last), then the marker."""
     out, t, p = ctx.out, ctx.cfg.tile, ctx.plan
     failed: set[int] = set()
     for u in p["units"]:
         if u["name"].startswith("examples-"):
             failed |= {f["row"] for f in json.loads(ctx.run.unit_data_path(STAGE, u["name"], ".json").read_text())}
     writer = _Writer()
-    docs = {s: _cells_doc(ctx, s, failed) for s in p["sizes"]}
-    for s, doc in docs.items():
+    kinds, present, counts = set(), set(), {}
+    for s in p["sizes"]:
+        doc = _cells_doc(ctx, s, failed)
+        kinds.add(doc["top_kind"])
+        present |= {k["class"] for cell in doc["cells"] for k in cell["top"]}
+        counts[s] = len(doc["cells"])
         writer.put(out / f"cells-{s}.json", json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
         writer.put(out / f"cells-{s}.js", _js(f"ATLAS_CELLS_{s}", doc).encode())
-    atlas = _atlas_doc(ctx, docs)
+        del doc
+    atlas = _atlas_doc(ctx, kinds, present, counts)
     writer.put(out / "atlas.json", json.dumps(atlas, indent=1, sort_keys=True).encode())
     writer.put(out / "atlas.js", _js("ATLAS", atlas).encode())
-    for f in sorted((osd / "images").iterdir()):
-        if f.is_file():
-            writer.put(out / "openseadragon" / "images" / f.name, f.read_bytes())
-    writer.put(out / "openseadragon" / "openseadragon.min.js", (osd / "openseadragon.min.js").read_bytes())
-    lic = osd.parents[1] / "LICENSE.txt"
-    if lic.is_file():
-        writer.put(out / "openseadragon" / "LICENSE.txt", lic.read_bytes())
     writer.put(out / f"{DZI_NAME}.dzi", descriptor_xml(p["width"], p["height"], t.tile_size, t.overlap, t.format).encode())
-    src = viewer_source_dir()
-    for name in _VIEWER_FILES[1:] + _VIEWER_FILES[:1]:  # index.html last: its presence means "complete"
-        writer.put(out / name, (src / name).read_bytes())
+    for rel, src in _static_files().items():
+        writer.put(out / rel, src.read_bytes())
     writer.sync()
     ctx.run.mark_done(STAGE, FINAL, {"tiles": p["tiles"], "levels": p["max_level"] + 1})
     ctx.log.info("tiles complete: %d tiles on %d levels, %d x %d px; view with `atlas serve %s`", p["tiles"],
                  p["max_level"] + 1, p["width"], p["height"], ctx.run.root)
 
 
+def _refresh_viewer(ctx: _Context) -> None:
+    """A finished folder gets the installed viewer's files when they changed (a newer atlas or
+    OpenSeadragon); nothing is written when they are the same."""
+    writer = _Writer()
+    for rel, src in _static_files().items():
+        data, dst = src.read_bytes(), ctx.out / rel
+        if not dst.is_file() or dst.read_bytes() != data:
+            writer.put(dst, data)
+    if writer.paths:
+        ctx.log.info("updated %d viewer files in %s", len(writer.paths), ctx.out)
+        writer.sync()
+
+
 def _maybe_finalize(ctx: _Context) -> None:
     with ctx.run.stage_lock(STAGE):
         done = ctx.run.done_units(STAGE)
         if FINAL in done:
+            _refresh_viewer(ctx)
             return
         missing = [u["name"] for u in ctx.plan["units"] if u["name"] not in done]
         if missing:

@@ -163,7 +163,7 @@ def _grid_subprocess(root: Path) -> subprocess.Popen:
 
 
 def test_sigkill_then_rerun_gives_identical_arrays(tmp_path: Path) -> None:
-    src = build(tmp_path / "src", n=6000, chunk_rows=40)  # 150 chunks: time to kill mid-way
+    src = build(tmp_path / "src", n=3000, chunk_rows=40)  # 75 chunks: time to kill mid-way
     killed = copy_inputs(src, tmp_path / "killed")
     proc = _grid_subprocess(killed)
     marker = killed / "state" / "grid" / "done" / "chunk-000001"
@@ -217,3 +217,14 @@ def test_errors(src: Path, tmp_path: Path) -> None:
         G.run(config(root))
     with pytest.raises(ValueError, match="grid.sizes"):
         G.run(config(copy_inputs(src, tmp_path / "badsizes"), sizes=[4, 12]))
+
+
+def test_without_labels_or_attribution(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    make_collect(root, 600, C, chunk_rows=128, seed=2, n_classes=50, top_k=4, n_labels=0)
+    zarr.open_group(str(root / "collect"), mode="r+").attrs.update({"attribution": False})
+    make_layout(root, seed=2)
+    G.run(config(root, sizes=[2, 4]))
+    g = zarr.open_group(str(root / "grid"), mode="r")
+    assert sorted(k for k, _ in g["level-4"].arrays()) == ["count", "example_positions", "examples", "mean_activation"]
+    assert g.attrs["purity"] == {} and g["level-2"]["count"][:].sum() == 600

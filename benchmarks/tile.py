@@ -1,0 +1,145 @@
+"""Benchmark: wall time, throughput and peak memory of `atlas tile` on synthetic atlases.
+
+Atlases (tests/synthetic_atlas.py: textured synthetic icons, blob-shaped occupancy):
+
+* ``demo``: the demo pipeline's shape, grids [4, 8, 16] with 48-px icons (768 x 768 canvas),
+  dataset example crops on (small PNG source images);
+* ``160``: grids [5, 10, 20, 40, 80, 160] with 80-px icons (12800 x 12800 canvas, 3,333
+  tiles of 256 px, ~34k icon files); example crops off unless ``--examples``.
+
+Each tile run is a fresh subprocess (peak RSS measured per run), with ``tile.workers`` 0
+(one process) and 2. Writes ``benchmarks/out/tile.json`` and prints a table.
+
+    python benchmarks/tile.py                 # both atlases, workers 0 and 2
+    python benchmarks/tile.py --only demo --workers 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+sys.path.insert(0, str(ROOT))
+
+ATLASES = {
+    "demo": {"sizes": [4, 8, 16], "icon": 48, "examples": True},
+    "160": {"sizes": [5, 10, 20, 40, 80, 160], "icon": 80, "examples": False},
+}
+
+# Peak memory is sampled in the child (psutil, every 20 ms: its own RSS, and its own plus its
+# tile workers' at the same moment): ru_maxrss would report the parent's high-water mark,
+# which survives fork + exec on Linux.
+_CHILD = """
+import json, sys, threading, time
+sys.path.insert(0, {root!r})
+import psutil
+proc, peak = psutil.Process(), {{"own": 0.0, "total": 0.0}}
+def sample():
+    while True:
+        try:
+            own = proc.memory_info().rss
+            total = own + sum(c.memory_info().rss for c in proc.children(recursive=True))
+        except psutil.Error:
+            continue
+        peak["own"], peak["total"] = max(peak["own"], own), max(peak["total"], total)
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+from atlas.config import load_config
+from atlas.stages import tile
+cfg = load_config(None, {overrides!r})
+t0 = time.perf_counter()
+tile.run(cfg)
+wall = time.perf_counter() - t0
+time.sleep(0.05)
+print(json.dumps({{"wall_s": wall, "peak_rss_mb": peak["own"] / 1e6, "peak_total_rss_mb": peak["total"] / 1e6}}))
+"""
+
+
+def _build(name: str, spec: dict, work: Path, examples: bool) -> tuple[Path, dict, float]:
+    from tests.synthetic_atlas import make_atlas
+
+    run_dir = work / name / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    info = make_atlas(run_dir, sizes=spec["sizes"], icon=spec["icon"], pattern="texture", examples=8,
+                      write_images=examples, icon_chunk=256)
+    return run_dir, info, time.perf_counter() - t0
+
+
+def _tile(run_dir: Path, spec: dict, workers: int, examples: bool) -> dict:
+    for p in (run_dir / "tiles", run_dir / "state" / "tile"):
+        shutil.rmtree(p, ignore_errors=True)
+    # grid sizes are read from RUN/grid; the config value only has to pass validation
+    overrides = [f"run_dir={run_dir}", f"tile.workers={workers}"]
+    if not examples:
+        overrides.append("tile.example_levels=0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    code = _CHILD.format(root=str(ROOT), overrides=overrides)
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    total = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"tile failed:\n{p.stderr[-3000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["process_wall_s"] = total
+    tiles = run_dir / "tiles"
+    files = [f for f in tiles.rglob("*") if f.is_file()]
+    res["tiles"] = sum(1 for f in (tiles / "atlas_files").rglob("*") if f.is_file())
+    res["files"] = len(files)
+    res["icon_files"] = sum(1 for f in (tiles / "icons").rglob("*") if f.is_file())
+    res["example_files"] = sum(1 for f in (tiles / "examples").rglob("*") if f.is_file()) if (tiles / "examples").exists() else 0
+    res["mb"] = sum(f.stat().st_size for f in files) / 1e6
+    res["tiles_per_s"] = res["tiles"] / res["wall_s"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=sorted(ATLASES), action="append", help="atlas to run (repeatable; default all)")
+    ap.add_argument("--workers", default="0,2", help="comma-separated tile.workers values (default 0,2)")
+    ap.add_argument("--examples", action="store_true", help="also crop dataset examples on the 160 atlas")
+    ap.add_argument("--work", default=str(OUT / "tile-work"), help="scratch folder for the synthetic runs")
+    args = ap.parse_args()
+    work = Path(args.work)
+    workers = [int(w) for w in args.workers.split(",")]
+    results = []
+    for name in args.only or list(ATLASES):
+        spec = ATLASES[name]
+        examples = spec["examples"] or args.examples
+        run_dir, info, build_s = _build(name, spec, work, examples)
+        cells = {s: int((info["count"][s] >= 2).sum()) for s in spec["sizes"]}
+        for w in workers:
+            r = _tile(run_dir, spec, w, examples)
+            r.update({"atlas": name, "sizes": spec["sizes"], "icon": spec["icon"], "canvas": spec["sizes"][-1] * spec["icon"],
+                      "non_empty_cells": cells, "images": info["n"], "examples": examples, "workers": w,
+                      "build_fixture_s": build_s})
+            results.append(r)
+            print(f"{name}: workers={w} {r['wall_s']:.1f} s", flush=True)
+        shutil.rmtree(work / name, ignore_errors=True)
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg()}
+    (OUT / "tile.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"\n{'atlas':6s} {'canvas':>7s} {'workers':>7s} {'tiles':>6s} {'icons':>6s} {'crops':>6s} {'files':>6s} "
+          f"{'MB':>7s} {'wall s':>7s} {'tiles/s':>8s} {'peak MB':>8s}")
+    for r in results:
+        peak = r["peak_total_rss_mb"]
+        print(f"{r['atlas']:6s} {r['canvas']:7d} {r['workers']:7d} {r['tiles']:6d} {r['icon_files']:6d} "
+              f"{r['example_files']:6d} {r['files']:6d} {r['mb']:7.1f} {r['wall_s']:7.1f} {r['tiles_per_s']:8.1f} {peak:8.0f}")
+    print("peak MB: resident memory of the tile process plus its workers, sampled every 20 ms")
+    print(f"\n-> {OUT / 'tile.json'}  (load average at end: {meta['load_avg_at_end']})")
+
+
+if __name__ == "__main__":
+    main()

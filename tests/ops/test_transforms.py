@@ -1,0 +1,103 @@
+"""Batched random transforms: exact values on tiny tensors, per-image draws, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.ops.transforms import (
+    STANDARD_ANGLES,
+    STANDARD_SCALES,
+    compose,
+    jitter,
+    jitter_offsets,
+    pad,
+    random_rotate,
+    random_scale,
+    standard_transforms,
+)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, h, w, generator=_gen(seed))
+
+
+def test_pad_constant_and_reflect():
+    x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 3, 2, 4).contiguous()
+    out = pad(2, mode="constant", value=0.5)(x, _gen())
+    assert out.shape == (1, 3, 6, 8)
+    assert torch.equal(out[:, :, 2:4, 2:6], x)
+    border = torch.ones(6, 8, dtype=torch.bool)
+    border[2:4, 2:6] = False
+    assert (out[:, :, border] == 0.5).all()
+    refl = pad(1, mode="reflect")(x, _gen())
+    assert refl[0, 0, 1].tolist() == [1.0, 0.0, 1.0, 2.0, 3.0, 2.0]
+    assert torch.equal(refl[:, :, 0], refl[:, :, 2])  # rows reflect too
+    assert pad(0)(x, _gen()) is x
+    with pytest.raises(ValueError, match="pad mode"):
+        pad(1, mode="wrap")
+
+
+def test_jitter_is_an_exact_integer_crop_per_image():
+    x = _images(16, 10, 12)
+    out = jitter(3)(x, _gen(5))
+    assert out.shape == (16, 3, 7, 9)
+    off = jitter_offsets(16, 3, _gen(5))
+    assert off.min() >= 0 and off.max() <= 3
+    for b, (dy, dx) in enumerate(off.tolist()):
+        assert torch.equal(out[b], x[b, :, dy:dy + 7, dx:dx + 9])
+    assert len({tuple(o) for o in off.tolist()}) > 1  # each image its own shift
+    assert jitter(0)(x, _gen()) is x
+
+
+def test_rotate_by_zero_and_scale_by_one_are_identities():
+    x = _images(4, 9, 9)
+    torch.testing.assert_close(random_rotate([0.0])(x, _gen()), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(random_scale([1.0])(x, _gen()), x, atol=1e-6, rtol=0)
+
+
+def test_rotate_by_90_degrees_is_rot90():
+    x = _images(2, 6, 6)
+    torch.testing.assert_close(random_rotate([90.0])(x, _gen()), torch.rot90(x, 1, dims=(2, 3)),
+                               atol=1e-5, rtol=0)
+
+
+def test_scale_two_zooms_about_the_centre():
+    w = 8
+    ramp = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(1, 3, w, w).contiguous()
+    out = random_scale([2.0])(ramp, _gen())
+    centre = (w - 1) / 2
+    want = centre + (torch.arange(w, dtype=torch.float32) - centre) / 2
+    torch.testing.assert_close(out[0, 0, 3], want, atol=1e-5, rtol=0)
+    assert torch.allclose(random_scale([0.5, 2.0])(torch.full((3, 3, 5, 5), 0.25), _gen()), torch.tensor(0.25))
+
+
+def test_each_image_gets_its_own_draw_and_draws_are_seeded():
+    x = _images(1, 16, 16).expand(8, 3, 16, 16).contiguous()
+    for t in (random_rotate(STANDARD_ANGLES), random_scale(STANDARD_SCALES), jitter(4)):
+        out = t(x, _gen(1))
+        assert len({out[b].sum().item() for b in range(8)}) > 1
+        assert torch.equal(out, t(x, _gen(1)))
+
+
+def test_standard_transforms_shapes_and_gradients():
+    ts = standard_transforms()
+    assert len(ts) == 5
+    x = _images(3, 32, 32).requires_grad_(True)
+    out = compose(ts)(x, _gen())
+    assert out.shape == (3, 3, 32 + 24 - 8 - 4, 32 + 24 - 8 - 4)
+    out.sum().backward()
+    assert x.grad is not None and (x.grad.abs().sum(dim=(1, 2, 3)) > 0).all()
+    assert STANDARD_SCALES == tuple(1 + (i - 5) / 50 for i in range(11)) and STANDARD_ANGLES[0] == -10
+    np.testing.assert_array_equal(compose(ts)(x, _gen(2)).detach(), compose(ts)(x, _gen(2)).detach())
+
+
+def test_compose_applies_in_order():
+    x = _images(1, 4, 4)
+    out = compose([pad(1, mode="constant", value=0.0), pad(1, mode="constant", value=1.0)])(x, _gen())
+    assert out.shape == (1, 3, 8, 8) and out[0, 0, 0, 0] == 1.0 and out[0, 0, 1, 1] == 0.0

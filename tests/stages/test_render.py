@@ -1,0 +1,209 @@
+"""render on the real bundled Lite0 (layer blocks.5), over a synthetic grid, in-process and through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from atlas.config import ModelConfig, RenderConfig, load_config
+from atlas.models import layer_output, load_network
+from atlas.models._activations import LayerActivations
+from atlas.ops.objectives import cosine
+from atlas.sources import demo_image
+from atlas.stages import render
+from atlas.store import RunDir, StoreError
+from tests.conftest import DEMO, assert_groups_equal
+from tests.stages import contract
+from tests.synthetic_grid import make_grid, non_empty_cells
+
+C = 192  # channels of Lite0 blocks.5
+SIZES = [2, 4]
+MIN_COUNT = 2
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_network(ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def real_vectors(lite0) -> np.ndarray:
+    """Real blocks.5 vectors of 6 demo photos (224 px): the 3x3 inner positions of each, [54, 192]."""
+    imgs = np.stack([np.asarray(demo_image(i, 224)) for i in range(6)])
+    with torch.no_grad():
+        h = layer_output(lite0, "blocks.5", lite0.preprocess(torch.from_numpy(imgs)))
+    return h[:, :, 2:5, 2:5].permute(0, 2, 3, 1).reshape(-1, C).numpy()
+
+
+def _ov(run_dir: Path, *more: str) -> list[str]:
+    return [f"run_dir={run_dir}", f"grid.min_count={MIN_COUNT}", "render.icon_size=32", "render.steps=4",
+            "render.batch_size=3", "render.restarts=2", "model.device=cpu", "render.threads=2", *more]
+
+
+def _grid(run_dir: Path, vectors: np.ndarray | None = None) -> None:
+    make_grid(run_dir, SIZES, C, seed=0, min_count=MIN_COUNT, vectors=vectors)
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def test_layer_activations_are_the_layer_output_with_gradients(lite0):
+    acts = LayerActivations(lite0, "blocks.5", "cpu")
+    assert acts.folded > 0  # BatchNorms folded into the convs, and checked
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = layer_output(lite0, "blocks.5", x)
+    head_calls = []
+    handle = acts.module.get_submodule("conv_head").register_forward_hook(lambda *a: head_calls.append(1))
+    xg = x.clone().requires_grad_(True)
+    with torch.no_grad():  # LayerActivations turns gradients on itself
+        h = acts(xg)
+    handle.remove()
+    assert h.shape == (2, C, 2, 2) and not head_calls  # cut after the layer
+    torch.testing.assert_close(h.detach(), want, rtol=1e-4, atol=1e-4)
+    h.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in acts.module.parameters())
+    assert all(p.grad is None for p in lite0.module.parameters())  # the Network is untouched
+    img = torch.full((1, 3, 4, 4), 127 / 255)
+    torch.testing.assert_close(acts.normalize(img), torch.zeros(1, 3, 4, 4), atol=1e-6, rtol=0)
+
+
+def test_rendered_icons_are_faithful_and_reproducible(lite0, real_vectors):
+    acts = LayerActivations(lite0, "blocks.5", "cpu")
+    targets = torch.from_numpy(real_vectors[[4, 13, 40]])
+    settings = RenderConfig(icon_size=48, steps=24, restarts=1)
+    res = render.render_icons(acts, targets, settings, generator=torch.Generator().manual_seed(0))
+    assert res.icons.shape == (3, 48, 48, 3) and res.icons.dtype == np.uint8
+    assert res.objective.shape == (3,) and res.cossim.dtype == np.float32
+    noise = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = cosine(acts(acts.normalize(noise)).float(), targets)
+        # the stored cossim is that of the stored (uint8) icon
+        again = cosine(acts(acts.normalize(torch.from_numpy(res.icons).permute(0, 3, 1, 2) / 255.0)).float(), targets)
+    np.testing.assert_allclose(res.cossim, again.numpy(), atol=1e-5)
+    assert (res.cossim > base.numpy() + 0.2).all(), (res.cossim, base)
+    same = render.render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
+                               generator=torch.Generator().manual_seed(5))
+    again2 = render.render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
+                                 generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(same.icons, again2.icons)
+    assert same.icons.shape == (2, 24, 24, 3)
+
+
+# --------------------------------------------------------------------------- the stage, in-process
+
+
+def test_units_and_seeds():
+    units = render.plan_units({8: 5, 4: 2, 16: 0}, 2)
+    assert [u.name for u in units] == ["level-0004-batch-000000", "level-0008-batch-000000",
+                                       "level-0008-batch-000001", "level-0008-batch-000002"]
+    assert (units[-1].lo, units[-1].hi) == (4, 5)
+    assert [u.level for u in render.plan_units({8: 5, 4: 2}, 2, [8])] == [8, 8, 8]
+    seeds = {render.unit_seed(0, s, b) for s in (4, 8) for b in range(50)}
+    assert len(seeds) == 100 and render.unit_seed(0, 4, 1) == render.unit_seed(0, 4, 1) != render.unit_seed(1, 4, 1)
+
+
+def test_render_writes_the_documented_group(tmp_path, real_vectors):
+    run_dir = tmp_path / "run"
+    _grid(run_dir, real_vectors)
+    cfg = load_config(DEMO, _ov(run_dir))
+    render.run(cfg)
+    g = zarr.open_group(str(run_dir / "render"), mode="r")
+    total_units = 0
+    for s in SIZES:
+        cells = non_empty_cells(run_dir, s, MIN_COUNT)
+        n = len(cells)
+        lvl = g[f"level-{s}"]
+        assert lvl["icons"].shape == (n, 32, 32, 3) and lvl["icons"].dtype == np.uint8
+        assert lvl["icons"].chunks == (3, 32, 32, 3)
+        np.testing.assert_array_equal(lvl["cells"][...], cells)
+        assert lvl["objective"].dtype == np.float32 and np.isfinite(lvl["objective"][...]).all()
+        cs = lvl["cossim"][...]
+        assert cs.shape == (n,) and np.isfinite(cs).all() and (np.abs(cs) <= 1).all()
+        assert lvl["icons"][...].reshape(n, -1).std(axis=1).min() > 0  # real pictures, not blank
+        f = g.attrs["faithfulness"][str(s)]
+        assert f["n"] == n and f["median"] == pytest.approx(float(np.median(cs)), abs=1e-6)
+        assert f["p10"] <= f["median"] <= f["p90"]
+        total_units += -(-n // 3)
+    done = RunDir(run_dir).done_units("render")
+    assert len(done) == total_units and "level-0004-batch-000000" in done
+    assert g.attrs["icon_size"] == 32 and g.attrs["restarts"] == 2 and g.attrs["sizes"] == SIZES
+    st = render.status(RunDir(run_dir))
+    assert st.state == "done" and st.done == st.total == total_units
+    assert st.detail["median_cossim"]["4"] == pytest.approx(g.attrs["faithfulness"]["4"]["median"], abs=1e-6)
+    log = (run_dir / "logs" / "render-0of1.log").read_text()
+    assert "faithfulness cossim median" in log
+    # other settings are refused, not mixed into the same arrays
+    with pytest.raises(StoreError, match="other settings"):
+        render.run(load_config(DEMO, _ov(run_dir, "render.steps=5")))
+
+
+def test_levels_subset_and_whitening(tmp_path):
+    run_dir = tmp_path / "run"
+    _grid(run_dir)
+    cfg = load_config(DEMO, _ov(run_dir, "render.levels=[2]", "render.whiten=true", "render.steps=1",
+                                "render.restarts=1"))
+    render.run(cfg)
+    st = render.status(RunDir(run_dir))
+    assert st.state == "partial" and st.detail["levels"]["2"]["units_done"] == st.detail["levels"]["2"]["units"]
+    assert st.detail["levels"]["4"]["units_done"] == 0 and st.detail["median_cossim"]["4"] is None
+    g = zarr.open_group(str(run_dir / "render"), mode="r")
+    assert list(g.attrs["faithfulness"]) == ["2"] and g.attrs["whiten"] is True
+    with pytest.raises(ValueError, match="not grid levels"):
+        render.run(load_config(DEMO, _ov(run_dir, "render.levels=[64]", "render.whiten=true", "render.steps=1",
+                                         "render.restarts=1")))
+
+
+def test_missing_grid_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="atlas grid"):
+        render.run(load_config(DEMO, _ov(tmp_path / "run")))
+    assert render.status(RunDir(tmp_path / "run")).state == "not started"
+
+
+# --------------------------------------------------------------------------- contract, through the CLI
+
+
+def _cli_ov(run_dir: Path) -> list[str]:
+    return _ov(run_dir, "render.steps=6")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted single-process render through the CLI."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    _grid(run_dir)
+    contract.run_stage("render", _cli_ov(run_dir))
+    return run_dir
+
+
+def test_rerun_of_a_finished_stage_changes_nothing(reference):
+    contract.check_idempotent("render", _cli_ov(reference), reference)
+
+
+def test_status_through_the_cli(reference):
+    rep = json.loads(contract.cli("status", str(reference), "--json").stdout)
+    st = next(s for s in rep["stages"] if s["stage"] == "render")
+    assert st["state"] == "done" and st["done"] == st["total"] > 1
+    assert set(st["median_cossim"]) == {"2", "4"}
+
+
+def test_resume_after_sigkill_gives_identical_arrays(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    _grid(run_dir)
+    seen = contract.kill_when("render", _cli_ov(run_dir), run_dir, min_done=1)
+    total = render.status(RunDir(reference)).total
+    assert seen < total  # killed mid-stage
+    contract.run_stage("render", _cli_ov(run_dir))
+    assert_groups_equal(run_dir / "render", reference / "render")
+
+
+def test_two_shards_equal_one_run(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    _grid(run_dir)
+    contract.check_shard_split("render", _cli_ov(run_dir), run_dir, reference, n=2)
