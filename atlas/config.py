@@ -141,6 +141,7 @@ class RenderConfig:
     init_sd: float = _f(0.01, "Standard deviation of the random initial spectrum (Lucid: 0.01).")
     transforms: str = _f("standard", "Random transforms applied at each step: `standard` (Lucid's: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 deg, jitter 4) or `none`.",
                          choices=("standard", "none"))
+    polish: float = _f(0.1, "Fraction of the final steps run without transforms: the icon is scored as stored, which raises its faithfulness (0 = Lucid's plain schedule).")
     threads: int | None = _f(None, "torch intra-op threads on the CPU (None = torch's default).")
 
 

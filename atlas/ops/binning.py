@@ -190,15 +190,15 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def cell_similarity(x: np.ndarray, ids: np.ndarray, unit_means: np.ndarray) -> np.ndarray:
+def cell_similarity(unit_x: np.ndarray, ids: np.ndarray, unit_means: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row to the mean of its own cell.
 
-    x: float [n, d]; ids: int [n] (-1 = none); unit_means: float32 [n_cells, d] unit rows
-    (0 for empty cells) -> float64 [n] (-inf where id < 0).
+    unit_x: float [n, d] unit rows (:func:`unit_rows`); ids: int [n] (-1 = none);
+    unit_means: float [n_cells, d] unit rows (0 for empty cells) -> float64 [n]
+    (-inf where id < 0).
     """
-    u = unit_rows(x).astype(np.float64)
     safe = np.where(ids >= 0, ids, 0)
-    sim = np.einsum("nd,nd->n", u, unit_means[safe].astype(np.float64))
+    sim = np.einsum("nd,nd->n", unit_x, unit_means[safe], dtype=np.float64)
     return np.where(ids >= 0, sim, -np.inf)
 
 

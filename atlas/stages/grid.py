@@ -151,20 +151,35 @@ def sums_unit(plan: GridPlan, j: int) -> None:
         run.mark_done(STAGE, unit, {"points": int(part["count"].sum())})
 
 
+_MEANS_CACHE: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
+
+
+def _cached_means(path: Path) -> dict[str, np.ndarray]:
+    """means.npz, loaded once per worker process (keyed by path, size and mtime: the file
+    is immutable once written, and a restart with other parameters rewrites it)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _MEANS_CACHE:
+        _MEANS_CACHE.clear()
+        _MEANS_CACHE[key] = _load_npz(path)
+    return _MEANS_CACHE[key]
+
+
 def examples_unit(plan: GridPlan, j: int) -> None:
     """Task: per level, chunk j's best candidates (cosine to their cell's mean) per cell."""
     run, unit = RunDir(plan.run_root), f"examples-{j:06d}"
     with run.lease(STAGE, unit) as mine:
         if not mine or run.is_done(STAGE, unit):
             return
-        means = _load_npz(run.unit_data_path(STAGE, "means"))
+        means = _cached_means(run.unit_data_path(STAGE, "means"))
         ch = _read_chunk(plan, j, positions=True)
         rows = np.arange(*plan.rows(j), dtype=np.int64)
+        unit_x = unit_rows(ch["act"])
         out: dict[str, np.ndarray] = {}
         for s in plan.sizes:
             ids = np.where(ch["ok"], cell_ids(ch["coords"], s), -1)
             ids = np.where((ids >= 0) & means[f"valid_{s}"][np.maximum(ids, 0)], ids, -1)
-            sim = cell_similarity(ch["act"], ids, means[f"unit_{s}"])
+            sim = cell_similarity(unit_x, ids, means[f"unit_{s}"])
             m = np.flatnonzero(ids >= 0)
             keep = m[top_rows_per_cell(ids[m], rows[m], sim[m], plan.examples)]
             out |= {f"cells_{s}": ids[keep], f"rows_{s}": rows[keep], f"scores_{s}": sim[keep],
@@ -401,6 +416,7 @@ def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
         _combine(plan, run_dir)
         _run_units(examples_unit, plan, "examples", cfg.grid, box, stack)
         stack.close()
+        _MEANS_CACHE.clear()
         _write(plan, run_dir, log)
         run_dir.mark_done(STAGE, "done", {"sizes": list(plan.sizes)})
 

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from atlas.ops.binning import (add_partial, cell_ids, cell_similarity, chunk_partial, dense_from_keys,
+from atlas.ops.binning import (add_partial, add_partials, cell_ids, cell_similarity, chunk_partial, dense_from_keys,
                                empty_accumulator, key_sums, level_means, merge_key_sums, parent_ids, pool2x2,
                                pool_keys, purity, pyramid, rank_in_groups, scatter_counts, scatter_sums,
-                               top_per_cell, top_rows_per_cell)
+                               top_per_cell, top_rows_per_cell, unit_rows)
 
 SIZES = [2, 4, 8]
 
@@ -157,7 +157,7 @@ def test_examples_kernels() -> None:
     keep = top_rows_per_cell(cells, rows, scores, 2)
     np.testing.assert_array_equal(rows[keep], [14, 13, 11, 12])  # by cell, score desc, row asc on ties
     means = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    sim = cell_similarity(np.array([[2.0, 0.0], [1.0, 1.0], [5.0, 5.0]]), np.array([0, 1, -1]), means)
+    sim = cell_similarity(unit_rows(np.array([[2.0, 0.0], [1.0, 1.0], [5.0, 5.0]])), np.array([0, 1, -1]), means)
     np.testing.assert_allclose(sim[:2], [1.0, np.sqrt(0.5)])
     assert sim[2] == -np.inf
 
@@ -172,11 +172,15 @@ def test_chunked_partials_equal_one_pass() -> None:
     val = rng.random((n, 3))
     lab = rng.integers(-1, 4, n)
     kw = {"n_classes": n_classes, "n_labels": 4}
-    acc = empty_accumulator(size, 4)
-    for lo in range(0, n, 128):
-        sl = slice(lo, lo + 128)
-        add_partial(acc, chunk_partial(xy[sl], act[sl], ok[sl], size, attr_classes=cls[sl], attr_values=val[sl],
-                                       labels=lab[sl], **kw))
+    parts = [chunk_partial(xy[lo:lo + 64], act[lo:lo + 64], ok[lo:lo + 64], size, attr_classes=cls[lo:lo + 64],
+                           attr_values=val[lo:lo + 64], labels=lab[lo:lo + 64], **kw) for lo in range(0, n, 64)]
+    acc, batched = empty_accumulator(size, 4), empty_accumulator(size, 4)
+    for part in parts:
+        add_partial(acc, part)
+    for lo in range(0, len(parts), 3):
+        add_partials(batched, parts[lo:lo + 3])
+    for key in acc:
+        np.testing.assert_allclose(batched[key], acc[key], atol=1e-12)
     ids = np.where(ok, cell_ids(xy, size), -1)
     np.testing.assert_array_equal(acc["count"], scatter_counts(ids, size * size))
     np.testing.assert_allclose(acc["act_sum"], scatter_sums(ids, act, size * size), atol=1e-12)
