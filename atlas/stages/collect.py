@@ -36,7 +36,7 @@ FINAL = "final"
 
 # Settings that change what a chunk contains: a rerun with other values would mix runs.
 _FINGERPRINT_KEYS = ("seed", "images", "model", "collect.chunk_rows", "collect.border",
-                     "collect.attribution", "collect.top_k", "collect.dtype")
+                     "collect.attribution", "collect.top_k", "collect.dtype", "collect.fold_bn")
 
 
 @dataclass
@@ -151,7 +151,8 @@ def _prepare(cfg: Config, run: RunDir, shard: tuple[int, int]) -> _Context:
             group = _create_group(cfg, run, n, shape, net, manifest)
     device = _device(cfg)
     sampler = LayerSampler(net, cfg.model.layer, attribution=cfg.collect.attribution, top_k=cfg.collect.top_k,
-                           device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda")
+                           device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda",
+                           fold_bn=cfg.collect.fold_bn)
     return _Context(cfg, run, group, manifest, sampler, net, shape, n, log)
 
 

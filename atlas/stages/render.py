@@ -102,6 +102,23 @@ def _score(acts: Any, images: torch.Tensor, v: torch.Tensor, raw: torch.Tensor,
     return obj, cosine(h, raw, settings.reduce)
 
 
+def _optimise(acts: Any, params: list[torch.Tensor], image_fn: Callable[[], torch.Tensor], v: torch.Tensor,
+              settings: RenderConfig, generator: torch.Generator, on_step: Callable[[int], None] | None) -> None:
+    """Adam on the image parameters, maximising the summed objective against directions v [m, C]."""
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    transform = make_transforms(settings)
+    plain_from = settings.steps - round(settings.polish * settings.steps)  # last steps: no transforms
+    for step in range(settings.steps):
+        opt.zero_grad(set_to_none=True)
+        img = image_fn()
+        h = acts(acts.normalize(transform(img, generator) if step < plain_from else img)).float()
+        obj = direction_cossim(h, v, power=settings.cossim_power, reduce=settings.reduce, floor=settings.cossim_floor)
+        (-obj.sum()).backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step)
+
+
 def render_icons(acts: Any, targets: torch.Tensor, settings: RenderConfig, *, generator: torch.Generator,
                  whitening: torch.Tensor | None = None,
                  on_step: Callable[[int], None] | None = None) -> RenderResult:
@@ -110,34 +127,21 @@ def render_icons(acts: Any, targets: torch.Tensor, settings: RenderConfig, *, ge
     acts: a :class:`~atlas.models._activations.LayerActivations` (images -> layer output);
     targets float [n, C] (cell mean activations); whitening [C, C] or None;
     generator: a CPU generator for the initial spectra and the transform draws.
-    Image j of the batch of n * restarts renders icon j % n.
+    Image j of the batch of n * restarts renders icon j % n; per icon, the restart with
+    the best objective of its final, quantised image is kept.
     """
     check_settings(settings)
     device = acts.device
     n, k = targets.shape[0], settings.restarts
-    raw = targets.to(device, torch.float32)
+    raw = targets.to(device, torch.float32).repeat(k, 1)  # [n * k, C]
     v = _directions(raw, None if whitening is None else whitening.to(device, torch.float32))
-    v_all, raw_all = v.repeat(k, 1), raw.repeat(k, 1)  # [n * k, C]
-    size = settings.icon_size
-    params, image_fn = fft_image(n * k, size, size, decay_power=settings.decay_power, sd=settings.init_sd,
-                                 generator=generator, device=device)
-    opt = torch.optim.Adam(params, lr=settings.lr)
-    transform = make_transforms(settings)
-    plain_from = settings.steps - round(settings.polish * settings.steps)  # last steps: no transforms
-    for step in range(settings.steps):
-        opt.zero_grad(set_to_none=True)
-        img = image_fn()
-        h = acts(acts.normalize(transform(img, generator) if step < plain_from else img)).float()
-        obj = direction_cossim(h, v_all, power=settings.cossim_power, reduce=settings.reduce,
-                               floor=settings.cossim_floor)
-        (-obj.sum()).backward()
-        opt.step()
-        if on_step is not None:
-            on_step(step)
+    params, image_fn = fft_image(n * k, settings.icon_size, settings.icon_size, decay_power=settings.decay_power,
+                                 sd=settings.init_sd, generator=generator, device=device)
+    _optimise(acts, params, image_fn, v, settings, generator, on_step)
     with torch.no_grad():
         quantised = torch.round(image_fn() * 255.0) / 255.0
-        obj, cos = _score(acts, quantised, v_all, raw_all, settings)
-    best = obj.view(k, n).argmax(dim=0) * n + torch.arange(n, device=device)  # best restart per icon
+        obj, cos = _score(acts, quantised, v, raw, settings)
+    best = obj.view(k, n).argmax(dim=0) * n + torch.arange(n, device=device)
     icons = (quantised[best] * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
     return RenderResult(icons.cpu().numpy(), obj[best].cpu().numpy().astype(np.float32),
                         cos[best].cpu().numpy().astype(np.float32))

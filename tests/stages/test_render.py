@@ -32,12 +32,17 @@ def lite0():
 
 
 @pytest.fixture(scope="module")
-def real_vectors(lite0) -> np.ndarray:
-    """Real blocks.5 vectors of 6 demo photos (224 px): the 3x3 inner positions of each, [54, 192]."""
+def real_maps(lite0) -> torch.Tensor:
+    """Real blocks.5 activations of 6 demo photos (224 px), the inner 3x3 positions: [6, 192, 3, 3]."""
     imgs = np.stack([np.asarray(demo_image(i, 224)) for i in range(6)])
     with torch.no_grad():
-        h = layer_output(lite0, "blocks.5", lite0.preprocess(torch.from_numpy(imgs)))
-    return h[:, :, 2:5, 2:5].permute(0, 2, 3, 1).reshape(-1, C).numpy()
+        return layer_output(lite0, "blocks.5", lite0.preprocess(torch.from_numpy(imgs)))[:, :, 2:5, 2:5]
+
+
+@pytest.fixture(scope="module")
+def real_vectors(real_maps) -> np.ndarray:
+    """The single-position vectors of :func:`real_maps`: [54, 192]."""
+    return real_maps.permute(0, 2, 3, 1).reshape(-1, C).numpy()
 
 
 def _ov(run_dir: Path, *more: str) -> list[str]:
@@ -74,20 +79,20 @@ def test_layer_activations_are_the_layer_output_with_gradients(lite0):
     torch.testing.assert_close(acts.normalize(img), torch.zeros(1, 3, 4, 4), atol=1e-6, rtol=0)
 
 
-def test_rendered_icons_are_faithful_and_reproducible(lite0, real_vectors):
+def test_rendered_icons_are_faithful_and_reproducible(lite0, real_maps):
     acts = LayerActivations(lite0, "blocks.5", "cpu")
-    targets = torch.from_numpy(real_vectors[[4, 13, 40]])
-    settings = RenderConfig(icon_size=48, steps=24, restarts=1)
+    targets = real_maps[[0, 2, 4]].mean(dim=(2, 3))  # like a grid cell: the mean of several real vectors
+    settings = RenderConfig(icon_size=64, steps=96, restarts=1)
     res = render.render_icons(acts, targets, settings, generator=torch.Generator().manual_seed(0))
-    assert res.icons.shape == (3, 48, 48, 3) and res.icons.dtype == np.uint8
+    assert res.icons.shape == (3, 64, 64, 3) and res.icons.dtype == np.uint8
     assert res.objective.shape == (3,) and res.cossim.dtype == np.float32
-    noise = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         base = cosine(acts(acts.normalize(noise)).float(), targets)
         # the stored cossim is that of the stored (uint8) icon
         again = cosine(acts(acts.normalize(torch.from_numpy(res.icons).permute(0, 3, 1, 2) / 255.0)).float(), targets)
     np.testing.assert_allclose(res.cossim, again.numpy(), atol=1e-5)
-    assert (res.cossim > base.numpy() + 0.2).all(), (res.cossim, base)
+    assert (res.cossim > base.numpy() + 0.3).all() and np.median(res.cossim) > 0.45, (res.cossim, base)
     same = render.render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
                                generator=torch.Generator().manual_seed(5))
     again2 = render.render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
@@ -207,3 +212,32 @@ def test_two_shards_equal_one_run(tmp_path, reference):
     run_dir = tmp_path / "run"
     _grid(run_dir)
     contract.check_shard_split("render", _cli_ov(run_dir), run_dir, reference, n=2)
+
+
+# --------------------------------------------------------------------------- CUDA (skipped without it)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_bf16_rendering_is_faithful(lite0, real_maps):
+    acts = LayerActivations(lite0, "blocks.5", "cuda", channels_last=True)
+    assert acts.autocast and acts.device.type == "cuda"
+    targets = real_maps[[0, 2, 4]].mean(dim=(2, 3))
+    res = render.render_icons(acts, targets, RenderConfig(icon_size=64, steps=96), generator=torch.Generator().manual_seed(0))
+    assert res.icons.shape == (3, 64, 64, 3) and np.isfinite(res.objective).all()
+    noise = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        base = cosine(acts(acts.normalize(noise)).float(), targets.cuda()).cpu().numpy()
+    assert (res.cossim > base + 0.3).all(), (res.cossim, base)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_stage_run(tmp_path, real_vectors):
+    run_dir = tmp_path / "run"
+    _grid(run_dir, real_vectors)
+    render.run(load_config(DEMO, _ov(run_dir, "model.device=cuda")))
+    st = render.status(RunDir(run_dir))
+    assert st.state == "done" and all(v is not None for v in st.detail["median_cossim"].values())

@@ -1,0 +1,65 @@
+"""BatchNorm folding: same layer outputs, the sampled conv kept, wrong module order refused."""
+
+import torch
+from torch import nn
+
+from atlas.config import ModelConfig
+from atlas.models import LayerSampler, load_network
+from atlas.models._fold import fold_batchnorm
+
+
+def test_fold_exact_on_a_tiny_block():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+    m[1].running_mean.uniform_(-1, 1)
+    m[1].running_var.uniform_(0.5, 2)
+    m[1].weight.data.uniform_(0.5, 2)
+    m[1].bias.data.uniform_(-1, 1)
+    m.eval()
+    x = torch.randn(2, 3, 6, 6)
+    ref = m(x)
+    assert fold_batchnorm(m) == 1
+    assert isinstance(m[1], nn.Identity)
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_conv_is_not_folded():
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    assert fold_batchnorm(m, keep="0") == 0
+
+
+def test_lite0_folded_sampler_matches_unfolded():
+    net = load_network(ModelConfig())
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    pos = torch.tensor([[1, 1], [3, 2], [5, 5], [0, 6]])
+    a = LayerSampler(net, "blocks.5", attribution=True, fold_bn=True)
+    b = LayerSampler(net, "blocks.5", attribution=True, fold_bn=False)
+    assert a.folded == 49 and b.folded == 0
+    va, ta, ca = a(x, pos)
+    vb, tb, cb = b(x, pos)
+    torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ta, tb, rtol=1e-3, atol=1e-4)
+
+
+class _Crossed(nn.Module):
+    """Registers conv then bn, but the bn normalises the input, not the conv's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+        self.bn.running_mean.fill_(0.7)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(self.bn(x))).flatten(1))
+
+
+def test_fold_falls_back_when_module_order_is_not_data_flow():
+    from atlas.models._network import Network
+
+    net = Network(module=_Crossed().eval(), name="crossed", input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3,
+                  class_names=[str(i) for i in range(5)], weights_path=None, weights_sha256=None)
+    s = LayerSampler(net, "pool", attribution=False, channels_last=False)
+    assert s.folded == 0
