@@ -181,6 +181,9 @@ def _read_grid(cfg: Config, run: RunDir) -> _Grid:
         raise StoreError(f"{run.stage_path(GRID)} has no Zarr group: run `atlas grid` before `atlas render`")
     g = run.open_group(GRID)
     sizes = [int(s) for s in g.attrs.get("sizes", cfg.grid.sizes)]
+    missing = [f"level-{s}/{a}" for s in sizes for a in ("count", "mean_activation") if f"level-{s}/{a}" not in g]
+    if missing:
+        raise StoreError(f"{run.stage_path(GRID)} lacks {', '.join(missing)}: finish `atlas grid` before `atlas render`")
     levels = {s: _read_level(g, s, cfg.grid.min_count) for s in sorted(sizes)}
     channels = int(np.asarray(g[f"level-{sizes[0]}/mean_activation"].shape)[-1])
     whitening = None
@@ -337,7 +340,6 @@ def _run_unit(ctx: _Context, unit: _Unit, on_step: Callable[[int], None]) -> dic
 def _run_units(ctx: _Context, todo: list[_Unit]) -> None:
     steps = ctx.cfg.render.steps
     bar = progress(total=sum(u.hi - u.lo for u in todo), desc="render", unit="icon")
-    bar.bar_format = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
     t0, icons = time.time(), 0
     for unit in todo:
         with ctx.run.lease(STAGE, unit.name) as mine:
@@ -347,8 +349,8 @@ def _run_units(ctx: _Context, todo: list[_Unit]) -> None:
                 continue
             if ctx.acts is None:
                 ctx.acts = _layer_activations(ctx.cfg, ctx.grid)
-            m = unit.hi - unit.lo
-            info = _run_unit(ctx, unit, lambda step: bar.update(m / steps))
+            m = unit.hi - unit.lo  # the bar advances by whole icons, spread over the steps
+            info = _run_unit(ctx, unit, lambda step: bar.update((step + 1) * m // steps - step * m // steps))
         icons += m
         rate = icons / max(time.time() - t0, 1e-9)
         ctx.log.info("%s done: %d icons, median cossim %.3f (%.2f icons/s)", unit.name, m,
@@ -415,12 +417,11 @@ def status(run: RunDir) -> StageStatus:
     n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
     units = plan_units(n_cells, int(g.attrs["batch_size"]))
     done = run.done_units(STAGE)
-    levels = {}
+    level_units, median = {}, {}
     for s in sorted(n_cells):
         mine = [u for u in units if u.level == s]
-        st = faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))
-        levels[str(s)] = {"units_done": sum(u.name in done for u in mine), "units": len(mine),
-                          "icons": n_cells[s], "median_cossim": st["median"]}
-    detail = {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "levels": levels,
-              "median_cossim": {s: v["median_cossim"] for s, v in levels.items()}}
+        level_units[str(s)] = f"{sum(u.name in done for u in mine)}/{len(mine)}"
+        median[str(s)] = faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))["median"]
+    detail = {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "level_units": level_units,
+              "median_cossim": median}
     return StageStatus(STAGE, sum(u.name in done for u in units), len(units), detail)
