@@ -10,6 +10,8 @@ from ._classes import class_names_for, imagenet_class_names
 from ._layers import layer_output, layer_shape, list_layers
 from ._network import ModelError, Network
 from ._registry import load_network, registered_models
+from ._activations import LayerActivations
+from ._fold import fold_batchnorm
 from ._sampler import LayerSampler, resolve_device
 from ._torchvision import default_weights_path, torchvision_names
 
@@ -21,6 +23,8 @@ __all__ = [
     "layer_shape",
     "layer_output",
     "LayerSampler",
+    "LayerActivations",
+    "fold_batchnorm",
     "resolve_device",
     "registered_models",
     "torchvision_names",

@@ -16,73 +16,16 @@ roughly doubles the speed of forward + backward on the CPU.
 from __future__ import annotations
 
 import contextlib
-import types
 from typing import Any
 
 import torch
 
 from ._layers import layer_output, layer_shape
 from ._network import Network
+from ._fold import fold_verified
 from ._sampler import _prepare_module, resolve_device
 
-__all__ = ["LayerActivations", "fold_batchnorm"]
-
-
-def _conv_bn_pairs(module: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Conv2d, torch.nn.BatchNorm2d]]:
-    """(conv, bn) pairs where the BatchNorm's input is the very tensor the conv returned."""
-    outputs: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
-    pairs: list[tuple[torch.nn.Conv2d, torch.nn.BatchNorm2d]] = []
-
-    def on_conv(m: torch.nn.Module, inputs: Any, out: Any) -> None:
-        outputs[id(out)] = (m, out)
-
-    def on_bn(m: torch.nn.Module, inputs: Any, out: Any) -> None:
-        got = outputs.get(id(inputs[0]))
-        if got is not None and got[1] is inputs[0] and all(m is not b for _, b in pairs):
-            pairs.append((got[0], m))  # type: ignore[arg-type]
-
-    handles = []
-    for m in module.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            handles.append(m.register_forward_hook(on_conv))
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            handles.append(m.register_forward_hook(on_bn))
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return pairs
-
-
-def _bn_passthrough(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Forward of a folded BatchNorm: identity, or timm's ``drop`` + ``act`` for BatchNormAct2d."""
-    if hasattr(self, "act") and hasattr(self, "drop"):
-        return self.act(self.drop(x))
-    return x
-
-
-def fold_batchnorm(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Fold eval-mode BatchNorms into the convs that feed them, in place; returns the pairs folded.
-
-    ``x``: a sample input for the tracing pass. Only ``nn.BatchNorm2d`` and subclasses
-    whose extra work is ``drop`` + ``act`` (timm's ``BatchNormAct2d``) are folded.
-    """
-    pairs = [(c, b) for c, b in _conv_bn_pairs(module, x)
-             if (type(b) is torch.nn.BatchNorm2d or (hasattr(b, "act") and hasattr(b, "drop")))
-             and b.running_mean is not None and b.running_var is not None and not b.training]
-    with torch.no_grad():
-        for conv, bn in pairs:
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
-            bias = conv.bias * scale + shift if conv.bias is not None else shift
-            conv.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1))))
-            conv.bias = torch.nn.Parameter(bias.clone(), requires_grad=False)
-            bn.forward = types.MethodType(_bn_passthrough, bn)  # type: ignore[method-assign]
-    return len(pairs)
+__all__ = ["LayerActivations"]
 
 
 class LayerActivations:
@@ -103,30 +46,11 @@ class LayerActivations:
         self.autocast = autocast and self.device.type == "cuda"
         self.channels_last = channels_last
         self.module = _prepare_module(net.module, self.device, channels_last).requires_grad_(False)
-        self.folded = self._fold() if fold_bn else 0
+        self.folded = 0
+        if fold_bn:
+            self.module, self.folded = fold_verified(net, layer, self.module, self.device, channels_last)
         self.mean = torch.tensor(net.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(net.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-
-    def _fold(self) -> int:
-        """Fold BatchNorms into a copy; keep it only if its output matches (else 0)."""
-        if isinstance(self.module, torch.jit.ScriptModule):
-            return 0
-        import copy
-
-        size = min(self.net.input_size, 96)
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 3, size, size, generator=g).to(self.device)
-        folded = copy.deepcopy(self.module)
-        n = fold_batchnorm(folded, x)
-        if n == 0:
-            return 0
-        with torch.no_grad():
-            want = layer_output(self.net, self.layer, x, module=self.module).float()
-            got = layer_output(self.net, self.layer, x, module=folded).float()
-        if not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max().clamp(min=1.0))):
-            return 0
-        self.module = folded
-        return n
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """images float [B, 3, S, S] in [0, 1] -> the network's input ``(x - mean) / std``."""

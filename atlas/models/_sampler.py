@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ._fold import fold_batchnorm
+from ._fold import fold_verified
 from ._layers import layer_output, layer_shape, logits_of, run_tapped
 from ._network import ModelError, Network
 
@@ -104,27 +104,9 @@ class LayerSampler:
         self.channels_last = channels_last
         self.autocast = autocast and self.device.type == "cuda"
         self.module = _prepare_module(net.module, self.device, channels_last)
-        self.folded = self._fold(fold_bn) if not isinstance(net.module, torch.jit.ScriptModule) else 0
-
-    def _fold(self, fold_bn: bool) -> int:
-        """Fold BatchNorm into convs when the folded copy agrees with the original at the layer."""
-        if not fold_bn:
-            return 0
-        folded = copy.deepcopy(self.module)
-        n = fold_batchnorm(folded, keep=self.layer)
-        if n == 0:
-            return 0
-        size = self.net.input_size
-        probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
-        if self.channels_last:
-            probe = probe.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            ref = layer_output(self.net, self.layer, probe, module=self.module).float()
-            got = layer_output(self.net, self.layer, probe, module=folded).float()
-        if not torch.allclose(ref, got, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
-            return 0  # the module order did not match its data flow: keep the original
-        self.module = folded
-        return n
+        self.folded = 0
+        if fold_bn:
+            self.module, self.folded = fold_verified(net, layer, self.module, self.device, channels_last)
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x float [B, 3, S, S] preprocessed; positions long [B, 2] (y, x) on the layer grid.
