@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from atlas.store import RunDir
+
 from atlas.ops.whitening import whitening_matrix
 
 __all__ = ["make_grid", "non_empty_cells"]
@@ -76,6 +78,7 @@ def make_grid(run_root: str | Path, sizes: Sequence[int], c: int, *, seed: int, 
     g.create_array("whitening", shape=(c, c), dtype="float64", fill_value=0)[...] = \
         whitening_matrix(pts.T @ pts, len(pts), eps)
     g.attrs.update({"sizes": sizes, "min_count": min_count, "synthetic": True})
+    RunDir(run_root).mark_done("grid", "done", {"synthetic": True})
 
 
 def non_empty_cells(run_root: str | Path, size: int, min_count: int) -> np.ndarray:

@@ -177,8 +177,8 @@ def _read_level(g: zarr.Group, size: int, min_count: int) -> _Level:
 
 def _read_grid(cfg: Config, run: RunDir) -> _Grid:
     """Non-empty cells and targets of every grid level (+ S when whitening), and their digest."""
-    if not run.has_group(GRID):
-        raise StoreError(f"{run.stage_path(GRID)} has no Zarr group: run `atlas grid` before `atlas render`")
+    if not run.has_group(GRID) or not run.is_done(GRID, "done"):
+        raise StoreError(f"{run.stage_path(GRID)} is missing or unfinished: run `atlas grid` before `atlas render`")
     g = run.open_group(GRID)
     sizes = [int(s) for s in g.attrs.get("sizes", cfg.grid.sizes)]
     missing = [f"level-{s}/{a}" for s in sizes for a in ("count", "mean_activation") if f"level-{s}/{a}" not in g]

@@ -176,6 +176,13 @@ def test_missing_grid_is_a_clear_error(tmp_path):
         render.run(load_config(DEMO, _ov(tmp_path / "run")))
 
 
+def test_grid_without_its_done_marker_is_refused(tmp_path):
+    _grid(tmp_path / "run")
+    RunDir(tmp_path / "run").clear_done("grid", "done")  # a grid killed before it finished
+    with pytest.raises(StoreError, match="unfinished"):
+        render.run(load_config(DEMO, _ov(tmp_path / "run")))
+
+
 # --------------------------------------------------------------------------- contract, through the CLI
 
 
