@@ -37,6 +37,7 @@ __all__ = [
     "provenance",
     "schema_rows",
     "file_sha256",
+    "check_grid_sizes",
     "dump_config",
 ]
 
@@ -87,7 +88,7 @@ class CollectConfig:
     dtype: str = _f("float16", "Storage dtype of activations.", choices=("float16", "float32"))
     channels_last: bool = _f(True, "Run the network in channels_last memory format (about 1.6x on CPU).")
     fold_bn: bool = _f(True, "Fold eval BatchNorm into the preceding convs (about 1.5x on CPU; verified against the unfolded network, else off).")
-    threads: int | None = _f(None, "torch intra-op threads (None = torch's default).")
+    threads: int | None = _f(None, "torch intra-op threads (None = every CPU this process may use); pinned so results do not depend on what ran before.")
 
 
 @dataclass
@@ -143,7 +144,7 @@ class RenderConfig:
     transforms: str = _f("standard", "Random transforms applied at each step: `standard` (Lucid's: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 deg, jitter 4) or `none`.",
                          choices=("standard", "none"))
     polish: float = _f(0.1, "Fraction of the final steps run without transforms: the icon is scored as stored, which raises its faithfulness (0 = Lucid's plain schedule).")
-    threads: int | None = _f(None, "torch intra-op threads on the CPU (None = torch's default).")
+    threads: int | None = _f(None, "torch intra-op threads on the CPU (None = every CPU this process may use); pinned so results do not depend on what ran before.")
 
 
 @dataclass
@@ -306,7 +307,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("config keys `collect.workers` and `collect.border` must be >= 0")
     if cfg.images.limit is not None and cfg.images.limit <= 0:
         raise ConfigError(f"config key `images.limit` must be positive or null, got {cfg.images.limit}")
-    sizes = cfg.grid.sizes
+    check_grid_sizes(cfg.grid.sizes)
+
+
+def check_grid_sizes(sizes: list[int]) -> None:
+    """Grid sizes must be increasing powers of two, each double the previous (aligned levels)."""
     if not sizes or any(s <= 0 or s & (s - 1) for s in sizes) or any(b != 2 * a for a, b in zip(sizes, sizes[1:])):
         raise ConfigError(f"config key `grid.sizes` must be increasing powers of two, each double the previous (e.g. [8, 16, 32]); got {sizes}")
 

@@ -1,7 +1,6 @@
 import errno
 import multiprocessing as mp
 import os
-import time
 
 import numpy as np
 import pytest

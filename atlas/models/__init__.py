@@ -12,7 +12,7 @@ from ._network import ModelError, Network
 from ._registry import load_network, registered_models
 from ._activations import LayerActivations
 from ._fold import fold_batchnorm
-from ._sampler import LayerSampler, resolve_device
+from ._sampler import LayerSampler, pin_threads, resolve_device
 from ._torchvision import default_weights_path, torchvision_names
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "layer_shape",
     "layer_output",
     "LayerSampler",
+    "pin_threads",
     "LayerActivations",
     "fold_batchnorm",
     "resolve_device",

@@ -25,7 +25,22 @@ from ._fold import fold_verified
 from ._layers import layer_output, layer_shape, logits_of, run_tapped
 from ._network import ModelError, Network
 
-__all__ = ["LayerSampler", "resolve_device"]
+__all__ = ["LayerSampler", "resolve_device", "pin_threads"]
+
+
+def pin_threads(n: int | None) -> int:
+    """Set torch's intra-op threads to ``n`` or, when None, to the CPUs this process may use.
+
+    CPU kernels may pick other algorithms (and so other float results) for another thread
+    count, and faiss's OpenMP calls in the same process change torch's count as a side
+    effect. Stages that run torch pin it first, so a stage gives the same bits whether it
+    runs alone, after other stages in one process, or resumes after a kill.
+    """
+    import os
+
+    n = n or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -70,13 +70,6 @@ def plan_units(n: int, chunk_rows: int) -> list[str]:
     return [unit_name(j) for j in range((n + chunk_rows - 1) // chunk_rows)]
 
 
-def _device(cfg: Config) -> torch.device:
-    want = cfg.model.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device=cuda but CUDA is not available here; use model.device=auto or cpu")
-    return torch.device("cuda" if want != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 # --------------------------------------------------------------------------- set-up
 
 
@@ -132,11 +125,10 @@ def _check_fingerprint(cfg: Config, group: zarr.Group, run: RunDir) -> None:
 
 
 def _prepare(cfg: Config, run: RunDir, shard: tuple[int, int]) -> _Context:
-    from ..models import LayerSampler, layer_shape, load_network
+    from ..models import LayerSampler, layer_shape, load_network, pin_threads, resolve_device
 
     log = stage_logger(run.root, STAGE, shard)
-    if cfg.collect.threads:
-        torch.set_num_threads(cfg.collect.threads)
+    pin_threads(cfg.collect.threads)
     net = load_network(cfg.model)
     shape = layer_shape(net, cfg.model.layer)
     sample_positions(cfg.seed, np.zeros(1, np.int64), shape[1], shape[2], cfg.collect.border)  # validates border
@@ -149,7 +141,7 @@ def _prepare(cfg: Config, run: RunDir, shard: tuple[int, int]) -> _Context:
         else:
             save_run_config(cfg, run, {"weights_sha256": net.weights_sha256, "weights_path": net.weights_path})
             group = _create_group(cfg, run, n, shape, net, manifest)
-    device = _device(cfg)
+    device = resolve_device(cfg.model.device)
     sampler = LayerSampler(net, cfg.model.layer, attribution=cfg.collect.attribution, top_k=cfg.collect.top_k,
                            device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda",
                            fold_bn=cfg.collect.fold_bn)

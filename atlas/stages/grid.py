@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..config import Config, GridConfig
+from ..config import Config, GridConfig, check_grid_sizes
 from ..ops.binning import (add_partials, cell_ids, cell_similarity, chunk_partial, dense_from_keys, empty_accumulator,
                            key_sums, level_means, parent_ids, purity, pyramid, rank_in_groups, top_per_cell,
                            top_rows_per_cell, unit_rows)
@@ -97,9 +97,7 @@ def _validate(gc: GridConfig) -> None:
         raise ValueError(f"grid.whiten_eps must be > 0, got {gc.whiten_eps}")
     if gc.dask_workers < 0:
         raise ValueError(f"grid.dask_workers must be >= 0, got {gc.dask_workers}")
-    sizes = gc.sizes
-    if not sizes or any(s <= 0 or s & (s - 1) for s in sizes) or any(b != 2 * a for a, b in zip(sizes, sizes[1:])):
-        raise ValueError(f"grid.sizes must be increasing powers of two, each double the previous; got {sizes}")
+    check_grid_sizes(gc.sizes)
 
 
 def _make_plan(cfg: Config, run: RunDir, collect: zarr.Group) -> GridPlan:

@@ -393,8 +393,9 @@ def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
     """Render this shard's unfinished units; store the faithfulness of each finished level."""
     check_settings(cfg.render)
     run_dir = RunDir(cfg.run_dir)
-    if cfg.render.threads:
-        torch.set_num_threads(cfg.render.threads)
+    from ..models import pin_threads
+
+    pin_threads(cfg.render.threads)
     ctx = _prepare(cfg, run_dir, shard)
     levels = _selected_levels(cfg, ctx.grid)
     units = plan_units({s: len(lvl.cells) for s, lvl in ctx.grid.levels.items()}, cfg.render.batch_size, levels)
