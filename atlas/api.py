@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ from .config import Config, ConfigError, load_config
 from .stages import STAGES, available_stages, get_stage, parse_shard
 from .store import RunDir, StoreError
 
-__all__ = ["load", "run", "run_stage", "status", "format_status", "layers", "user_errors"]
+__all__ = ["load", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
+           "explain_oserror"]
 
 log = logging.getLogger("atlas")
 
@@ -34,10 +36,19 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     return load_config(path, overrides)
 
 
-def run_stage(name: str, cfg: Config, *, shard: str | tuple[int, int] | None = None) -> None:
-    """Run one stage (or one shard of it)."""
-    sh = shard if isinstance(shard, tuple) else parse_shard(shard)
-    get_stage(name).run(cfg, shard=sh)
+def run_stage(name: str, cfg: Config, *, shard: str | tuple[int, int] | None = None, client: Any = None) -> None:
+    """Run one stage: one shard of it when ``shard`` is given (``"i/n"``, ``(i, n)`` or ``"slurm"``),
+    else all of it on ``cfg.cluster.engine`` (``client``: an open dask Client to reuse)."""
+    from .cluster import dask_client, run_shard, run_stage_on_dask
+
+    get_stage(name)
+    if shard is not None or (cfg.cluster.engine == "local" and client is None):
+        run_shard(name, cfg, shard if isinstance(shard, tuple) else parse_shard(shard))
+    elif client is not None:
+        run_stage_on_dask(client, name, cfg)
+    else:
+        with dask_client(cfg.cluster, cfg.run_dir) as c:
+            run_stage_on_dask(c, name, cfg)
 
 
 def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
@@ -48,9 +59,15 @@ def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
         raise ValueError(f"unknown stage {bad[0]!r} in --stages; stages are {', '.join(STAGES)}")
     have = available_stages()
     todo = [s for s in STAGES if s in wanted and s in have]
-    for name in todo:
-        log.info("== %s", name)
-        run_stage(name, cfg)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if cfg.cluster.engine == "dask":
+            from .cluster import dask_client
+
+            client = stack.enter_context(dask_client(cfg.cluster, cfg.run_dir))
+        for name in todo:
+            log.info("== %s", name)
+            run_stage(name, cfg, client=client)
     missing = [s for s in STAGES if s in wanted and s not in have]
     if missing:
         print(f"atlas: ran {', '.join(todo)}; not in this version yet: {', '.join(missing)}")
@@ -73,7 +90,10 @@ def status(run_dir: str | Path) -> dict[str, Any]:
         except NotImplementedError:
             report["stages"].append({"stage": name, "state": "not available", "done": 0, "total": None})
             continue
-        report["stages"].append(mod.status(run).as_dict())
+        st = mod.status(run).as_dict()
+        st["failures"] = [{k: f.get(k) for k in ("key", "shard", "reason", "host", "time", "slurm_job") if f.get(k)}
+                          for f in run.failures(name)]
+        report["stages"].append(st)
     return report
 
 
@@ -81,10 +101,33 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"run {report['run_dir']}"]
     for st in report["stages"]:
         total = "?" if st["total"] is None else st["total"]
-        extra = {k: v for k, v in st.items() if k not in ("stage", "state", "done", "total")}
+        extra = {k: v for k, v in st.items() if k not in ("stage", "state", "done", "total", "failures")}
         info = "  ".join(f"{k}={v}" for k, v in extra.items())
         lines.append(f"  {st['stage']:8s} {st['state']:12s} {st['done']}/{total} units  {info}".rstrip())
+        for f in st.get("failures", []):
+            where = " ".join(str(f[k]) for k in ("host", "slurm_job", "time") if f.get(k))
+            lines.append(f"           FAILED shard {f.get('shard', '?')} ({where}): {f.get('reason')}")
     return "\n".join(lines)
+
+
+def slurm_plan(cfg: Config) -> list[tuple[str, bool, list[str]]]:
+    """Per stage in order: (name, finished, sbatch options) for scripts/slurm/submit.sh."""
+    from .cluster import sbatch_options, stage_finished
+
+    return [(name, stage_finished(name, cfg), sbatch_options(cfg, name)) for name in STAGES]
+
+
+def explain_oserror(e: OSError) -> str:
+    """One line for a disk-full or permission error met while writing (a Zarr chunk, a log)."""
+    import errno
+
+    path = e.filename or "the run directory"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full (or quota exceeded) while writing {path}: free space or set run_dir on a larger disk, "
+                "then rerun the same command: finished units are kept")
+    if e.errno == errno.EROFS:
+        return f"{path} is on a read-only file system: set run_dir to a writable location"
+    return f"no permission to write {path}: choose a writable run_dir or fix the folder's permissions"
 
 
 def layers(model: str, *, weights: str | None = None, input_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,13 +15,38 @@ from .stages import STAGES
 __all__ = ["main", "build_parser"]
 
 
-def _add_config_args(p: argparse.ArgumentParser, shard: bool) -> None:
+def _add_config_args(p: argparse.ArgumentParser, shard: bool, engine: bool = True) -> None:
     p.add_argument("config", help="YAML run config, e.g. pipelines/demo.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set images.path=/data/imgs (repeatable)")
     if shard:
         p.add_argument("--shard", default=None, metavar="I/N",
-                       help="run only shard I of N (0-based); units are split round robin")
+                       help="run only shard I of N (0-based; units are split round robin), or `slurm`: "
+                            "this array task's shard from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT")
+    if engine:
+        p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run on this dask scheduler (sets cluster.engine=dask, cluster.scheduler)")
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="run on a dask LocalCluster of N worker processes (sets cluster.engine=dask)")
+
+
+def _engine_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if getattr(args, "scheduler", None):
+        extra += ["cluster.engine=dask", f"cluster.scheduler={args.scheduler}"]
+    if getattr(args, "workers", None) is not None:
+        extra += ["cluster.engine=dask", f"cluster.workers={args.workers}"]
+    return extra
+
+
+_STAGE_HELP = {
+    "collect": "stream the images through the network; one random spatial activation per image "
+               "(+ class attribution) -> RUN/collect",
+    "reduce": "kNN graph (faiss) + UMAP: a 2-D layout of the activations -> RUN/reduce",
+    "grid": "aligned multi-level grids: per-cell mean activations, labels, examples (dask) -> RUN/grid",
+    "render": "feature inversion: one icon per grid cell, many cells per batch -> RUN/render",
+    "tile": "Deep Zoom tile pyramid and the web viewer -> RUN/tiles",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)}")
 
     for name in STAGES:
-        p = sub.add_parser(name, help=f"run the {name} stage")
+        p = sub.add_parser(name, help=_STAGE_HELP[name], description=_STAGE_HELP[name])
         _add_config_args(p, shard=True)
 
     p = sub.add_parser("serve", help="serve RUN_DIR/tiles (the atlas viewer) on 127.0.0.1")
@@ -44,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
 
-    p = sub.add_parser("status", help="per stage: done / partial / not started, bad inputs")
+    p = sub.add_parser("status", help="per stage: units done/total, failures with reasons, bad inputs")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser("slurm-plan", help="per stage: todo/done and its sbatch options (used by scripts/slurm/submit.sh)")
+    _add_config_args(p, shard=False, engine=False)
     return parser
 
 
@@ -64,7 +94,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = api.status(args.run_dir)
         print(json.dumps(report, indent=2) if args.json else api.format_status(report))
         return 0
-    cfg = api.load(args.config, args.overrides)
+    cfg = api.load(args.config, args.overrides + _engine_overrides(args))
+    if args.command == "slurm-plan":
+        for stage, finished, opts in api.slurm_plan(cfg):
+            print("\t".join([stage, "done" if finished else "todo", *opts]))
+        return 0
     if args.command == "run":
         stages = args.stages.split(",") if args.stages else None
         api.run(cfg, stages=stages)
@@ -73,12 +107,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived (SLURM walltime, preemption, scancel): unwind so the failure is recorded."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated(143)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _dispatch(args)
+    except Terminated:
+        print("atlas: terminated by SIGTERM (walltime, preemption or scancel?); rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     except api.user_errors() as e:
         print(f"atlas: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"atlas: error: {api.explain_oserror(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("atlas: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -12,7 +12,9 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,8 +33,13 @@ __all__ = [
     "GridConfig",
     "RenderConfig",
     "TileConfig",
+    "ClusterConfig",
+    "JobqueueConfig",
+    "SlurmConfig",
+    "SlurmStageConfig",
     "load_config",
     "apply_overrides",
+    "expand_env",
     "config_to_dict",
     "provenance",
     "schema_rows",
@@ -59,7 +66,9 @@ class ImagesConfig:
     path: str = _f("demo", "Folder, list file, tar file, folder of tars or glob of tars; `demo` for the embedded demo set.")
     labels: str = _f("auto", "Where labels come from: `auto` (sub-folders / CSV column / `.cls` members / demo photo), `folders`, `none`.",
                      choices=("auto", "folders", "none"))
-    limit: int | None = _f(None, "Use only the first `limit` images of the source order (None = all).")
+    limit: int | None = _f(None, "Use only `limit` images of the source (None = all); which ones: `subset`.")
+    subset: str = _f("first", "With `limit`: the `first` images of the source order, or a `random` subset (seeded, kept in source order; a folder of class folders needs `random` for a class-balanced sample).",
+                     choices=("first", "random"))
     demo_count: int = _f(2000, "Number of images in the embedded demo set (seeded crops, scales and flips of the photos scikit-image ships).")
     demo_size: int = _f(320, "Side in pixels of the generated demo images.")
     max_pixels: int = _f(89_478_485, "Images with more pixels are rejected as decompression bombs (PIL's default limit).")
@@ -164,6 +173,57 @@ class TileConfig:
 
 
 @dataclass
+class JobqueueConfig:
+    jobs: int = _f(0, "dask engine on SLURM without a scheduler: start this many `dask_jobqueue.SLURMCluster` jobs (0 = off; needs `pip install dask-jobqueue`).")
+    cores: int = _f(8, "Cores per SLURMCluster job.")
+    memory: str = _f("32GB", "Memory per SLURMCluster job.")
+    processes: int = _f(1, "dask worker processes per SLURMCluster job.")
+    walltime: str = _f("04:00:00", "Walltime per SLURMCluster job.")
+    queue: str | None = _f(None, "SLURM partition of the SLURMCluster jobs (None = the cluster's default).")
+    account: str | None = _f(None, "SLURM account of the SLURMCluster jobs.")
+    gpus: int = _f(0, "GPUs per SLURMCluster job (`--gres=gpu:N`).")
+    job_extra_directives: list[str] = _f([], "Extra `#SBATCH` options for the SLURMCluster jobs, e.g. [\"--constraint=a100\"].")
+
+
+@dataclass
+class SlurmStageConfig:
+    tasks: int = _f(1, "Array tasks (1 = a single job). Any number works: units are split round robin over the tasks.")
+    time: str = _f("04:00:00", "Walltime (`--time`). A task killed at its walltime loses only its unfinished units: resubmit to resume.")
+    cpus: int = _f(8, "CPUs per task (`--cpus-per-task`).")
+    mem: str = _f("32G", "Memory per task (`--mem`).")
+    gpus: int = _f(0, "GPUs per task (`--gres=gpu:N`).")
+
+
+def _slurm_stage(tasks: int, time: str, cpus: int, mem: str, gpus: int, help: str) -> Any:
+    return field(default_factory=lambda: SlurmStageConfig(tasks, time, cpus, mem, gpus), metadata={"help": help})
+
+
+@dataclass
+class SlurmConfig:
+    partition: str | None = _f(None, "`--partition` of every job (None = the cluster's default).")
+    account: str | None = _f(None, "`--account` of every job.")
+    max_parallel: int | None = _f(None, "At most this many array tasks run at once (`--array=0-N%M`).")
+    extra: list[str] = _f([], "Extra sbatch options for every job, one option per item without spaces, e.g. [\"--qos=long\"].")
+    collect: SlurmStageConfig = _slurm_stage(16, "04:00:00", 8, "32G", 1, "collect: an array, one GPU per task.")
+    reduce: SlurmStageConfig = _slurm_stage(1, "04:00:00", 16, "64G", 0, "reduce: one CPU job (faiss + UMAP).")
+    grid: SlurmStageConfig = _slurm_stage(1, "02:00:00", 8, "32G", 0, "grid: one job; its chunks run on a LocalCluster of `grid.dask_workers` processes inside it.")
+    render: SlurmStageConfig = _slurm_stage(16, "08:00:00", 8, "32G", 1, "render: an array, one GPU per task.")
+    tile: SlurmStageConfig = _slurm_stage(4, "02:00:00", 4, "16G", 0, "tile: an array of CPU tasks.")
+
+
+@dataclass
+class ClusterConfig:
+    engine: str = _f("local", "How `atlas run` and the stage commands execute units: `local` (in this process) or `dask` (shards as tasks on a dask cluster: `scheduler`, else a SLURMCluster when `jobqueue.jobs` > 0, else a LocalCluster of `workers` processes). SLURM arrays use `--shard slurm` instead (scripts/slurm).",
+                     choices=("local", "dask"))
+    scheduler: str | None = _f(None, "dask scheduler address, e.g. tcp://10.0.0.1:8786 (engine `dask`).")
+    workers: int = _f(2, "LocalCluster worker processes (engine `dask` without `scheduler` or `jobqueue`).")
+    tasks: int | None = _f(None, "Tasks a sharded stage (collect, render, tile) is split into on dask; None = 2 per worker.")
+    retries: int = _f(2, "dask retries of a failed task, and extra rounds for units left undone (a killed worker's units are rescheduled by dask itself).")
+    jobqueue: JobqueueConfig = field(default_factory=JobqueueConfig, metadata={"help": "dask_jobqueue.SLURMCluster."})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "sbatch resources per stage (scripts/slurm/submit.sh)."})
+
+
+@dataclass
 class Config:
     run_dir: str = _f("runs/demo", "Run directory; every stage reads and writes under it.")
     seed: int = _f(0, "Run seed: fixes sampled positions, layout, render noise.")
@@ -174,6 +234,7 @@ class Config:
     grid: GridConfig = field(default_factory=GridConfig, metadata={"help": "Stage 3: multi-level grid."})
     render: RenderConfig = field(default_factory=RenderConfig, metadata={"help": "Stage 4: icons."})
     tile: TileConfig = field(default_factory=TileConfig, metadata={"help": "Stage 5: Deep Zoom tiles."})
+    cluster: ClusterConfig = field(default_factory=ClusterConfig, metadata={"help": "Execution: in-process, dask, SLURM."})
 
     @property
     def run_path(self) -> Path:
@@ -222,11 +283,13 @@ def _check_value(key: str, tp: Any, value: Any, choices: tuple | None) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # pragma: no cover - schema bug
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, base: Any = None) -> Any:
+    """An instance of ``cls`` from ``data``; keys not given keep ``base``'s values (default: ``cls()``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    base = cls() if base is None else base
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = prefix.rstrip(".") or "the top level"
@@ -237,10 +300,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         tp = hints[name]
         if _is_section(tp):
-            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
+            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.", getattr(base, name))
         else:
             kwargs[name] = _check_value(f"{prefix}{name}", tp, value, fields[name].metadata.get("choices"))
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -270,6 +333,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, key: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value with the environment's value.
+
+    Run configs template their paths this way (``images.path: ${IMAGENET_DIR}/train``), so one
+    file serves every machine. An unset variable without a default is an error naming the key.
+    """
+    if isinstance(data, dict):
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, f"{key}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(f"config key `{key}` uses ${{{name}}}, which is not set: "
+                                  f"export {name}=... or pass --set {key}=...")
+            return default
+        return value
+
+    return _ENV_REF.sub(sub, data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
     data: dict[str, Any] = {}
@@ -281,13 +373,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-    data = apply_overrides(data, overrides or [])
+    data = expand_env(apply_overrides(data, overrides or []))
     cfg = _build(Config, data, "")
     _validate(cfg)
     return cfg
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.model.weights == "":  # `${WEIGHTS:-}` in a config: not set, use the bundled or cached weights
+        cfg.model.weights = None
     positive = {
         "collect.chunk_rows": cfg.collect.chunk_rows,
         "collect.batch_size": cfg.collect.batch_size,
@@ -307,7 +401,33 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("config keys `collect.workers` and `collect.border` must be >= 0")
     if cfg.images.limit is not None and cfg.images.limit <= 0:
         raise ConfigError(f"config key `images.limit` must be positive or null, got {cfg.images.limit}")
+    if cfg.images.kind == "demo" and cfg.images.path != "demo":
+        raise ConfigError(f"config key `images.kind` is `demo` but images.path is {cfg.images.path!r}: "
+                          "set images.kind=auto (or the kind of that path) to use those images")
     check_grid_sizes(cfg.grid.sizes)
+    _validate_cluster(cfg.cluster)
+
+
+def _validate_cluster(cc: ClusterConfig) -> None:
+    at_least = {"cluster.workers": (cc.workers, 1), "cluster.retries": (cc.retries, 0),
+                "cluster.tasks": (cc.tasks if cc.tasks is not None else 1, 1),
+                "cluster.slurm.max_parallel": (cc.slurm.max_parallel if cc.slurm.max_parallel is not None else 1, 1),
+                "cluster.jobqueue.jobs": (cc.jobqueue.jobs, 0), "cluster.jobqueue.cores": (cc.jobqueue.cores, 1),
+                "cluster.jobqueue.processes": (cc.jobqueue.processes, 1), "cluster.jobqueue.gpus": (cc.jobqueue.gpus, 0)}
+    for stage in ("collect", "reduce", "grid", "render", "tile"):
+        st = getattr(cc.slurm, stage)
+        at_least |= {f"cluster.slurm.{stage}.tasks": (st.tasks, 1), f"cluster.slurm.{stage}.cpus": (st.cpus, 1),
+                     f"cluster.slurm.{stage}.gpus": (st.gpus, 0)}
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"config key `{key}` must be >= {low}, got {value}")
+    for stage in ("reduce", "grid"):
+        if getattr(cc.slurm, stage).tasks != 1:
+            raise ConfigError(f"config key `cluster.slurm.{stage}.tasks` must be 1: {stage} runs as one job")
+    for key, opts in (("cluster.slurm.extra", cc.slurm.extra), ("cluster.jobqueue.job_extra_directives", cc.jobqueue.job_extra_directives)):
+        bad = [o for o in opts if not o.startswith("-") or (key == "cluster.slurm.extra" and any(c.isspace() for c in o))]
+        if bad:
+            raise ConfigError(f"config key `{key}` holds sbatch options such as --qos=long (one per item, no spaces); got {bad[0]!r}")
 
 
 def check_grid_sizes(sizes: list[int]) -> None:
@@ -345,15 +465,15 @@ def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-def schema_rows(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def schema_rows(cls: type = Config, prefix: str = "", inst: Any = None) -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) for every leaf key, in schema order."""
     rows = []
     hints = typing.get_type_hints(cls)
-    inst = cls()
+    inst = cls() if inst is None else inst
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_section(tp):
-            rows.extend(schema_rows(tp, f"{prefix}{f.name}."))
+            rows.extend(schema_rows(tp, f"{prefix}{f.name}.", getattr(inst, f.name)))
             continue
         tname = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
         rows.append((f"{prefix}{f.name}", tname, json.dumps(getattr(inst, f.name)), f.metadata.get("help", "")))
@@ -371,7 +491,7 @@ def _markdown() -> str:
         "|---|---|---|---|",
     ]
     for key, tname, default, help in schema_rows():
-        lines.append(f"| `{key}` | {tname} | `{default}` | {help} |")
+        lines.append(f"| `{key}` | {tname.replace('|', 'or')} | `{default}` | {help} |")
     return "\n".join(lines) + "\n"
 
 

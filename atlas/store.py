@@ -36,7 +36,23 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_save_npz",
+    "close_inherited_leases",
 ]
+
+_HELD_LEASES: set[int] = set()  # fds of the leases this process holds
+
+
+def close_inherited_leases() -> None:
+    """Close the lease fds a forked child inherited (call first thing in the child).
+
+    flock locks belong to the open file description, so a child forked while its parent
+    held a lease would keep that unit locked after the parent is killed, until the child
+    exits too. Closing the child's copies leaves the parent's locks as they are.
+    """
+    for fd in list(_HELD_LEASES):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LEASES.clear()
 
 
 class StoreError(RuntimeError):
@@ -137,9 +153,11 @@ class RunDir:
             except BlockingIOError:
                 yield False
                 return
+            _HELD_LEASES.add(fd)
             try:
                 yield True
             finally:
+                _HELD_LEASES.discard(fd)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -155,6 +173,28 @@ class RunDir:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # --------------------------------------------------------------- failures
+    def record_failure(self, stage: str, key: str, info: dict[str, Any]) -> None:
+        """Record why a shard or task of ``stage`` failed (``atlas status`` shows it)."""
+        atomic_write_text(self.state_path(stage) / "failed" / f"{key}.json", json.dumps(info, indent=1, default=str))
+
+    def clear_failure(self, stage: str, key: str | None = None) -> None:
+        """Forget one failure record, or every record of ``stage`` (key None)."""
+        d = self.state_path(stage) / "failed"
+        paths = [d / f"{key}.json"] if key is not None else (list(d.glob("*.json")) if d.is_dir() else [])
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def failures(self, stage: str) -> list[dict[str, Any]]:
+        """The failure records of ``stage``, oldest first."""
+        d = self.state_path(stage) / "failed"
+        out = []
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                out.append({"key": p.stem, **json.loads(p.read_text())})
+        return sorted(out, key=lambda f: str(f.get("time", "")))
 
     # ------------------------------------------------------------------- zarr
     def open_group(self, stage: str, mode: str = "r") -> zarr.Group:

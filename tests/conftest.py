@@ -54,3 +54,14 @@ def assert_groups_equal(a: str | Path, b: str | Path) -> None:
         assert xa[name].dtype == xb[name].dtype, name
         assert xa[name].shape == xb[name].shape, name
         np.testing.assert_array_equal(xa[name], xb[name], err_msg=name)
+
+
+@pytest.fixture(scope="session")
+def whole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole tiny atlas (every stage) built in-process through the CLI: the run every engine
+    must reproduce bit for bit (tests/cluster) and the one the format tests read."""
+    from tests.cluster.util import atlas, sets
+
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    atlas("run", str(DEMO), *sets(run_dir))
+    return run_dir

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_config_loads_with_all_keys_known():
     cfg = load_config(ROOT / "pipelines" / "demo.yaml")
     assert cfg.model.name == "efficientnet_lite0"
-    assert cfg.images.kind == "demo"
+    assert (cfg.images.kind, cfg.images.path) == ("auto", "demo")
 
 
 def test_unknown_key_is_named_with_allowed_keys(tmp_path):
@@ -70,3 +70,18 @@ def test_generated_config_reference_is_current():
 
 def test_defaults_roundtrip():
     assert isinstance(load_config(None), Config)
+
+
+def test_generated_cli_reference_is_current():
+    from atlas._clidoc import cli_markdown
+
+    doc = ROOT / "docs" / "cli.md"
+    assert doc.read_text() == cli_markdown(), "run: python -m atlas._clidoc > docs/cli.md"
+    assert "## `atlas slurm-plan`" in doc.read_text() and "--shard I/N" in doc.read_text()
+
+
+def test_demo_kind_with_another_path_is_refused_and_the_demo_config_follows_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"images\.kind.*images\.kind=auto"):
+        load_config(None, ["images.kind=demo", f"images.path={tmp_path}"])
+    cfg = load_config(ROOT / "pipelines" / "demo.yaml", [f"images.path={tmp_path}"])
+    assert (cfg.images.kind, cfg.images.path) == ("auto", str(tmp_path))

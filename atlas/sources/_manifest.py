@@ -52,6 +52,13 @@ class Manifest:
             return self
         return Manifest(self.kind, self.source, self.locations[:limit], self.labels[:limit], self.label_names)
 
+    def sample(self, limit: int | None, seed: int = 0) -> Manifest:
+        """A seeded random ``limit`` of the images, kept in source order (all when ``limit`` is None)."""
+        if limit is None or limit >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=limit, replace=False))
+        return Manifest(self.kind, self.source, [self.locations[i] for i in idx], self.labels[idx], self.label_names)
+
 
 def _escape(text: str) -> str:
     if not any(c in text for c in _ESCAPES):

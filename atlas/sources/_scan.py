@@ -99,14 +99,17 @@ def _scan(kind: str, images: ImagesConfig) -> Manifest:
         return scan_folder(_existing(raw, kind, want_dir=True), raw, images.labels)
     if kind == "list":
         return scan_list(_existing(raw, kind, want_dir=False), raw, images.labels)
-    return scan_tars(_shards(raw), raw, images.labels, images.limit)
+    return scan_tars(_shards(raw), raw, images.labels, images.limit if images.subset == "first" else None)
 
 
 def scan_source(images: ImagesConfig) -> Manifest:
-    """Scan the configured image source; the first ``images.limit`` images of its order."""
+    """Scan the configured image source; ``images.limit`` of its images (the first, or a seeded random subset)."""
     kind = images.kind
     if kind not in (*_KINDS, "auto"):
         raise SourceError(f"images.kind {kind!r} is unknown; use auto, {', '.join(_KINDS)}")
     if kind == "auto":
         kind = detect_kind(images.path)
-    return _scan(kind, images).head(images.limit)
+    manifest = _scan(kind, images)
+    if images.subset == "random":
+        return manifest.sample(images.limit)
+    return manifest.head(images.limit)

@@ -31,14 +31,18 @@ class StageStatus:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1); ``"slurm"`` -> this SLURM array task's."""
     if text is None:
         return (0, 1)
+    if text == "slurm":
+        from ..cluster import slurm_shard
+
+        return slurm_shard()
     try:
         i_s, n_s = text.split("/")
         i, n = int(i_s), int(n_s)
     except ValueError:
-        raise ValueError(f"--shard expects i/n such as 0/4, got {text!r}") from None
+        raise ValueError(f"--shard expects i/n such as 0/4, or slurm; got {text!r}") from None
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {text}: need 0 <= i < n")
     return i, n

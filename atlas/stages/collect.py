@@ -26,10 +26,10 @@ import zarr
 from ..config import Config
 from ..ops.sampling import sample_positions
 from ..progress import progress, stage_logger
-from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text
+from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text, close_inherited_leases
 from ._base import StageStatus, my_units, save_run_config
 
-__all__ = ["STAGE", "run", "status", "plan_units"]
+__all__ = ["STAGE", "run", "status", "finished", "plan_units"]
 
 STAGE = "collect"
 FINAL = "final"
@@ -95,14 +95,17 @@ def _create_group(cfg: Config, run: RunDir, n: int, shape: tuple[int, int, int],
     tmp = run.root / f".{STAGE}.creating"
     shutil.rmtree(tmp, ignore_errors=True)
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    g.create_array("activations", shape=(n, c), chunks=(r, c), dtype=cfg.collect.dtype, fill_value=0)
-    g.create_array("positions", shape=(n, 2), chunks=(r, 2), dtype="int16", fill_value=-1)
-    g.create_array("index", shape=(n,), chunks=(r,), dtype="int64", fill_value=-1)
-    g.create_array("status", shape=(n,), chunks=(r,), dtype="uint8", fill_value=0)
-    g.create_array("labels", shape=(n,), chunks=(r,), dtype="int32", fill_value=-1)
+    g.create_array("activations", shape=(n, c), chunks=(r, c), dtype=cfg.collect.dtype, fill_value=0,
+                   dimension_names=("row", "channel"))
+    g.create_array("positions", shape=(n, 2), chunks=(r, 2), dtype="int16", fill_value=-1, dimension_names=("row", "yx"))
+    g.create_array("index", shape=(n,), chunks=(r,), dtype="int64", fill_value=-1, dimension_names=("row",))
+    g.create_array("status", shape=(n,), chunks=(r,), dtype="uint8", fill_value=0, dimension_names=("row",))
+    g.create_array("labels", shape=(n,), chunks=(r,), dtype="int32", fill_value=-1, dimension_names=("row",))
     if cfg.collect.attribution:
-        g.create_array("attr_classes", shape=(n, k), chunks=(r, k), dtype="int16", fill_value=-1)
-        g.create_array("attr_values", shape=(n, k), chunks=(r, k), dtype="float32", fill_value=0)
+        g.create_array("attr_classes", shape=(n, k), chunks=(r, k), dtype="int16", fill_value=-1,
+                       dimension_names=("row", "top"))
+        g.create_array("attr_values", shape=(n, k), chunks=(r, k), dtype="float32", fill_value=0,
+                       dimension_names=("row", "top"))
     g.attrs.update({
         "model": cfg.model.name, "layer": cfg.model.layer, "layer_shape": list(shape),
         "input_size": net.input_size, "seed": cfg.seed, "border": cfg.collect.border,
@@ -187,13 +190,29 @@ def _batches(chunks: list[int], n: int, chunk_rows: int, batch_size: int) -> lis
     return out
 
 
+def _decode_workers(ctx: _Context) -> int:
+    """``collect.workers``, or 0 inside a daemonic process (a dask worker), which may not fork."""
+    import multiprocessing
+
+    if ctx.cfg.collect.workers and multiprocessing.current_process().daemon:
+        ctx.log.info("running in a daemonic process (a dask worker?): decoding in-process instead of "
+                     "%d DataLoader workers; set distributed.worker.daemon: false to use them", ctx.cfg.collect.workers)
+        return 0
+    return ctx.cfg.collect.workers
+
+
+def _worker_init(_: int) -> None:
+    close_inherited_leases()
+
+
 def _loader(ctx: _Context, chunks: list[int]) -> torch.utils.data.DataLoader:
     cfg = ctx.cfg
     ds = _Rows(ctx.manifest.locations, ctx.net.input_size, cfg.images.max_pixels, cfg.images.min_side)
+    workers = _decode_workers(ctx)
     return torch.utils.data.DataLoader(
         ds, batch_sampler=_batches(chunks, ctx.n, cfg.collect.chunk_rows, cfg.collect.batch_size),
-        num_workers=cfg.collect.workers, collate_fn=_collate, prefetch_factor=4 if cfg.collect.workers else None,
-        persistent_workers=False,
+        num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers else None,
+        persistent_workers=False, worker_init_fn=_worker_init if workers else None,
     )
 
 
@@ -300,7 +319,8 @@ def _finalize(ctx: _Context) -> None:
         for b in json.loads(run.unit_data_path(STAGE, name, ".json").read_text()):
             bad_lines.append(f"{b['row']}\t{b['location']}\t{b['status']}\t{b['reason']}".replace("\n", " "))
     g = ctx.group
-    g.create_array("second_moment", shape=(c, c), chunks=(c, c), dtype="float64", overwrite=True)[:] = total
+    g.create_array("second_moment", shape=(c, c), chunks=(c, c), dtype="float64", overwrite=True,
+                   dimension_names=("channel", "channel_t"))[:] = total
     g.attrs.update({"ok_count": ok_count, "bad_count": len(bad_lines) - 1})
     atomic_write_text(run.logs_path() / "bad_inputs.tsv", "\n".join(bad_lines) + "\n")
     run.mark_done(STAGE, FINAL, {"ok_count": ok_count, "bad_count": len(bad_lines) - 1})
@@ -366,3 +386,7 @@ def status(run: RunDir) -> StageStatus:
               "complete": FINAL in done, "layer": g.attrs["layer"], "model": g.attrs["model"]}
     return StageStatus(STAGE, sum(u in done for u in units), len(units), detail)
 
+
+def finished(run: RunDir, cfg: Config | None = None) -> bool:
+    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
+    return run.is_done(STAGE, FINAL)

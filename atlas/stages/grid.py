@@ -52,7 +52,7 @@ from ..store import RunDir, StoreError, atomic_save_npz
 from ._base import StageStatus, save_run_config
 from .reduce import open_complete_collect
 
-__all__ = ["STAGE", "run", "status"]
+__all__ = ["STAGE", "run", "status", "finished"]
 
 STAGE = "grid"
 _COMBINE_BATCH = 32  # chunk partials merged into the totals at a time (fixed: part of the sum order)
@@ -219,7 +219,7 @@ def _run_units(func: Callable[[GridPlan, int], None], plan: GridPlan, prefix: st
     else:
         from dask.distributed import as_completed
 
-        futures = client.map(func, [plan] * len(todo), todo, pure=False,
+        futures = client.map(func, [plan] * len(todo), todo, pure=False, retries=2,
                              key=[f"grid-{prefix}-{plan.key}-{j}" for j in todo])
         for fut in progress(as_completed(futures), total=len(todo), desc=f"grid: {prefix}", unit="chunk"):
             fut.result()
@@ -318,30 +318,33 @@ def _purities(plan: GridPlan, run: RunDir, levels: dict[int, dict[str, np.ndarra
 # --------------------------------------------------------------------------- write
 
 
-def _put(g: zarr.Group, name: str, data: np.ndarray, fill: Any) -> None:
+def _put(g: zarr.Group, name: str, data: np.ndarray, fill: Any, dims: tuple[str, ...]) -> None:
     chunks = tuple(min(d, 64) if i < 2 else d for i, d in enumerate(data.shape))
-    g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill)
+    g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill, dimension_names=dims)
     g[name][...] = data
+
+
+_RC = ("cell_row", "cell_col")
 
 
 def _write_level(g: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarray],
                  ex: dict[str, np.ndarray]) -> None:
     sub = g.create_group(f"level-{s}")
-    _put(sub, "count", lev["count"], 0)
-    _put(sub, "mean_activation", level_means(lev["act_sum"], lev["count"], plan.min_count), np.nan)
+    _put(sub, "count", lev["count"], 0, _RC)
+    _put(sub, "mean_activation", level_means(lev["act_sum"], lev["count"], plan.min_count), np.nan, (*_RC, "channel"))
     empty = lev["count"].ravel() < plan.min_count
     if plan.attribution and plan.n_classes:
         denom = np.maximum(lev["count"].ravel()[lev["attr_keys"] // plan.n_classes], 1)
         cls, val = top_per_cell(lev["attr_keys"], lev["attr_sums"] / denom, s * s, plan.n_classes, plan.top_classes)
         cls[empty], val[empty] = -1, np.nan
-        _put(sub, "top_classes", cls.reshape(s, s, -1), -1)
-        _put(sub, "top_values", val.reshape(s, s, -1), np.nan)
+        _put(sub, "top_classes", cls.reshape(s, s, -1), -1, (*_RC, "top"))
+        _put(sub, "top_values", val.reshape(s, s, -1), np.nan, (*_RC, "top"))
     if plan.n_labels:
         lc = dense_from_keys(lev["label_keys"], lev["label_counts"], s * s, plan.n_labels, np.int32)
-        _put(sub, "label_counts", lc.reshape(s, s, -1), 0)
+        _put(sub, "label_counts", lc.reshape(s, s, -1), 0, (*_RC, "label"))
     rows, pos = _dense_examples(ex, s, plan.examples)
-    _put(sub, "examples", rows, -1)
-    _put(sub, "example_positions", pos, -1)
+    _put(sub, "examples", rows, -1, (*_RC, "example"))
+    _put(sub, "example_positions", pos, -1, (*_RC, "example", "yx"))
     sub.attrs.update({"size": s, "empty_cells": int(empty.sum())})
 
 
@@ -353,7 +356,7 @@ def _write(plan: GridPlan, run: RunDir, log: Logger) -> None:
     col = run.open_group("collect")
     g = zarr.open_group(str(run.stage_path(STAGE)), mode="w", zarr_format=3)
     w = whitening_matrix(np.asarray(col["second_moment"][:]), int(col.attrs["ok_count"]), plan.whiten_eps)
-    _put(g, "whitening", w, 0.0)
+    _put(g, "whitening", w, 0.0, ("channel", "channel_t"))
     for s in plan.sizes:
         _write_level(g, plan, s, levels[s], examples[s])
         if s in purities:
@@ -431,3 +434,8 @@ def status(run: RunDir) -> StageStatus:
         attrs = run.open_group(STAGE).attrs
         detail = {"purity": attrs.get("purity"), "purity_shuffled": attrs.get("purity_shuffled")}
     return StageStatus(STAGE, n_done, 2 * n_chunks + 2, detail)
+
+
+def finished(run: RunDir, cfg: Config | None = None) -> bool:
+    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
+    return run.is_done(STAGE, "done")

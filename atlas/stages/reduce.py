@@ -44,7 +44,7 @@ from ..progress import progress, stage_logger
 from ..store import RunDir, StoreError, atomic_save_npz
 from ._base import StageStatus, save_run_config
 
-__all__ = ["STAGE", "run", "status", "open_complete_collect", "read_rows"]
+__all__ = ["STAGE", "run", "status", "finished", "open_complete_collect", "read_rows"]
 
 STAGE = "reduce"
 _STEPS = ("knn", "fit", "normalise", "done")
@@ -208,10 +208,13 @@ def _reset(ctx: _Ctx) -> None:
     g = zarr.open_group(str(run.stage_path(STAGE)), mode="w", zarr_format=3)
     n, r, m, k = plan.n_rows, plan.chunk_rows, plan.fit_rows.size, plan.params["n_neighbors"]
     for name in ("coords", "raw_coords"):
-        g.create_array(name, shape=(n, 2), chunks=(r, 2), dtype="float32", fill_value=np.nan)
-    g.create_array("knn_indices", shape=(m, k), chunks=(min(m, 65536), k), dtype="int64", fill_value=-1)
-    g.create_array("knn_dists", shape=(m, k), chunks=(min(m, 65536), k), dtype="float32", fill_value=np.nan)
-    g.create_array("fit_rows", shape=(m,), chunks=(min(m, 1 << 20),), dtype="int64", fill_value=-1)
+        g.create_array(name, shape=(n, 2), chunks=(r, 2), dtype="float32", fill_value=np.nan, dimension_names=("row", "xy"))
+    g.create_array("knn_indices", shape=(m, k), chunks=(min(m, 65536), k), dtype="int64", fill_value=-1,
+                   dimension_names=("fit_row", "neighbour"))
+    g.create_array("knn_dists", shape=(m, k), chunks=(min(m, 65536), k), dtype="float32", fill_value=np.nan,
+                   dimension_names=("fit_row", "neighbour"))
+    g.create_array("fit_rows", shape=(m,), chunks=(min(m, 1 << 20),), dtype="int64", fill_value=-1,
+                   dimension_names=("fit_row",))
     g.attrs.update({"params": plan.params, "complete": False})
     ctx.done("setup", {"key": plan.key, "n_chunks": plan.n_chunks})
 
@@ -381,3 +384,8 @@ def status(run: RunDir) -> StageStatus:
             info = run.read_json(f"state/{STAGE}/done/{unit}")
             detail.update({("knn_" + k if unit == "knn" else k): info.get(k) for k in keys})
     return StageStatus(STAGE, n_done, n_chunks + len(_STEPS), detail)
+
+
+def finished(run: RunDir, cfg: Config | None = None) -> bool:
+    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
+    return run.is_done(STAGE, "done")

@@ -49,7 +49,7 @@ from ..progress import progress, stage_logger
 from ..store import RunDir, StoreError
 from ._base import StageStatus, my_units, save_run_config
 
-__all__ = ["STAGE", "run", "status", "plan_units", "unit_name", "unit_seed", "render_icons", "RenderResult",
+__all__ = ["STAGE", "run", "status", "finished", "plan_units", "unit_name", "unit_seed", "render_icons", "RenderResult",
            "make_transforms", "check_settings", "faithfulness_summary"]
 
 STAGE = "render"
@@ -262,10 +262,12 @@ def _create_group(cfg: Config, run: RunDir, grid: _Grid) -> None:
     for s, lvl in grid.levels.items():
         n = len(lvl.cells)
         sub = g.create_group(f"level-{s}")
-        sub.create_array("icons", shape=(n, s_px, s_px, 3), chunks=(bs, s_px, s_px, 3), dtype="uint8", fill_value=0)
-        cells = sub.create_array("cells", shape=(n, 2), chunks=(bs, 2), dtype="int32", fill_value=-1)
-        sub.create_array("objective", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan)
-        sub.create_array("cossim", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan)
+        sub.create_array("icons", shape=(n, s_px, s_px, 3), chunks=(bs, s_px, s_px, 3), dtype="uint8", fill_value=0,
+                         dimension_names=("icon", "y", "x", "rgb"))
+        cells = sub.create_array("cells", shape=(n, 2), chunks=(bs, 2), dtype="int32", fill_value=-1,
+                                 dimension_names=("icon", "rc"))
+        sub.create_array("objective", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
+        sub.create_array("cossim", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
         if n:
             cells[...] = lvl.cells
         sub.attrs.update({"grid_size": s, "n_cells": n, "n_units": -(-n // bs)})
@@ -426,3 +428,14 @@ def status(run: RunDir) -> StageStatus:
     detail = {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "level_units": level_units,
               "median_cossim": median}
     return StageStatus(STAGE, sum(u.name in done for u in units), len(units), detail)
+
+
+def finished(run: RunDir, cfg: Config | None = None) -> bool:
+    """Every unit of the levels ``cfg.render.levels`` selects (all without ``cfg``) is done."""
+    if not run.has_group(STAGE):
+        return False
+    g = run.open_group(STAGE)
+    n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
+    levels = None if cfg is None or cfg.render.levels is None else [s for s in cfg.render.levels if s in n_cells]
+    done = run.done_units(STAGE)
+    return all(u.name in done for u in plan_units(n_cells, int(g.attrs["batch_size"]), levels))

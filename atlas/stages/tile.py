@@ -730,11 +730,15 @@ def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
     ctx.log.info("shard %d/%d: %d of %d units to do (%d tiles on %d levels, %d x %d px, grids %s, %d examples)",
                  shard[0], shard[1], len(todo), len(names), ctx.plan["tiles"], ctx.plan["max_level"] + 1,
                  ctx.plan["width"], ctx.plan["height"], ctx.plan["sizes"], ctx.plan["n_examples"])
+    import multiprocessing
+
     workers = min(ctx.cfg.tile.workers, len(todo))
+    if workers > 1 and multiprocessing.current_process().daemon:
+        ctx.log.info("running in a daemonic process (a dask worker?): tiling in-process instead of %d workers", workers)
+        workers = 1
     if workers <= 1:
         _run_units(ctx, todo)
     else:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         mp = multiprocessing.get_context("spawn")
@@ -756,3 +760,8 @@ def status(run: RunDir) -> StageStatus:
     detail = {"tiles": plan["tiles"], "levels": plan["max_level"] + 1, "size": f"{plan['width']}x{plan['height']}",
               "grids": plan["sizes"], "complete": FINAL in done, "output": str(run.stage_path(OUTPUT))}
     return StageStatus(STAGE, sum(n in done for n in names), len(names), detail)
+
+
+def finished(run: RunDir, cfg: Config | None = None) -> bool:
+    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
+    return run.is_done(STAGE, FINAL)

@@ -301,3 +301,25 @@ def test_incomplete_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.tsv").write_text("demo://8/0\t0\n")
     with pytest.raises(SourceError, match="has 1 rows but manifest.json says 2"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_limit_random_is_a_seeded_class_balanced_subset_in_source_order(tmp_path: Path, kind: str) -> None:
+    for c in range(4):
+        for i in range(5):
+            _img(tmp_path / "src" / f"class{c}" / f"{i}.png", (c * 60, i * 40, 0))
+    path = tmp_path / "src"
+    if kind == "tar":
+        path = tmp_path / "shard.tar"
+        with tarfile.open(path, "w") as tf:
+            for p in sorted((tmp_path / "src").rglob("*.png")):
+                tf.add(p, arcname=f"{p.parent.name}_{p.stem}.png")
+    first = _scan(path, limit=8)
+    assert first.locations == _scan(path).locations[:8]
+    a, b = _scan(path, limit=8, subset="random"), _scan(path, limit=8, subset="random")
+    everything = _scan(path).locations
+    assert a.locations == b.locations and len(a) == 8
+    assert [everything.index(x) for x in a.locations] == sorted(everything.index(x) for x in a.locations)
+    assert a.locations != first.locations
+    if kind == "folder":
+        assert len(set(a.labels.tolist())) > 2  # not just the first two classes

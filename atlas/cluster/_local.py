@@ -1,0 +1,68 @@
+"""The unit of execution every engine shares: one shard of one stage, with its failures recorded."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import traceback
+from typing import Any
+
+from ..config import Config
+from ..stages import get_stage
+from ..store import RunDir
+
+__all__ = ["run_shard", "stage_finished", "failure_info"]
+
+
+def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str) -> dict[str, Any]:
+    """What ``atlas status`` shows about a failed shard: the reason, where and when."""
+    if isinstance(error, SystemExit) and error.code == 143:
+        reason, tail = "terminated by SIGTERM (walltime, preemption or scancel?)", []
+    elif isinstance(error, KeyboardInterrupt):
+        reason, tail = "interrupted (Ctrl-C or SIGINT)", []
+    elif isinstance(error, BaseException):
+        reason = f"{type(error).__name__}: {error}"
+        tb = traceback.format_exception(type(error), error, error.__traceback__)
+        tail = "".join(tb).strip().splitlines()[-12:]
+    else:
+        reason, tail = error, []
+    info: dict[str, Any] = {
+        "stage": stage, "shard": f"{shard[0]}/{shard[1]}", "reason": reason, "host": socket.gethostname(),
+        "pid": os.getpid(), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "traceback": tail,
+    }
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        info["slurm_job"] = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in os.environ else job
+    return info
+
+
+def stage_finished(name: str, cfg: Config) -> bool:
+    """Whether stage ``name`` of ``cfg``'s run is complete."""
+    return bool(get_stage(name).finished(RunDir(cfg.run_dir), cfg))
+
+
+def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
+    """Run shard ``shard`` of stage ``name`` in this process; returns whether the stage is now complete.
+
+    A failure (any exception, Ctrl-C included) is recorded under ``RUN/state/<stage>/failed/``
+    before it propagates; a stage that completes forgets its failure records. Idempotent:
+    finished units are skipped, so rerunning a shard, or running it twice at once, is safe.
+    """
+    run = RunDir(cfg.run_dir)
+    key = f"shard-{shard[0]}-of-{shard[1]}"
+    try:
+        get_stage(name).run(cfg, shard=shard)
+    except BaseException as e:
+        if isinstance(e, OSError) and e.filename is None:  # e.g. from Zarr's writer: say where
+            e.filename = str(run.root)
+        if run.root.is_dir():
+            try:
+                run.record_failure(name, key, failure_info(name, shard, e))
+            except Exception:  # the original error matters more (e.g. the disk is full)
+                pass
+        raise
+    finished = stage_finished(name, cfg)
+    run.clear_failure(name, None if finished else key)
+    return finished

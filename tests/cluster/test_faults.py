@@ -1,0 +1,108 @@
+"""Faults on the real CLI: the same unit handed to two processes at once, a full disk, a
+read-only or forbidden run directory, and failures reported by `atlas status`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.util import ATLAS, DEMO, ROOT, atlas, env, sets, status
+from tests.conftest import assert_groups_equal
+
+
+def _copy_until(whole_run: Path, dst: Path, stage: str) -> None:
+    """A run directory holding the whole_run's finished stages before ``stage``."""
+    order = ["collect", "reduce", "grid", "render", "tile"]
+    keep = order[:order.index(stage)]
+    for s in keep:
+        shutil.copytree(whole_run / s, dst / s)
+        shutil.copytree(whole_run / "state" / s, dst / "state" / s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["collect", "render"])
+def test_two_processes_handed_the_same_units_never_corrupt_them(whole_run: Path, tmp_path: Path, stage: str) -> None:
+    run_dir = tmp_path / "run"
+    _copy_until(whole_run, run_dir, stage)
+    cmd = [ATLAS, stage, str(DEMO), *sets(run_dir), "--shard", "0/1"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert_groups_equal(run_dir / stage, whole_run / stage)
+    assert "held by another process" in "".join(errs)  # they really met on the same units
+
+
+def _in_mount(options: str, run_dir: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with a tmpfs mounted (``options``) at ``run_dir``, in a private mount namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux's unshare")
+    ns = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    run_dir.mkdir(parents=True)
+    script = f'mount -t tmpfs -o {options} tmpfs "{run_dir}" && exec "$@"'
+    p = subprocess.run([*ns, "sh", "-c", script, "sh", *cmd], cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=600)
+    if "mount:" in p.stderr and p.returncode != 2:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    return p
+
+
+def test_disk_full_is_a_clear_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "small"
+    p = _in_mount("size=48k", run_dir, ATLAS, "collect", str(DEMO), *sets(run_dir))
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "disk full" in p.stderr and str(run_dir) in p.stderr and "rerun" in p.stderr
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+
+
+def test_read_only_run_dir_is_a_clear_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ro"
+    p = _in_mount("ro,size=1m", run_dir, ATLAS, "collect", str(DEMO), *sets(run_dir))
+    assert p.returncode == 2 and "read-only file system" in p.stderr, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+
+
+def test_forbidden_run_dir_is_a_clear_error(tmp_path: Path) -> None:
+    parent = tmp_path / "locked"
+    parent.mkdir(mode=0o555)
+    tmp_path.chmod(0o755)
+    cmd = [ATLAS, "collect", str(DEMO), *sets(parent / "run")]
+    if os.geteuid() == 0:  # root ignores permissions: run as nobody
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "no permission to write" in p.stderr, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_status_shows_failures_with_reasons_until_the_stage_completes(whole_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    atlas("collect", str(DEMO), *sets(run_dir), "--shard", "0/2")
+    p = atlas("reduce", str(DEMO), *sets(run_dir), check=False)
+    assert p.returncode == 2 and "incomplete" in p.stderr
+    st = status(run_dir)
+    assert st["collect"]["state"] == "partial" and st["collect"]["done"] == 2 and st["collect"]["total"] == 4
+    [failure] = st["reduce"]["failures"]
+    assert failure["shard"] == "0/1" and "StoreError" in failure["reason"] and "incomplete" in failure["reason"]
+    text = atlas("status", str(run_dir)).stdout
+    assert "FAILED shard 0/1" in text and "incomplete" in text and "bad=0" in text
+
+    atlas("collect", str(DEMO), *sets(run_dir), "--shard", "1/2")
+    atlas("reduce", str(DEMO), *sets(run_dir))
+    st = status(run_dir)
+    assert st["reduce"]["state"] == "done" and st["reduce"]["failures"] == []
+    assert_groups_equal(run_dir / "reduce", whole_run / "reduce")
+
+
+def test_a_task_error_on_dask_is_the_same_clear_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    p = atlas("reduce", str(DEMO), *sets(run_dir), "--workers", "1", check=False)
+    assert p.returncode == 2 and "run `atlas collect` first" in p.stderr, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    [failure] = status(run_dir)["reduce"]["failures"]
+    assert "atlas collect" in failure["reason"]
