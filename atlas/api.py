@@ -11,7 +11,7 @@ from .config import Config, ConfigError, load_config
 from .stages import STAGES, available_stages, get_stage, parse_shard
 from .store import RunDir, StoreError
 
-__all__ = ["load", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
+__all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
            "explain_oserror"]
 
 log = logging.getLogger("atlas")
@@ -34,6 +34,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load and validate a run config (``None``: the defaults)."""
     return load_config(path, overrides)
+
+
+def load_run(run_dir: str | Path) -> Config:
+    """The resolved config a run was last started with (``RUN/config.yaml``, provenance left out)."""
+    import yaml
+
+    from .config import config_from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory (run a stage first)")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("provenance", None)
+    return config_from_dict(data)
 
 
 def run_stage(name: str, cfg: Config, *, shard: str | tuple[int, int] | None = None, client: Any = None) -> None:

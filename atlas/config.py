@@ -38,6 +38,7 @@ __all__ = [
     "SlurmConfig",
     "SlurmStageConfig",
     "load_config",
+    "config_from_dict",
     "apply_overrides",
     "expand_env",
     "config_to_dict",
@@ -373,7 +374,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-    data = expand_env(apply_overrides(data, overrides or []))
+    return config_from_dict(expand_env(apply_overrides(data, overrides or [])))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from a plain mapping (unknown keys and bad values are errors)."""
     cfg = _build(Config, data, "")
     _validate(cfg)
     return cfg

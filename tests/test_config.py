@@ -85,3 +85,16 @@ def test_demo_kind_with_another_path_is_refused_and_the_demo_config_follows_the_
         load_config(None, ["images.kind=demo", f"images.path={tmp_path}"])
     cfg = load_config(ROOT / "pipelines" / "demo.yaml", [f"images.path={tmp_path}"])
     assert (cfg.images.kind, cfg.images.path) == ("auto", str(tmp_path))
+
+
+def test_load_run_reads_back_the_resolved_config(tmp_path):
+    from atlas import api
+    from atlas.stages._base import save_run_config
+    from atlas.store import RunDir
+
+    cfg = load_config(ROOT / "pipelines" / "demo.yaml", [f"run_dir={tmp_path}", "render.steps=7", "cluster.workers=3"])
+    save_run_config(cfg, RunDir(tmp_path))
+    assert "provenance" in (tmp_path / "config.yaml").read_text()
+    assert api.load_run(tmp_path) == cfg
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        api.load_run(tmp_path / "nope")
