@@ -4,11 +4,13 @@ in-process run bit for bit, also when a worker is SIGKILLed in the middle of a s
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.conftest import assert_groups_equal
 from tests.cluster.util import DEMO, ROOT, ATLAS, assert_runs_equal, env, kill, markers, sets, status, wait_for
 
 pytestmark = pytest.mark.slow
@@ -55,3 +57,20 @@ def test_whole_atlas_on_dask_with_killed_workers_equals_in_process(whole_run: Pa
     assert_runs_equal(run_dir, whole_run)
     st = status(run_dir)
     assert all(st[s]["state"] == "done" and not st[s]["failures"] for s in st)
+
+
+def test_collect_on_an_existing_scheduler_through_the_dask_launcher(whole_run: Path, tmp_path: Path) -> None:
+    """scripts/dask/launch.py --scheduler: a cluster someone else started, with daemonic workers
+    (dask's default), where collect decodes in-process instead of starting subprocesses."""
+    from dask.distributed import LocalCluster
+
+    run_dir = tmp_path / "run"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        p = subprocess.run([sys.executable, str(ROOT / "scripts" / "dask" / "launch.py"), str(DEMO), "--scheduler",
+                            cluster.scheduler_address, "--stages", "collect", *sets(run_dir, "collect.workers=1")],
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "collect  done" in p.stdout
+    assert_groups_equal(run_dir / "collect", whole_run / "collect")
+    logs = "".join(f.read_text() for f in (run_dir / "logs").glob("collect-*.log"))
+    assert "daemonic process" in logs
