@@ -16,7 +16,7 @@ from PIL import Image
 
 from .dzi import cells_in_span
 
-__all__ = ["parse_colour", "density_fraction", "paint_region", "resize_icon", "crop_box", "inset_rect"]
+__all__ = ["parse_colour", "density_fraction", "paint_region", "resize_icon", "crop_box", "inset_rect", "icon_mosaic"]
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
@@ -105,3 +105,17 @@ def crop_box(y: int, x: int, layer_h: int, layer_w: int, size: int, window: floa
     top, bottom = axis(int(y), int(layer_h))
     left, right = axis(int(x), int(layer_w))
     return top, left, bottom, right
+
+
+def icon_mosaic(icons: np.ndarray, cells: np.ndarray, size: int, background: int = 255) -> np.ndarray:
+    """Icons pasted at their cells of a ``size x size`` grid.
+
+    icons [n, px, px, 3] uint8, cells [n, 2] (row, col) -> [size * px, size * px, 3] uint8;
+    cells without an icon are ``background``.
+    """
+    px = icons.shape[1] if icons.ndim == 4 else 1
+    out = np.full((size * px, size * px, 3), background, np.uint8)
+    for icon, (r, c) in zip(icons, cells):
+        out[r * px:(r + 1) * px, c * px:(c + 1) * px] = icon
+    return out
+
