@@ -11,8 +11,7 @@ from .config import Config, ConfigError, load_config
 from .stages import STAGES, available_stages, get_stage, parse_shard
 from .store import RunDir, StoreError
 
-__all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
-           "explain_oserror"]
+__all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan"]
 
 log = logging.getLogger("atlas")
 
@@ -129,19 +128,6 @@ def slurm_plan(cfg: Config) -> list[tuple[str, bool, list[str]]]:
     from .cluster import sbatch_options, stage_finished
 
     return [(name, stage_finished(name, cfg), sbatch_options(cfg, name)) for name in STAGES]
-
-
-def explain_oserror(e: OSError) -> str:
-    """One line for a disk-full or permission error met while writing (a Zarr chunk, a log)."""
-    import errno
-
-    path = e.filename or "the run directory"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"disk full (or quota exceeded) while writing {path}: free space or set run_dir on a larger disk, "
-                "then rerun the same command: finished units are kept")
-    if e.errno == errno.EROFS:
-        return f"{path} is on a read-only file system: set run_dir to a writable location"
-    return f"no permission to write {path}: choose a writable run_dir or fix the folder's permissions"
 
 
 def layers(model: str, *, weights: str | None = None, input_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:

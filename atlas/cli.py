@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import signal
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 
 from . import api
 from .stages import STAGES
+from .store import WRITE_ERRNOS, explain_oserror
 
 __all__ = ["main", "build_parser"]
 
@@ -127,10 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except api.user_errors() as e:
         print(f"atlas: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+    except OSError as e:  # a write outside the store's own helpers, e.g. a Zarr chunk or a log file
+        if e.errno not in WRITE_ERRNOS:
             raise
-        print(f"atlas: error: {api.explain_oserror(e)}", file=sys.stderr)
+        print(f"atlas: error: {explain_oserror(e.filename or 'the run directory', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("atlas: interrupted; rerun the same command to resume", file=sys.stderr)

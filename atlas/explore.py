@@ -27,12 +27,15 @@ class AtlasRun:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.root = Path(run_dir)
+        self._groups: dict[str, zarr.Group] = {}
 
     def group(self, stage: str) -> zarr.Group:
-        """``RUN/<stage>`` opened read-only."""
+        """``RUN/<stage>`` opened read-only (once)."""
         from .store import RunDir
 
-        return RunDir(self.root).open_group(stage)
+        if stage not in self._groups:
+            self._groups[stage] = RunDir(self.root).open_group(stage)
+        return self._groups[stage]
 
     @cached_property
     def _icon_index(self) -> dict[int, dict[tuple[int, int], int]]:

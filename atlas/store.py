@@ -37,6 +37,8 @@ __all__ = [
     "atomic_write_text",
     "atomic_save_npz",
     "close_inherited_leases",
+    "explain_oserror",
+    "WRITE_ERRNOS",
 ]
 
 _HELD_LEASES: set[int] = set()  # fds of the leases this process holds
@@ -59,10 +61,18 @@ class StoreError(RuntimeError):
     """A run-directory problem (disk full, permission, mismatched settings) with a fix."""
 
 
-def _explain_oserror(path: Path, e: OSError) -> StoreError:
-    if e.errno == errno.ENOSPC:
-        return StoreError(f"disk full while writing {path}: free space on that disk or set run_dir elsewhere; rerun to resume")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)  # the user's to fix
+
+
+def explain_oserror(path: str | Path, e: OSError) -> StoreError:
+    """A write error as one line naming ``path`` and the fix (disk full, quota, read-only, permission)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"disk full (or quota exceeded) while writing {path}: free space or set run_dir on a larger "
+                          "disk, then rerun the same command: finished units are kept")
+    if e.errno == errno.EROFS:
+        return StoreError(f"no permission to write {path}: it is on a read-only file system; set run_dir to a "
+                          "writable location")
+    if e.errno in (errno.EACCES, errno.EPERM):
         return StoreError(f"no permission to write {path}: choose a writable run_dir or fix the folder's permissions")
     return StoreError(f"cannot write {path}: {e}")
 
@@ -84,7 +94,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
                 os.unlink(tmp)
             raise
     except OSError as e:
-        raise _explain_oserror(path, e) from None
+        raise explain_oserror(path, e) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

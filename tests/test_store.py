@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from atlas.store import RunDir, StoreError, _explain_oserror, atomic_save_npz, atomic_write_text
+from atlas.store import RunDir, StoreError, explain_oserror, atomic_save_npz, atomic_write_text
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -57,7 +57,7 @@ def test_lease_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
 @pytest.mark.parametrize("code,words", [(errno.ENOSPC, "disk full"), (errno.EACCES, "no permission"),
                                         (errno.EROFS, "no permission")])
 def test_os_errors_are_explained(tmp_path, code, words):
-    e = _explain_oserror(tmp_path / "x", OSError(code, os.strerror(code)))
+    e = explain_oserror(tmp_path / "x", OSError(code, os.strerror(code)))
     assert isinstance(e, StoreError) and words in str(e)
 
 

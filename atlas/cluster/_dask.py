@@ -69,7 +69,7 @@ class _NoComputeFailed(logging.Filter):
         return not str(record.msg).startswith("Compute Failed")
 
 
-def _quiet_task_errors(dask_worker: Any = None) -> None:
+def _quiet_task_errors() -> None:
     """Drop the workers' "Compute Failed" tracebacks: a task's error reaches the driver,
     which prints it once (one line for the user's errors) and records it in the run."""
     logging.getLogger("distributed.worker").addFilter(_NoComputeFailed())
@@ -83,7 +83,7 @@ def _prepare(client: Any) -> Any:
         name = "atlas-quiet-task-errors"
 
         def setup(self, worker: Any) -> None:
-            _quiet_task_errors(worker)
+            _quiet_task_errors()
 
     client.register_plugin(QuietTaskErrors())
     return client

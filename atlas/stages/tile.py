@@ -69,7 +69,7 @@ from ..ops.canvas import crop_box, density_fraction, paint_region, parse_colour,
 from ..ops.dzi import (cell_edges, cells_in_span, descriptor_xml, level_size, lod_grid_size, max_level,
                        supersample, tile_bounds, tile_bounds_1d, tile_counts)
 from ..progress import progress, stage_logger
-from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text
+from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text, explain_oserror
 from ._base import StageStatus, my_units, save_run_config
 
 __all__ = ["STAGE", "OUTPUT", "run", "status", "openseadragon_dir", "viewer_source_dir"]
@@ -339,7 +339,7 @@ class _Writer:
                 fh.write(data)
             os.replace(tmp, path)
         except OSError as e:
-            raise StoreError(f"cannot write {path}: {e}; free disk space or fix permissions, then rerun to resume") from None
+            raise explain_oserror(path, e) from None
         self.paths.append(path)
 
     def sync(self) -> None:
