@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .stages import STAGES, available_stages, get_stage, parse_shard
+from .stages import STAGES, available_stages, get_stage, parse_shard, stage_status
 from .store import RunDir, StoreError
 
 __all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan"]
@@ -99,11 +99,11 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
     for name in STAGES:
         try:
-            mod = get_stage(name)
+            stage = get_stage(name)
         except NotImplementedError:
             report["stages"].append({"stage": name, "state": "not available", "done": 0, "total": None})
             continue
-        st = mod.status(run).as_dict()
+        st = stage_status(stage, run).as_dict()
         st["failures"] = [{k: f.get(k) for k in ("key", "shard", "reason", "host", "time", "slurm_job") if f.get(k)}
                           for f in run.failures(name)]
         report["stages"].append(st)

@@ -38,6 +38,8 @@ __all__ = [
     "atomic_save_npz",
     "close_inherited_leases",
     "explain_oserror",
+    "fingerprint",
+    "read_rows",
     "WRITE_ERRNOS",
 ]
 
@@ -77,6 +79,14 @@ def explain_oserror(path: str | Path, e: OSError) -> StoreError:
     return StoreError(f"cannot write {path}: {e}")
 
 
+def fingerprint(obj: Any) -> str:
+    """The one fingerprint of settings: 16 hex digits of the SHA-256 of their canonical JSON."""
+    import hashlib
+
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
     path = Path(path)
@@ -107,6 +117,21 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def read_rows(arr: zarr.Array, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
+    """Rows of a 2-D row-chunked array (e.g. ``collect/activations``), read one chunk at a time:
+    sorted int rows [m] -> float32 [m, C]."""
+    out = np.empty((rows.size, arr.shape[1]), dtype=np.float32)
+    if rows.size == 0:
+        return out
+    chunk_of = rows // chunk_rows
+    cuts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        lo = int(chunk_of[a]) * chunk_rows
+        block = arr[lo:min(lo + chunk_rows, arr.shape[0])]
+        out[a:b] = block[rows[a:b] - lo]
+    return out
 
 
 class RunDir:

@@ -45,7 +45,7 @@ def _ok_rows(run_dir: Path) -> np.ndarray:
 def _activations(run_dir: Path, rows: np.ndarray) -> np.ndarray:
     import zarr
 
-    from atlas.stages.reduce import read_rows
+    from atlas.store import read_rows
 
     g = zarr.open_group(str(run_dir / "collect"), mode="r")
     return read_rows(g["activations"], rows, int(g.attrs["chunk_rows"]))

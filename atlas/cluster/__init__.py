@@ -1,11 +1,14 @@
-"""Execution: one stage shard as the unit every engine runs (in-process, dask tasks, SLURM array tasks)."""
+"""Execution: one stage shard as the unit every engine runs (in-process, dask tasks, SLURM array tasks).
+
+Engines drive stages only through the stage protocol (:class:`atlas.stages.Stage`): how a
+stage is split comes from its ``execution``, its SLURM resources from its ``resources``.
+"""
 
 from ._dask import StageIncomplete, dask_client, run_stage_on_dask
 from ._local import failure_info, run_shard, stage_finished
-from ._slurm import ARRAY_STAGES, sbatch_options, slurm_shard
+from ._slurm import sbatch_options, slurm_shard, stage_resources
 
 __all__ = [
-    "ARRAY_STAGES",
     "StageIncomplete",
     "dask_client",
     "failure_info",
@@ -14,4 +17,5 @@ __all__ = [
     "sbatch_options",
     "slurm_shard",
     "stage_finished",
+    "stage_resources",
 ]

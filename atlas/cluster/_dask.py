@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import Any
 
 from ..config import ClusterConfig, Config, ConfigError
 from ..progress import progress
+from ..stages import get_stage
 from ..store import RunDir, StoreError
 from ._local import failure_info, run_shard, stage_finished
 
@@ -97,7 +97,7 @@ def _n_tasks(client: Any, cc: ClusterConfig) -> int:
 
 
 def _shards(name: str, client: Any, cc: ClusterConfig) -> list[tuple[int, int]]:
-    if name == "reduce":
+    if get_stage(name).execution != "shards":
         return [(0, 1)]
     n = _n_tasks(client, cc)
     return [(i, n) for i in range(n)]
@@ -128,16 +128,16 @@ def _submit_round(client: Any, name: str, cfg: Config, shards: list[tuple[int, i
 def run_stage_on_dask(client: Any, name: str, cfg: Config) -> None:
     """Run stage ``name`` on ``client``'s cluster until it is complete.
 
-    collect, render and tile: their units split into ``cluster.tasks`` shards, one task each;
-    reduce: one task; grid: on this process, fanning its chunks out to the same cluster.
+    How is the stage's :attr:`~atlas.stages.Stage.execution`: ``shards``: its units split into
+    ``cluster.tasks`` shards, one task each; ``single``: one task; ``driver``: on this process,
+    with ``client`` handed to the stage to fan its work out to the same cluster.
     A task that raises is retried ``cluster.retries`` times; a task whose worker dies is
     rescheduled by dask. Should units still be undone (held by a dying worker's lease),
     another round is submitted, at most ``cluster.retries`` more.
     """
     cc = cfg.cluster
-    if name == "grid":
-        grid_cfg = dataclasses.replace(cfg, grid=dataclasses.replace(cfg.grid, scheduler=client.scheduler.address))
-        run_shard("grid", grid_cfg)
+    if get_stage(name).execution == "driver":
+        run_shard(name, cfg, (0, 1), client)
         return
     reasons: list[str] = []
     for rnd in range(cc.retries + 1):

@@ -9,7 +9,7 @@ import traceback
 from typing import Any
 
 from ..config import Config
-from ..stages import get_stage
+from ..stages import finished, get_stage, run_stage
 from ..store import RunDir
 
 __all__ = ["run_shard", "stage_finished", "failure_info"]
@@ -39,11 +39,11 @@ def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str)
 
 
 def stage_finished(name: str, cfg: Config) -> bool:
-    """Whether stage ``name`` of ``cfg``'s run is complete."""
-    return bool(get_stage(name).finished(RunDir(cfg.run_dir), cfg))
+    """Whether stage ``name`` of ``cfg``'s run is finished with ``cfg``'s settings."""
+    return finished(get_stage(name), cfg)
 
 
-def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
+def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1), client: Any = None) -> bool:
     """Run shard ``shard`` of stage ``name`` in this process; returns whether the stage is now complete.
 
     A failure (any exception, Ctrl-C included) is recorded under ``RUN/state/<stage>/failed/``
@@ -53,9 +53,9 @@ def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
     run = RunDir(cfg.run_dir)
     key = f"shard-{shard[0]}-of-{shard[1]}"
     try:
-        get_stage(name).run(cfg, shard=shard)
+        done = run_stage(get_stage(name), cfg, shard, client)
     except BaseException as e:
-        if isinstance(e, OSError) and e.filename is None:  # e.g. from Zarr's writer: say where
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # e.g. Zarr's writer: say where
             e.filename = str(run.root)
         if run.root.is_dir():
             try:
@@ -63,6 +63,5 @@ def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
             except Exception:  # the original error matters more (e.g. the disk is full)
                 pass
         raise
-    finished = stage_finished(name, cfg)
-    run.clear_failure(name, None if finished else key)
-    return finished
+    run.clear_failure(name, None if done else key)
+    return done

@@ -1,52 +1,41 @@
-"""SLURM: the array task's shard from its environment, and sbatch options from the config."""
+"""SLURM: sbatch options of a stage from its defaults and the config (the array task's shard
+comes from :func:`atlas.stages.parse_shard`)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 
-from ..config import Config, SlurmStageConfig
+from ..config import Config, slurm_stage_resources
+from ..stages import get_stage
+from ..stages._shard import slurm_shard
 
-__all__ = ["slurm_shard", "sbatch_options", "ARRAY_STAGES"]
-
-ARRAY_STAGES = ("collect", "render", "tile")  # stages whose units are split over array tasks
+__all__ = ["slurm_shard", "sbatch_options", "stage_resources"]
 
 
-def slurm_shard(env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(i, n) of this SLURM array task: i from ``SLURM_ARRAY_TASK_ID`` (relative to the array's
-    first index and step), n = ``SLURM_ARRAY_TASK_COUNT``."""
-    env = os.environ if env is None else env
-    if "SLURM_ARRAY_TASK_ID" not in env:
-        raise ValueError("--shard slurm needs SLURM_ARRAY_TASK_ID: submit the stage as an array job "
-                         "(sbatch --array=0-N, as scripts/slurm/submit.sh does), or pass --shard i/n")
-    try:
-        task = int(env["SLURM_ARRAY_TASK_ID"])
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1")) or 1
-        count = int(env.get("SLURM_ARRAY_TASK_COUNT", "1"))
-    except ValueError:
-        raise ValueError("SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT must be integers") from None
-    i = (task - first) // step
-    if count < 1 or not 0 <= i < count or (task - first) % step:
-        raise ValueError(f"SLURM array task {task} is not one of {count} tasks from {first} in steps of {step}: "
-                         "use a plain range such as --array=0-15 (a %limit is fine)")
-    return i, count
+def stage_resources(cfg: Config, stage: str) -> dict[str, object]:
+    """tasks, time, cpus, mem, gpus of ``stage``: ``cluster.slurm.stages.<stage>`` over the stage's defaults."""
+    st = get_stage(stage)
+    defaults = asdict(st.resources) | ({"gpus": max(st.resources.gpus, 1)} if st.wants_gpu else {})
+    res = slurm_stage_resources(cfg, stage, defaults)
+    if st.execution != "shards" and res["tasks"] != 1:
+        raise ValueError(f"config key `cluster.slurm.stages.{stage}.tasks` must be 1: {stage} runs as one job")
+    return res
 
 
 def sbatch_options(cfg: Config, stage: str) -> list[str]:
-    """The sbatch options of ``stage`` from ``cluster.slurm`` (one option per item, no spaces)."""
+    """The sbatch options of ``stage`` (one option per item, no spaces): an array for sharded stages."""
     sc = cfg.cluster.slurm
-    st: SlurmStageConfig = getattr(sc, stage)
+    res = stage_resources(cfg, stage)
     logs = Path(cfg.run_dir).resolve() / "logs" / "slurm"
-    opts = [f"--job-name=atlas-{stage}", f"--time={st.time}", f"--cpus-per-task={st.cpus}", f"--mem={st.mem}"]
-    if stage in ARRAY_STAGES:
+    opts = [f"--job-name=atlas-{stage}", f"--time={res['time']}", f"--cpus-per-task={res['cpus']}", f"--mem={res['mem']}"]
+    if get_stage(stage).execution == "shards":
         limit = f"%{sc.max_parallel}" if sc.max_parallel else ""
-        opts += [f"--array=0-{st.tasks - 1}{limit}", f"--output={logs}/%x-%A_%a.out"]
+        opts += [f"--array=0-{int(res['tasks']) - 1}{limit}", f"--output={logs}/%x-%A_%a.out"]
     else:
         opts += [f"--output={logs}/%x-%j.out"]
-    if st.gpus:
-        opts.append(f"--gres=gpu:{st.gpus}")
+    if res["gpus"]:
+        opts.append(f"--gres=gpu:{res['gpus']}")
     if sc.partition:
         opts.append(f"--partition={sc.partition}")
     if sc.account:

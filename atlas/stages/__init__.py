@@ -1,27 +1,56 @@
-"""The pipeline's stages. Each module has ``STAGE``, ``run(cfg, *, shard)`` and ``status(run)``."""
+"""The pipeline's stages, each a :class:`Stage` value ``STAGE`` in its module, run by one unit runner.
+
+Public: the :class:`Stage` protocol and :class:`StageBase`, :func:`get_stage` (the registry),
+:func:`run_stage` (one shard of any stage in this process), :func:`stage_status`,
+:func:`finished` and :func:`parse_shard`. A stage never imports another stage: outputs meet
+in the run directory (:mod:`atlas.store`).
+"""
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
-from ._base import StageStatus, parse_shard
+from ._protocol import Execution, Job, Resources, Stage, StageBase, StageStatus
+from ._runner import check_inputs, final_info, finished, is_stale, my_units, run_stage, save_run_config, stage_status
+from ._shard import parse_shard
 
-__all__ = ["STAGES", "StageStatus", "get_stage", "parse_shard", "available_stages"]
+__all__ = [
+    "STAGES",
+    "Execution",
+    "Job",
+    "Resources",
+    "Stage",
+    "StageBase",
+    "StageStatus",
+    "available_stages",
+    "check_inputs",
+    "final_info",
+    "finished",
+    "get_stage",
+    "is_stale",
+    "my_units",
+    "parse_shard",
+    "run_stage",
+    "save_run_config",
+    "stage_status",
+]
 
 STAGES: tuple[str, ...] = ("collect", "reduce", "grid", "render", "tile")
+"""The pipeline's stages in order (each module ``atlas.stages.<name>`` defines ``STAGE``)."""
 
 
-def get_stage(name: str) -> ModuleType:
-    """The stage module ``name``; a clear error for unknown or not-yet-built stages."""
+def get_stage(name: str) -> Stage:
+    """The stage ``name``; a clear error for unknown or not-yet-built stages."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     try:
-        return importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as e:
         if e.name == f"{__name__}.{name}":
             raise NotImplementedError(f"stage `{name}` is not implemented in this version of atlas") from None
         raise
+    stage: Stage = module.STAGE
+    return stage
 
 
 def available_stages() -> list[str]:

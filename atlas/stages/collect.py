@@ -1,15 +1,15 @@
 """Stage 1, collect: one random spatial activation per image (+ class attribution) to Zarr.
 
 Unit of work: one Zarr chunk of ``collect.chunk_rows`` rows (``chunk-000012``). A unit
-writes its rows, then its side data (second moment, bad inputs), then its done
-marker. ``--shard i/n`` owns chunks ``i, i+n, ...``; the shard that finishes last
-reduces the per-chunk second moments (in chunk order, so any split gives the same
-sums) and writes the bad-input report.
+writes its rows, then its side data (second moment, bad inputs); the runner then writes
+its done marker. ``--shard i/n`` owns chunks ``i, i+n, ...``; the process that finishes
+last reduces the per-chunk second moments (in chunk order, so any split gives the same
+sums) and writes the bad-input report. Other settings on an existing run are refused
+(the collected activations are the run's most expensive data).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,18 +25,16 @@ import zarr
 
 from ..config import Config
 from ..ops.sampling import sample_positions
-from ..progress import progress, stage_logger
-from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text, close_inherited_leases
-from ._base import StageStatus, my_units, save_run_config
+from ..progress import progress
+from ..store import RunDir, atomic_save_npz, atomic_write_text, close_inherited_leases
+from ._protocol import Job, Resources, StageBase
 
-__all__ = ["STAGE", "run", "status", "finished", "plan_units"]
+__all__ = ["STAGE", "CollectStage", "plan_units", "unit_name"]
 
-STAGE = "collect"
-FINAL = "final"
+NAME = "collect"
 
 # Settings that change what a chunk contains: a rerun with other values would mix runs.
-_FINGERPRINT_KEYS = ("seed", "images", "model", "collect.chunk_rows", "collect.border",
-                     "collect.attribution", "collect.top_k", "collect.dtype", "collect.fold_bn")
+_CONTENT_KEYS = ("chunk_rows", "border", "attribution", "top_k", "dtype", "fold_bn")
 
 
 @dataclass
@@ -45,20 +43,25 @@ class _Context:
 
     cfg: Config
     run: RunDir
-    group: zarr.Group
     manifest: Any
     sampler: Any
     net: Any
     layer_shape: tuple[int, int, int]
     n: int
     log: logging.Logger
+    _group: zarr.Group | None = None
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = self.run.open_group(NAME, mode="r+")
+        return self._group
 
 
-def _fingerprint(cfg: Config) -> str:
-    d = {"seed": cfg.seed, "images": vars(cfg.images), "model": vars(cfg.model)}
-    for key in _FINGERPRINT_KEYS[3:]:
-        d[key] = getattr(cfg.collect, key.split(".")[1])
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _settings(cfg: Config) -> dict[str, Any]:
+    model = cfg.model.model_dump(mode="json", exclude={"device"})
+    return {"seed": cfg.seed, "images": cfg.images.model_dump(mode="json"), "model": model,
+            "collect": {k: getattr(cfg.collect, k) for k in _CONTENT_KEYS}}
 
 
 def unit_name(j: int) -> str:
@@ -85,14 +88,14 @@ def _open_manifest(cfg: Config, run: RunDir, log: logging.Logger) -> Any:
     return manifest
 
 
-def _create_group(cfg: Config, run: RunDir, n: int, shape: tuple[int, int, int], net: Any,
-                  manifest: Any) -> zarr.Group:
+def _create_group(ctx: _Context) -> None:
     from ..sources import STATUS_NAMES
 
-    c = shape[0]
+    cfg, run, n, net, manifest = ctx.cfg, ctx.run, ctx.n, ctx.net, ctx.manifest
+    c = ctx.layer_shape[0]
     r = min(cfg.collect.chunk_rows, max(n, 1))
     k = cfg.collect.top_k
-    tmp = run.root / f".{STAGE}.creating"
+    tmp = run.root / f".{NAME}.creating"
     shutil.rmtree(tmp, ignore_errors=True)
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     g.create_array("activations", shape=(n, c), chunks=(r, c), dtype=cfg.collect.dtype, fill_value=0,
@@ -107,48 +110,31 @@ def _create_group(cfg: Config, run: RunDir, n: int, shape: tuple[int, int, int],
         g.create_array("attr_values", shape=(n, k), chunks=(r, k), dtype="float32", fill_value=0,
                        dimension_names=("row", "top"))
     g.attrs.update({
-        "model": cfg.model.name, "layer": cfg.model.layer, "layer_shape": list(shape),
+        "model": cfg.model.name, "layer": cfg.model.layer, "layer_shape": list(ctx.layer_shape),
         "input_size": net.input_size, "seed": cfg.seed, "border": cfg.collect.border,
         "n_images": n, "chunk_rows": r, "attribution": cfg.collect.attribution,
         "top_k": k if cfg.collect.attribution else 0, "class_names": list(net.class_names),
         "label_names": list(manifest.label_names), "status_codes": {str(s): v for s, v in STATUS_NAMES.items()},
-        "fingerprint": _fingerprint(cfg), "weights_sha256": net.weights_sha256,
+        "weights_sha256": net.weights_sha256,
     })
-    os.replace(tmp, run.stage_path(STAGE))  # the group appears whole or not at all
-    return run.open_group(STAGE, mode="r+")
+    os.replace(tmp, run.stage_path(NAME))  # the group appears whole or not at all
 
 
-def _check_fingerprint(cfg: Config, group: zarr.Group, run: RunDir) -> None:
-    if group.attrs.get("fingerprint") != _fingerprint(cfg):
-        raise StoreError(
-            f"{run.stage_path(STAGE)} was collected with other settings (seed, images, model or "
-            "collect chunk_rows/border/attribution/top_k/dtype differ); use a new run_dir, or delete "
-            "that folder to start this stage again"
-        )
-
-
-def _prepare(cfg: Config, run: RunDir, shard: tuple[int, int]) -> _Context:
+def _open(job: Job) -> _Context:
     from ..models import LayerSampler, layer_shape, load_network, pin_threads, resolve_device
 
-    log = stage_logger(run.root, STAGE, shard)
+    cfg, run, log = job.cfg, job.run, job.log
     pin_threads(cfg.collect.threads)
     net = load_network(cfg.model)
     shape = layer_shape(net, cfg.model.layer)
     sample_positions(cfg.seed, np.zeros(1, np.int64), shape[1], shape[2], cfg.collect.border)  # validates border
-    with run.stage_lock(STAGE):
+    with run.stage_lock(NAME):
         manifest = _open_manifest(cfg, run, log)
-        n = len(manifest)
-        if run.has_group(STAGE):
-            group = run.open_group(STAGE, mode="r+")
-            _check_fingerprint(cfg, group, run)
-        else:
-            save_run_config(cfg, run, {"weights_sha256": net.weights_sha256, "weights_path": net.weights_path})
-            group = _create_group(cfg, run, n, shape, net, manifest)
     device = resolve_device(cfg.model.device)
     sampler = LayerSampler(net, cfg.model.layer, attribution=cfg.collect.attribution, top_k=cfg.collect.top_k,
                            device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda",
                            fold_bn=cfg.collect.fold_bn)
-    return _Context(cfg, run, group, manifest, sampler, net, shape, n, log)
+    return _Context(cfg, run, manifest, sampler, net, shape, len(manifest), log)
 
 
 # --------------------------------------------------------------------------- data
@@ -202,7 +188,12 @@ def _decode_workers(ctx: _Context) -> int:
 
 
 def _worker_init(_: int) -> None:
+    """A decode worker: drop the parent's leases; leave SIGTERM to the parent, which stops
+    its workers as it unwinds (a worker killed first would surface as a DataLoader error)."""
+    import signal
+
     close_inherited_leases()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _loader(ctx: _Context, chunks: list[int]) -> torch.utils.data.DataLoader:
@@ -263,7 +254,8 @@ def _run_batch(ctx: _Context, buf: _ChunkBuffer, rows: np.ndarray, imgs: torch.T
         buf.cls[local[ok]] = classes.numpy().astype(np.int16)
 
 
-def _write_chunk(ctx: _Context, buf: _ChunkBuffer) -> None:
+def _write_chunk(ctx: _Context, buf: _ChunkBuffer) -> dict[str, Any]:
+    """Write one chunk's rows, then its side data; returns what its done marker records."""
     g, sl = ctx.group, slice(buf.start, buf.stop)
     g["activations"][sl] = buf.act
     g["positions"][sl] = buf.pos
@@ -275,9 +267,9 @@ def _write_chunk(ctx: _Context, buf: _ChunkBuffer) -> None:
         g["attr_values"][sl] = buf.val
     ok = buf.act[buf.status == 1].astype(np.float64)
     name = unit_name(buf.j)
-    atomic_save_npz(ctx.run.unit_data_path(STAGE, name), second_moment=ok.T @ ok, ok_count=np.int64(len(ok)))
-    atomic_write_text(ctx.run.unit_data_path(STAGE, name, ".json"), json.dumps(buf.bad))
-    ctx.run.mark_done(STAGE, name, {"rows": [buf.start, buf.stop], "ok": int(len(ok)), "bad": len(buf.bad)})
+    atomic_save_npz(ctx.run.unit_data_path(NAME, name), second_moment=ok.T @ ok, ok_count=np.int64(len(ok)))
+    atomic_write_text(ctx.run.unit_data_path(NAME, name, ".json"), json.dumps(buf.bad))
+    return {"rows": [buf.start, buf.stop], "ok": int(len(ok)), "bad": len(buf.bad)}
 
 
 def _iter_batches(ctx: _Context, chunks: list[int]) -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray, list[str]]]:
@@ -285,108 +277,91 @@ def _iter_batches(ctx: _Context, chunks: list[int]) -> Iterator[tuple[np.ndarray
         yield from _loader(ctx, chunks)
 
 
-def _run_chunks(ctx: _Context, chunks: list[int]) -> None:
-    rows_todo = sum(min((j + 1) * ctx.cfg.collect.chunk_rows, ctx.n) - j * ctx.cfg.collect.chunk_rows for j in chunks)
+def _run_chunks(ctx: _Context, chunks: list[int]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Collect ``chunks`` through one DataLoader; yield each chunk's unit once it is written."""
+    r = ctx.cfg.collect.chunk_rows
+    rows_todo = sum(min((j + 1) * r, ctx.n) - j * r for j in chunks)
     bar = progress(total=rows_todo, desc="collect", unit="img")
     bufs: dict[int, _ChunkBuffer] = {}
     t0, done = time.time(), 0
     for rows, imgs, status, reasons in _iter_batches(ctx, chunks):
-        j = int(rows[0]) // ctx.cfg.collect.chunk_rows
+        j = int(rows[0]) // r
         buf = bufs.setdefault(j, _ChunkBuffer(ctx, j))
         _run_batch(ctx, buf, rows, imgs, status, reasons)
         bar.update(len(rows))
         done += len(rows)
         if buf.full():
-            _write_chunk(ctx, bufs.pop(j))
+            info = _write_chunk(ctx, bufs.pop(j))
             rate = done / max(time.time() - t0, 1e-9)
-            ctx.log.info("%s done (%d/%d rows this shard, %.1f img/s, ETA %.0f s)", unit_name(j), done,
+            ctx.log.info("%s done (%d/%d rows of this window, %.1f img/s, ETA %.0f s)", unit_name(j), done,
                          rows_todo, rate, (rows_todo - done) / max(rate, 1e-9))
+            yield unit_name(j), info
     bar.close()
 
 
 # --------------------------------------------------------------------------- finish
 
 
-def _finalize(ctx: _Context) -> None:
+def _finalize(ctx: _Context) -> dict[str, Any]:
     """Sum per-chunk second moments in chunk order; write ok_count and the bad-input report."""
     run, c = ctx.run, ctx.layer_shape[0]
     total = np.zeros((c, c), np.float64)
     ok_count, bad_lines = 0, ["row\tlocation\tstatus\treason"]
     for name in plan_units(ctx.n, ctx.cfg.collect.chunk_rows):
-        with np.load(run.unit_data_path(STAGE, name)) as z:
+        with np.load(run.unit_data_path(NAME, name)) as z:
             total += z["second_moment"]
             ok_count += int(z["ok_count"])
-        for b in json.loads(run.unit_data_path(STAGE, name, ".json").read_text()):
+        for b in json.loads(run.unit_data_path(NAME, name, ".json").read_text()):
             bad_lines.append(f"{b['row']}\t{b['location']}\t{b['status']}\t{b['reason']}".replace("\n", " "))
     g = ctx.group
     g.create_array("second_moment", shape=(c, c), chunks=(c, c), dtype="float64", overwrite=True,
                    dimension_names=("channel", "channel_t"))[:] = total
     g.attrs.update({"ok_count": ok_count, "bad_count": len(bad_lines) - 1})
     atomic_write_text(run.logs_path() / "bad_inputs.tsv", "\n".join(bad_lines) + "\n")
-    run.mark_done(STAGE, FINAL, {"ok_count": ok_count, "bad_count": len(bad_lines) - 1})
     ctx.log.info("collect complete: %d ok, %d bad (see logs/bad_inputs.tsv)", ok_count, len(bad_lines) - 1)
+    return {"ok_count": ok_count, "bad_count": len(bad_lines) - 1}
 
 
-def _maybe_finalize(ctx: _Context) -> None:
-    units = plan_units(ctx.n, ctx.cfg.collect.chunk_rows)
-    with ctx.run.stage_lock(STAGE):
-        done = ctx.run.done_units(STAGE)
-        if FINAL in done:
-            return
-        missing = [u for u in units if u not in done]
-        if missing:
-            ctx.log.info("%d chunks still to do by other shards; the last shard finishes the stage", len(missing))
-            return
-        _finalize(ctx)
+class CollectStage(StageBase):
+    """Stage 1: one random spatial activation per image (+ class attribution) -> ``RUN/collect``."""
+
+    name = NAME
+    inputs = ()
+    execution = "shards"
+    wants_gpu = True
+    on_change = "refuse"
+    lease_window = 32  # chunks leased (and decoded by one DataLoader) at a time
+    resources = Resources(tasks=16, time="04:00:00", cpus=8, mem="32G", gpus=1)
+
+    def settings(self, cfg: Config) -> dict[str, Any]:
+        return _settings(cfg)
+
+    def open(self, job: Job) -> _Context:
+        return _open(job)
+
+    def create(self, ctx: _Context) -> None:
+        _create_group(ctx)
+
+    def units(self, ctx: _Context) -> list[str]:
+        return plan_units(ctx.n, ctx.cfg.collect.chunk_rows)
+
+    def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        ctx.log.info("%d chunks to do (%d images in all, layer %s %s)", len(units), ctx.n, ctx.cfg.model.layer,
+                     "x".join(map(str, ctx.layer_shape)))
+        yield from _run_chunks(ctx, [int(u.split("-")[1]) for u in units])
+
+    def finish(self, ctx: _Context) -> dict[str, Any]:
+        return _finalize(ctx)
+
+    def provenance(self, ctx: _Context) -> dict[str, Any]:
+        return {"weights_sha256": ctx.net.weights_sha256, "weights_path": ctx.net.weights_path}
+
+    def detail(self, run: RunDir) -> dict[str, Any]:
+        """Images, ok and bad counts, model and layer."""
+        g = run.open_group(NAME)
+        st = g["status"][:]
+        return {"images": int(g.attrs["n_images"]), "ok": int((st == 1).sum()), "bad": int((st >= 2).sum()),
+                "model": g.attrs["model"], "layer": g.attrs["layer"]}
 
 
-def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
-    """Collect this shard's unfinished chunks, then finish the stage if every chunk is done."""
-    run_dir = RunDir(cfg.run_dir)
-    ctx = _prepare(cfg, run_dir, shard)
-    units = plan_units(ctx.n, cfg.collect.chunk_rows)
-    mine = set(my_units(units, shard))
-    done = run_dir.done_units(STAGE)
-    todo = [j for j, u in enumerate(units) if u in mine and u not in done]
-    ctx.log.info("shard %d/%d: %d of its %d chunks to do (%d images, layer %s %s)", shard[0], shard[1],
-                 len(todo), len(mine), ctx.n, cfg.model.layer, "x".join(map(str, ctx.layer_shape)))
-    for k in range(0, len(todo), _LEASE_WINDOW):
-        _run_leased(ctx, todo[k:k + _LEASE_WINDOW])
-    _maybe_finalize(ctx)
-
-
-_LEASE_WINDOW = 32  # chunks leased (and decoded by one DataLoader) at a time
-
-
-def _run_leased(ctx: _Context, todo: list[int]) -> None:
-    """Run chunks under leases so two processes handed the same chunk never both write it."""
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        mine = []
-        for j in todo:
-            if stack.enter_context(ctx.run.lease(STAGE, unit_name(j))) and not ctx.run.is_done(STAGE, unit_name(j)):
-                mine.append(j)
-            else:
-                ctx.log.info("%s is held by another process or done; skipping", unit_name(j))
-        if mine:
-            _run_chunks(ctx, mine)
-
-
-def status(run: RunDir) -> StageStatus:
-    """Chunks done / total and the bad-input count."""
-    if not run.has_group(STAGE):
-        return StageStatus(STAGE, 0, None)
-    g = run.open_group(STAGE)
-    n, r = g.attrs["n_images"], g.attrs["chunk_rows"]
-    units = plan_units(n, r)
-    done = run.done_units(STAGE)
-    st = g["status"][:]
-    detail = {"images": n, "ok": int((st == 1).sum()), "bad": int((st >= 2).sum()),
-              "complete": FINAL in done, "layer": g.attrs["layer"], "model": g.attrs["model"]}
-    return StageStatus(STAGE, sum(u in done for u in units), len(units), detail)
-
-
-def finished(run: RunDir, cfg: Config | None = None) -> bool:
-    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
-    return run.is_done(STAGE, FINAL)
+STAGE = CollectStage()

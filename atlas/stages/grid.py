@@ -14,9 +14,13 @@ processes, the scheduler at ``grid.scheduler``, or in this process with
 ``examples-XXXXXX``
     per level, the rows of chunk j most similar (cosine) to the mean of their own cell,
     best ``grid.examples`` per cell -> ``examples-XXXXXX.npz``.
-``done``
+``final`` (the runner's last step)
     levels pooled 2x2 from the finest, examples merged in chunk order, purity, whitening,
-    the Zarr group written (replacing any partial one), then this marker.
+    the Zarr group written (replacing any partial one), then the marker.
+
+The stage runs in one process (``execution = "driver"``); its chunk tasks go to the
+engine's dask client when there is one (``atlas run --workers N`` / ``--scheduler``), else
+to ``grid.scheduler`` or a LocalCluster of ``grid.dask_workers`` processes.
 
 Layout of ``RUN/grid``: root array ``whitening`` [C, C] float64; per size s a subgroup
 ``level-<s>`` with ``count`` [s, s] int64, ``mean_activation`` [s, s, C] float32,
@@ -30,9 +34,6 @@ with r = floor(y s), c = floor(x s) of the reduce coords (x, y). A cell is *empt
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from logging import Logger
@@ -42,19 +43,18 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..config import Config, GridConfig, check_grid_sizes
+from ..config import Config, GridConfig
 from ..ops.binning import (add_partials, cell_ids, cell_similarity, chunk_partial, dense_from_keys, empty_accumulator,
                            key_sums, level_means, parent_ids, purity, pyramid, rank_in_groups, top_per_cell,
                            top_rows_per_cell, unit_rows)
 from ..ops.whitening import whitening_matrix
-from ..progress import progress, stage_logger
-from ..store import RunDir, StoreError, atomic_save_npz
-from ._base import StageStatus, save_run_config
-from .reduce import open_complete_collect
+from ..progress import progress
+from ..store import RunDir, atomic_save_npz, fingerprint
+from ._protocol import Job, Resources, StageBase
 
-__all__ = ["STAGE", "run", "status", "finished"]
+__all__ = ["STAGE", "GridStage", "GridPlan"]
 
-STAGE = "grid"
+NAME = "grid"
 _COMBINE_BATCH = 32  # chunk partials merged into the totals at a time (fixed: part of the sum order)
 
 
@@ -75,7 +75,6 @@ class GridPlan:
     n_classes: int
     n_labels: int
     attribution: bool
-    reduce_key: str
 
     @property
     def n_chunks(self) -> int:
@@ -83,27 +82,13 @@ class GridPlan:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self) | {"run_root": ""}, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(asdict(self) | {"run_root": ""})
 
     def rows(self, j: int) -> tuple[int, int]:
         return j * self.chunk_rows, min(self.n_rows, (j + 1) * self.chunk_rows)
 
 
-def _validate(gc: GridConfig) -> None:
-    for name in ("min_count", "top_classes", "examples"):
-        if getattr(gc, name) < 1:
-            raise ValueError(f"grid.{name} must be >= 1, got {getattr(gc, name)}")
-    if gc.whiten_eps <= 0:
-        raise ValueError(f"grid.whiten_eps must be > 0, got {gc.whiten_eps}")
-    if gc.dask_workers < 0:
-        raise ValueError(f"grid.dask_workers must be >= 0, got {gc.dask_workers}")
-    check_grid_sizes(gc.sizes)
-
-
 def _make_plan(cfg: Config, run: RunDir, collect: zarr.Group) -> GridPlan:
-    _validate(cfg.grid)
-    if not run.is_done("reduce", "done") or not run.has_group("reduce"):
-        raise StoreError(f"{run.stage_path('reduce')} is missing or incomplete: run `atlas reduce` first")
     n, c = collect["activations"].shape
     attribution = bool(collect.attrs.get("attribution", False)) and "attr_classes" in collect
     return GridPlan(
@@ -112,7 +97,6 @@ def _make_plan(cfg: Config, run: RunDir, collect: zarr.Group) -> GridPlan:
         seed=cfg.seed, n_rows=int(n), chunk_rows=int(collect.attrs["chunk_rows"]), n_channels=int(c),
         n_classes=len(collect.attrs.get("class_names") or []) if attribution else 0,
         n_labels=len(collect.attrs.get("label_names") or []), attribution=attribution,
-        reduce_key=str(run.read_json("state/reduce/done/setup").get("key")),
     )
 
 
@@ -135,18 +119,15 @@ def _read_chunk(plan: GridPlan, j: int, *, positions: bool = False) -> dict[str,
     return out
 
 
-def sums_unit(plan: GridPlan, j: int) -> None:
-    """Task: finest-level sums of chunk j -> units/chunk-XXXXXX.npz, then its marker."""
+def sums_unit(plan: GridPlan, j: int) -> dict[str, Any]:
+    """Task: finest-level sums of chunk j -> units/chunk-XXXXXX.npz (the driver marks it done)."""
     run, unit = RunDir(plan.run_root), f"chunk-{j:06d}"
-    with run.lease(STAGE, unit) as mine:
-        if not mine or run.is_done(STAGE, unit):
-            return
-        ch = _read_chunk(plan, j)
-        part = chunk_partial(ch["coords"], ch["act"], ch["ok"], plan.sizes[-1],
-                             attr_classes=ch.get("attr_classes"), attr_values=ch.get("attr_values"),
-                             n_classes=plan.n_classes, labels=ch.get("labels"), n_labels=plan.n_labels)
-        atomic_save_npz(run.unit_data_path(STAGE, unit), **part)
-        run.mark_done(STAGE, unit, {"points": int(part["count"].sum())})
+    ch = _read_chunk(plan, j)
+    part = chunk_partial(ch["coords"], ch["act"], ch["ok"], plan.sizes[-1],
+                         attr_classes=ch.get("attr_classes"), attr_values=ch.get("attr_values"),
+                         n_classes=plan.n_classes, labels=ch.get("labels"), n_labels=plan.n_labels)
+    atomic_save_npz(run.unit_data_path(NAME, unit), **part)
+    return {"points": int(part["count"].sum())}
 
 
 _MEANS_CACHE: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
@@ -163,27 +144,24 @@ def _cached_means(path: Path) -> dict[str, np.ndarray]:
     return _MEANS_CACHE[key]
 
 
-def examples_unit(plan: GridPlan, j: int) -> None:
+def examples_unit(plan: GridPlan, j: int) -> dict[str, Any]:
     """Task: per level, chunk j's best candidates (cosine to their cell's mean) per cell."""
     run, unit = RunDir(plan.run_root), f"examples-{j:06d}"
-    with run.lease(STAGE, unit) as mine:
-        if not mine or run.is_done(STAGE, unit):
-            return
-        means = _cached_means(run.unit_data_path(STAGE, "means"))
-        ch = _read_chunk(plan, j, positions=True)
-        rows = np.arange(*plan.rows(j), dtype=np.int64)
-        unit_x = unit_rows(ch["act"])
-        out: dict[str, np.ndarray] = {}
-        for s in plan.sizes:
-            ids = np.where(ch["ok"], cell_ids(ch["coords"], s), -1)
-            ids = np.where((ids >= 0) & means[f"valid_{s}"][np.maximum(ids, 0)], ids, -1)
-            sim = cell_similarity(unit_x, ids, means[f"unit_{s}"])
-            m = np.flatnonzero(ids >= 0)
-            keep = m[top_rows_per_cell(ids[m], rows[m], sim[m], plan.examples)]
-            out |= {f"cells_{s}": ids[keep], f"rows_{s}": rows[keep], f"scores_{s}": sim[keep],
-                    f"pos_{s}": ch["positions"][keep]}
-        atomic_save_npz(run.unit_data_path(STAGE, unit), **out)
-        run.mark_done(STAGE, unit)
+    means = _cached_means(run.unit_data_path(NAME, "means"))
+    ch = _read_chunk(plan, j, positions=True)
+    rows = np.arange(*plan.rows(j), dtype=np.int64)
+    unit_x = unit_rows(ch["act"])
+    out: dict[str, np.ndarray] = {}
+    for s in plan.sizes:
+        ids = np.where(ch["ok"], cell_ids(ch["coords"], s), -1)
+        ids = np.where((ids >= 0) & means[f"valid_{s}"][np.maximum(ids, 0)], ids, -1)
+        sim = cell_similarity(unit_x, ids, means[f"unit_{s}"])
+        m = np.flatnonzero(ids >= 0)
+        keep = m[top_rows_per_cell(ids[m], rows[m], sim[m], plan.examples)]
+        out |= {f"cells_{s}": ids[keep], f"rows_{s}": rows[keep], f"scores_{s}": sim[keep],
+                f"pos_{s}": ch["positions"][keep]}
+    atomic_save_npz(run.unit_data_path(NAME, unit), **out)
+    return {}
 
 
 @contextlib.contextmanager
@@ -203,30 +181,24 @@ def _dask_client(gc: GridConfig) -> Iterator[Any]:
         yield client
 
 
-def _run_units(func: Callable[[GridPlan, int], None], plan: GridPlan, prefix: str, gc: GridConfig,
-               client_box: dict[str, Any], stack: contextlib.ExitStack) -> None:
-    """Run the not-yet-done units ``prefix-XXXXXX`` (one per chunk), then check they are done."""
-    run = RunDir(plan.run_root)
-    todo = [j for j in range(plan.n_chunks) if not run.is_done(STAGE, f"{prefix}-{j:06d}")]
+def _map_units(func: Callable[[GridPlan, int], dict[str, Any]], ctx: _Ctx, units: list[str],
+               prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Run the units ``prefix-XXXXXX`` among ``units`` (one per chunk) on the client, or here."""
+    todo = [int(u[len(prefix) + 1:]) for u in units if u.startswith(prefix + "-")]
     if not todo:
         return
-    if "client" not in client_box:
-        client_box["client"] = stack.enter_context(_dask_client(gc))
-    client = client_box["client"]
+    client = ctx.client()
     if client is None:
         for j in progress(todo, desc=f"grid: {prefix}", unit="chunk"):
-            func(plan, j)
-    else:
-        from dask.distributed import as_completed
+            yield f"{prefix}-{j:06d}", func(ctx.plan, j)
+        return
+    from dask.distributed import as_completed
 
-        futures = client.map(func, [plan] * len(todo), todo, pure=False, retries=2,
-                             key=[f"grid-{prefix}-{plan.key}-{j}" for j in todo])
-        for fut in progress(as_completed(futures), total=len(todo), desc=f"grid: {prefix}", unit="chunk"):
-            fut.result()
-    missing = [j for j in todo if not run.is_done(STAGE, f"{prefix}-{j:06d}")]
-    if missing:
-        raise RuntimeError(f"grid units {prefix}-{missing[0]:06d} (+{len(missing) - 1}) are held by another "
-                           "process; rerun `atlas grid` when it has finished")
+    futures = client.map(func, [ctx.plan] * len(todo), todo, pure=False, retries=2,
+                         key=[f"grid-{prefix}-{ctx.plan.key}-{j}" for j in todo])
+    index = {f.key: j for f, j in zip(futures, todo)}
+    for fut in progress(as_completed(futures), total=len(todo), desc=f"grid: {prefix}", unit="chunk"):
+        yield f"{prefix}-{index[fut.key]:06d}", fut.result()
 
 
 # --------------------------------------------------------------------------- combine
@@ -237,22 +209,20 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _combine(plan: GridPlan, run: RunDir) -> None:
+def _combine(plan: GridPlan, run: RunDir) -> dict[str, Any]:
     """Add the chunk partials in chunk order; save the totals and each level's cell means."""
-    if run.is_done(STAGE, "combine"):
-        return
     acc = empty_accumulator(plan.sizes[-1], plan.n_channels)
     for lo in range(0, plan.n_chunks, _COMBINE_BATCH):
         chunks = range(lo, min(plan.n_chunks, lo + _COMBINE_BATCH))
-        add_partials(acc, [_load_npz(run.unit_data_path(STAGE, f"chunk-{j:06d}")) for j in chunks])
-    atomic_save_npz(run.unit_data_path(STAGE, "combined"), **acc)
+        add_partials(acc, [_load_npz(run.unit_data_path(NAME, f"chunk-{j:06d}")) for j in chunks])
+    atomic_save_npz(run.unit_data_path(NAME, "combined"), **acc)
     means: dict[str, np.ndarray] = {}
     for s, lev in pyramid(acc, list(plan.sizes), plan.n_classes, plan.n_labels).items():
         valid = lev["count"].ravel() >= plan.min_count
         mean = level_means(lev["act_sum"], lev["count"], plan.min_count).reshape(s * s, -1)
         means |= {f"unit_{s}": unit_rows(mean), f"valid_{s}": valid}
-    atomic_save_npz(run.unit_data_path(STAGE, "means"), **means)
-    run.mark_done(STAGE, "combine", {"points": int(acc["count"].sum())})
+    atomic_save_npz(run.unit_data_path(NAME, "means"), **means)
+    return {"points": int(acc["count"].sum())}
 
 
 def _merge_examples(plan: GridPlan, run: RunDir) -> dict[int, dict[str, np.ndarray]]:
@@ -262,7 +232,7 @@ def _merge_examples(plan: GridPlan, run: RunDir) -> dict[int, dict[str, np.ndarr
     best = {s: {"cells": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "scores": np.zeros(0),
                 "pos": np.zeros((0, 2), np.int16)} for s in plan.sizes}
     for lo in range(0, plan.n_chunks, _COMBINE_BATCH):
-        parts = [_load_npz(run.unit_data_path(STAGE, f"examples-{j:06d}"))
+        parts = [_load_npz(run.unit_data_path(NAME, f"examples-{j:06d}"))
                  for j in range(lo, min(plan.n_chunks, lo + _COMBINE_BATCH))]
         for s, b in best.items():
             cat = {k: np.concatenate([b[k], *(p[f"{k}_{s}"] for p in parts)]) for k in names}
@@ -349,12 +319,12 @@ def _write_level(g: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarra
 
 
 def _write(plan: GridPlan, run: RunDir, log: Logger) -> None:
-    acc = _load_npz(run.unit_data_path(STAGE, "combined"))
+    acc = _load_npz(run.unit_data_path(NAME, "combined"))
     levels = pyramid(acc, list(plan.sizes), plan.n_classes, plan.n_labels)
     examples = _merge_examples(plan, run)
     purities = _purities(plan, run, levels) if plan.n_labels else {}
     col = run.open_group("collect")
-    g = zarr.open_group(str(run.stage_path(STAGE)), mode="w", zarr_format=3)
+    g = zarr.open_group(str(run.stage_path(NAME)), mode="w", zarr_format=3)
     w = whitening_matrix(np.asarray(col["second_moment"][:]), int(col.attrs["ok_count"]), plan.whiten_eps)
     _put(g, "whitening", w, 0.0, ("channel", "channel_t"))
     for s in plan.sizes:
@@ -381,61 +351,83 @@ def _root_attrs(plan: GridPlan, col: zarr.Group, purities: dict[int, tuple[float
     }
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- the stage
 
 
-def _setup(plan: GridPlan, run: RunDir, log: Logger) -> None:
-    """Keep finished units only if they were made with the same parameters and inputs."""
-    if run.is_done(STAGE, "setup") and run.read_json(f"state/{STAGE}/done/setup").get("key") == plan.key:
-        return
-    done = sorted(run.done_units(STAGE), key=lambda u: u != "setup")
-    if done:
-        log.info("grid parameters or inputs differ from the previous attempt: starting over")
-    for unit in done:
-        run.clear_done(STAGE, unit)
-    shutil.rmtree(run.state_path(STAGE) / "units", ignore_errors=True)
-    shutil.rmtree(run.stage_path(STAGE), ignore_errors=True)
-    run.mark_done(STAGE, "setup", {"key": plan.key, "n_chunks": plan.n_chunks})
+@dataclass
+class _Ctx:
+    """The plan and a lazily opened dask client (the engine's, or one of the grid's own)."""
 
+    plan: GridPlan
+    run: RunDir
+    gc: GridConfig
+    log: Logger
+    engine_client: Any = None
+    stack: contextlib.ExitStack | None = None
+    _client: Any = False
 
-def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
-    """Compute (or resume) ``RUN/grid`` from ``RUN/collect`` and ``RUN/reduce``."""
-    if tuple(shard) != (0, 1):
-        raise ValueError(f"the grid stage runs as one job (it fans chunks out to dask workers itself); "
-                         f"got --shard {shard[0]}/{shard[1]}")
-    run_dir = RunDir(cfg.run_dir)
-    collect = open_complete_collect(run_dir)
-    plan = _make_plan(cfg, run_dir, collect)
-    log = stage_logger(run_dir.root, STAGE)
-    save_run_config(cfg, run_dir)
-    with run_dir.stage_lock(STAGE), contextlib.ExitStack() as stack:
-        _setup(plan, run_dir, log)
-        if run_dir.is_done(STAGE, "done"):
-            return
-        box: dict[str, Any] = {}
-        _run_units(sums_unit, plan, "chunk", cfg.grid, box, stack)
-        _combine(plan, run_dir)
-        _run_units(examples_unit, plan, "examples", cfg.grid, box, stack)
-        stack.close()
+    def client(self) -> Any:
+        if self._client is False:
+            if self.engine_client is not None:
+                self._client = self.engine_client
+            else:
+                self.stack = contextlib.ExitStack()
+                self._client = self.stack.enter_context(_dask_client(self.gc))
+        return self._client
+
+    def close(self) -> None:
+        if self.stack is not None:
+            self.stack.close()
+        self.stack, self._client = None, False
         _MEANS_CACHE.clear()
-        _write(plan, run_dir, log)
-        run_dir.mark_done(STAGE, "done", {"sizes": list(plan.sizes)})
 
 
-def status(run: RunDir) -> StageStatus:
-    """Units: one per chunk for the sums, one per chunk for the examples, combine, done."""
-    done = run.done_units(STAGE)
-    if "setup" not in done:
-        return StageStatus(STAGE, 0, None)
-    n_chunks = int(run.read_json(f"state/{STAGE}/done/setup")["n_chunks"])
-    n_done = sum(u.startswith(("chunk-", "examples-")) for u in done) + ("combine" in done) + ("done" in done)
-    detail: dict[str, Any] = {}
-    if "done" in done and run.has_group(STAGE):
-        attrs = run.open_group(STAGE).attrs
-        detail = {"purity": attrs.get("purity"), "purity_shuffled": attrs.get("purity_shuffled")}
-    return StageStatus(STAGE, n_done, 2 * n_chunks + 2, detail)
+class GridStage(StageBase):
+    """Stage 3: aligned multi-level grids of cell means, classes, labels, examples -> ``RUN/grid``."""
+
+    name = NAME
+    inputs = ("collect", "reduce")
+    execution = "driver"
+    lease_window = 1 << 30  # one process runs every unit, in order
+    resources = Resources(tasks=1, time="02:00:00", cpus=8, mem="32G", gpus=0)
+
+    def settings(self, cfg: Config) -> dict[str, Any]:
+        return {"seed": cfg.seed, "grid": cfg.grid.model_dump(mode="json", exclude={"scheduler", "dask_workers"})}
+
+    def open(self, job: Job) -> _Ctx:
+        plan = _make_plan(job.cfg, job.run, job.run.open_group("collect"))
+        return _Ctx(plan, job.run, job.cfg.grid, job.log, job.client)
+
+    def units(self, ctx: _Ctx) -> list[str]:
+        n = ctx.plan.n_chunks
+        return [*(f"chunk-{j:06d}" for j in range(n)), "combine", *(f"examples-{j:06d}" for j in range(n))]
+
+    def run_units(self, ctx: _Ctx, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            yield from _map_units(sums_unit, ctx, units, "chunk")
+            if "combine" in units:
+                yield "combine", _combine(ctx.plan, ctx.run)
+            yield from _map_units(examples_unit, ctx, units, "examples")
+        finally:
+            ctx.close()
+
+    def finish(self, ctx: _Ctx) -> dict[str, Any]:
+        _write(ctx.plan, ctx.run, ctx.log)
+        return {"sizes": list(ctx.plan.sizes)}
+
+    def detail(self, run: RunDir) -> dict[str, Any]:
+        """Label purity per level (and with shuffled labels), empty levels."""
+        if "final" not in run.done_units(NAME):
+            return {}
+        g = run.open_group(NAME)
+        out: dict[str, Any] = {}
+        if g.attrs.get("purity"):
+            out |= {"purity": g.attrs["purity"], "purity_shuffled": g.attrs.get("purity_shuffled")}
+        sizes = [int(s) for s in g.attrs.get("sizes", [])]
+        empty = [s for s in sizes if g[f"level-{s}"].attrs.get("empty_cells") == s * s]
+        if empty:
+            out["empty_levels"] = empty
+        return out
 
 
-def finished(run: RunDir, cfg: Config | None = None) -> bool:
-    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
-    return run.is_done(STAGE, "done")
+STAGE = GridStage()

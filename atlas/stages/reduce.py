@@ -1,11 +1,9 @@
 """Stage 2, reduce: a 2-D UMAP layout of the collected activations -> ``RUN/reduce``.
 
-Steps, each finished by a done marker in ``RUN/state/reduce/done/`` (a rerun skips the
-finished ones and produces bit-identical arrays):
+Units, run in order by one process, each finished by a done marker in
+``RUN/state/reduce/done/`` (a rerun skips the finished ones and produces bit-identical
+arrays; other parameters, or a redone collect, start the stage over):
 
-``setup``
-    the Zarr group and its arrays, created for one set of parameters (their hash is kept
-    in the marker; a rerun with other parameters starts over).
 ``knn``
     k-NN graph of the fitted rows (all ok rows, or a seeded sample of ``reduce.fit_max``)
     with faiss on L2-normalised vectors: exact up to ``reduce.exact_knn_max`` points, HNSW
@@ -19,16 +17,15 @@ finished ones and produces bit-identical arrays):
 ``normalise``
     ``coords`` = ``raw_coords`` clipped per axis to the [p, 100 - p] percentiles and
     scaled into [margin, 1 - margin] (as Lucid did); NaN for rows not ok.
-``done``
+``final`` (the runner's last step)
     trustworthiness (k=10, on a seeded sample) measured; parameters and quality in attrs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from logging import Logger
 from typing import Any
@@ -40,64 +37,16 @@ from ..config import Config, ReduceConfig
 from ..ops.knn import FaissKNN, set_faiss_threads
 from ..ops.layout import (apply_bounds, apply_pca, choose_init, default_n_neighbors, fit_pca, fit_umap,
                           interpolate_positions, layout_bounds, trustworthiness, umap_transform)
-from ..progress import progress, stage_logger
-from ..store import RunDir, StoreError, atomic_save_npz
-from ._base import StageStatus, save_run_config
+from ..progress import progress
+from ..store import RunDir, atomic_save_npz, read_rows
+from ._protocol import Job, Resources, StageBase
 
-__all__ = ["STAGE", "run", "status", "finished", "open_complete_collect", "read_rows"]
+__all__ = ["STAGE", "ReduceStage"]
 
-STAGE = "reduce"
-_STEPS = ("knn", "fit", "normalise", "done")
-
-
-def open_complete_collect(run: RunDir) -> zarr.Group:
-    """``RUN/collect``, checked to be complete (``second_moment`` and ``ok_count`` present)."""
-    if not run.has_group("collect"):
-        raise StoreError(f"{run.stage_path('collect')} has no Zarr group: run `atlas collect` first")
-    g = run.open_group("collect")
-    if "second_moment" not in g or "ok_count" not in g.attrs:
-        raise StoreError(
-            f"{run.stage_path('collect')} is incomplete (no second_moment / ok_count yet): "
-            "finish `atlas collect` (rerun it to resume the missing chunks) before this stage")
-    return g
-
-
-def read_rows(arr: zarr.Array, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """Rows of a 2-D collect array, read one chunk at a time: sorted int rows [m] -> float32 [m, C]."""
-    out = np.empty((rows.size, arr.shape[1]), dtype=np.float32)
-    if rows.size == 0:
-        return out
-    chunk_of = rows // chunk_rows
-    cuts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        lo = int(chunk_of[a]) * chunk_rows
-        block = arr[lo:min(lo + chunk_rows, arr.shape[0])]
-        out[a:b] = block[rows[a:b] - lo]
-    return out
+NAME = "reduce"
 
 
 # --------------------------------------------------------------------------- plan
-
-
-def _validate(rc: ReduceConfig) -> None:
-    positive = ("exact_knn_max", "fit_max", "place_k", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
-                "recall_queries", "trust_sample", "spectral_max")
-    for name in positive:
-        if getattr(rc, name) < 1:
-            raise ValueError(f"reduce.{name} must be >= 1, got {getattr(rc, name)}")
-    for name in ("pca", "n_epochs", "threads"):
-        if getattr(rc, name) is not None and getattr(rc, name) < 1:
-            raise ValueError(f"reduce.{name} must be >= 1 or null, got {getattr(rc, name)}")
-    if rc.n_neighbors is not None and rc.n_neighbors < 2:
-        raise ValueError(f"reduce.n_neighbors must be >= 2 or null, got {rc.n_neighbors}")
-    if rc.fit_max < 3:
-        raise ValueError(f"reduce.fit_max must be >= 3, got {rc.fit_max}")
-    if rc.min_dist < 0:
-        raise ValueError(f"reduce.min_dist must be >= 0, got {rc.min_dist}")
-    if not 0 <= rc.clip_percentile < 50:
-        raise ValueError(f"reduce.clip_percentile must be in [0, 50), got {rc.clip_percentile}")
-    if not 0 <= rc.margin < 0.5:
-        raise ValueError(f"reduce.margin must be in [0, 0.5), got {rc.margin}")
 
 
 @dataclass
@@ -110,7 +59,6 @@ class _Plan:
     status: np.ndarray  # uint8 [N]
     fit_rows: np.ndarray  # int64 [M], sorted
     params: dict[str, Any]
-    key: str = ""
 
     @property
     def n_chunks(self) -> int:
@@ -119,7 +67,6 @@ class _Plan:
 
 def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
     rc = cfg.reduce
-    _validate(rc)
     status = np.asarray(collect["status"][:])
     ok_rows = np.flatnonzero(status == 1).astype(np.int64)
     if ok_rows.size < 3:
@@ -144,9 +91,7 @@ def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
         "collect": {k: collect.attrs.get(k) for k in ("model", "layer", "seed", "n_images")}
         | {"status_sha256": hashlib.sha256(status.tobytes()).hexdigest()[:16]},
     }
-    plan = _Plan(int(n), int(c), int(collect.attrs["chunk_rows"]), status, fit_rows, params)
-    plan.key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    return plan
+    return _Plan(int(n), int(c), int(collect.attrs["chunk_rows"]), status, fit_rows, params)
 
 
 # --------------------------------------------------------------------------- context
@@ -164,7 +109,7 @@ class _Ctx:
     _pca: tuple[np.ndarray, np.ndarray] | None = field(default=None)
 
     def group(self) -> zarr.Group:
-        return zarr.open_group(str(self.run.stage_path(STAGE)), mode="r+", zarr_format=3)
+        return self.run.open_group(NAME, mode="r+")
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Apply the PCA fitted on the sample (identity without ``reduce.pca``)."""
@@ -189,23 +134,14 @@ class _Ctx:
                                  random_state=p["seed"]).fit(self.fit_vectors())
         return self._knn
 
-    def done(self, unit: str, info: dict[str, Any] | None = None) -> None:
-        self.run.mark_done(STAGE, unit, info)
-
 
 # --------------------------------------------------------------------------- steps
 
 
-def _reset(ctx: _Ctx) -> None:
-    """Start over: markers first (setup first of all), then side data, then a fresh group."""
-    run, plan = ctx.run, ctx.plan
-    done = sorted(run.done_units(STAGE), key=lambda u: u != "setup")
-    if done:
-        ctx.log.info("reduce parameters differ from the previous attempt: starting over")
-    for unit in done:
-        run.clear_done(STAGE, unit)
-    shutil.rmtree(run.state_path(STAGE) / "units", ignore_errors=True)
-    g = zarr.open_group(str(run.stage_path(STAGE)), mode="w", zarr_format=3)
+def _create(ctx: _Ctx) -> None:
+    """The group and its arrays (the runner has removed any earlier attempt)."""
+    plan = ctx.plan
+    g = zarr.open_group(str(ctx.run.stage_path(NAME)), mode="w", zarr_format=3)
     n, r, m, k = plan.n_rows, plan.chunk_rows, plan.fit_rows.size, plan.params["n_neighbors"]
     for name in ("coords", "raw_coords"):
         g.create_array(name, shape=(n, 2), chunks=(r, 2), dtype="float32", fill_value=np.nan, dimension_names=("row", "xy"))
@@ -216,20 +152,9 @@ def _reset(ctx: _Ctx) -> None:
     g.create_array("fit_rows", shape=(m,), chunks=(min(m, 1 << 20),), dtype="int64", fill_value=-1,
                    dimension_names=("fit_row",))
     g.attrs.update({"params": plan.params, "complete": False})
-    ctx.done("setup", {"key": plan.key, "n_chunks": plan.n_chunks})
 
 
-def _setup(ctx: _Ctx) -> None:
-    run = ctx.run
-    if run.is_done(STAGE, "setup") and run.has_group(STAGE):
-        if run.read_json(f"state/{STAGE}/done/setup").get("key") == ctx.plan.key:
-            return
-    _reset(ctx)
-
-
-def _knn_step(ctx: _Ctx) -> None:
-    if ctx.run.is_done(STAGE, "knn"):
-        return
+def _knn_step(ctx: _Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     knn = ctx.index()
     idx, dists = knn.neighbor_graph()
@@ -241,21 +166,19 @@ def _knn_step(ctx: _Ctx) -> None:
     recall = None if knn.recall_ is None else round(float(knn.recall_), 6)
     ctx.log.info("kNN graph of %d points (k=%d, %s): %.1f s%s", idx.shape[0], idx.shape[1], knn.method_, secs,
                  "" if recall is None else f", recall@k {recall:.4f}")
-    ctx.done("knn", {"method": knn.method_, "recall": recall, "seconds": round(secs, 3)})
+    return {"method": knn.method_, "recall": recall, "seconds": round(secs, 3)}
 
 
-def _fit_step(ctx: _Ctx) -> None:
-    if ctx.run.is_done(STAGE, "fit"):
-        return
+def _fit_step(ctx: _Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     p, g = ctx.plan.params, ctx.group()
     emb = fit_umap(ctx.fit_vectors(), g["knn_indices"][:], g["knn_dists"][:], n_neighbors=p["n_neighbors"],
                    min_dist=p["min_dist"], metric=p["metric"], init=p["init"], n_epochs=p["n_epochs"],
                    random_state=p["seed"])
-    atomic_save_npz(ctx.run.unit_data_path(STAGE, "fit"), embedding=emb)
+    atomic_save_npz(ctx.run.unit_data_path(NAME, "fit"), embedding=emb)
     secs = time.perf_counter() - t0
     ctx.log.info("UMAP fit on %d points (init %s): %.1f s", emb.shape[0], p["init"], secs)
-    ctx.done("fit", {"seconds": round(secs, 3)})
+    return {"seconds": round(secs, 3)}
 
 
 def _place_rows(ctx: _Ctx, x: np.ndarray, emb: np.ndarray, chunk: int) -> np.ndarray:
@@ -269,7 +192,7 @@ def _place_rows(ctx: _Ctx, x: np.ndarray, emb: np.ndarray, chunk: int) -> np.nda
     return umap_transform(idx, d, emb, min_dist=p["min_dist"], n_epochs=None, random_state=seed)
 
 
-def _place_chunk(ctx: _Ctx, g: zarr.Group, emb: np.ndarray, j: int) -> None:
+def _place_chunk(ctx: _Ctx, g: zarr.Group, emb: np.ndarray, j: int) -> dict[str, Any]:
     plan = ctx.plan
     lo, hi = j * plan.chunk_rows, min(plan.n_rows, (j + 1) * plan.chunk_rows)
     rows = np.arange(lo, hi, dtype=np.int64)
@@ -283,25 +206,25 @@ def _place_chunk(ctx: _Ctx, g: zarr.Group, emb: np.ndarray, j: int) -> None:
         x = np.asarray(ctx.collect["activations"][lo:hi], dtype=np.float32)[todo]
         out[todo] = _place_rows(ctx, x, emb, j)
     g["raw_coords"][lo:hi] = out
-    ctx.done(f"place-chunk-{j:06d}", {"placed": int(todo.sum()), "fitted": int(fitted.sum())})
+    return {"placed": int(todo.sum()), "fitted": int(fitted.sum())}
 
 
-def _place_step(ctx: _Ctx) -> None:
-    pending = [j for j in range(ctx.plan.n_chunks) if not ctx.run.is_done(STAGE, f"place-chunk-{j:06d}")]
+def _place_steps(ctx: _Ctx, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The ``place-chunk-*`` units among ``units``, in order."""
+    pending = [u for u in units if u.startswith(_PLACE)]
     if not pending:
         return
     t0 = time.perf_counter()
-    emb = np.load(ctx.run.unit_data_path(STAGE, "fit"))["embedding"]
+    with np.load(ctx.run.unit_data_path(NAME, "fit")) as z:
+        emb = z["embedding"]
     g = ctx.group()
-    for j in progress(pending, desc="reduce: place", unit="chunk"):
-        _place_chunk(ctx, g, emb, j)
+    for u in progress(pending, desc="reduce: place", unit="chunk"):
+        yield u, _place_chunk(ctx, g, emb, int(u[len(_PLACE):]))
     ctx.log.info("placed %d chunks (%s): %.1f s", len(pending), ctx.plan.params["placement"],
                  time.perf_counter() - t0)
 
 
-def _normalise_step(ctx: _Ctx) -> None:
-    if ctx.run.is_done(STAGE, "normalise"):
-        return
+def _normalise_step(ctx: _Ctx) -> dict[str, Any]:
     p, g = ctx.plan.params, ctx.group()
     raw = np.asarray(g["raw_coords"][:])
     ok = ctx.plan.status == 1
@@ -309,7 +232,7 @@ def _normalise_step(ctx: _Ctx) -> None:
     coords = apply_bounds(raw, lo, hi, p["margin"])
     coords[~ok] = np.nan
     g["coords"][:] = coords
-    ctx.done("normalise", {"lo": lo.tolist(), "hi": hi.tolist()})
+    return {"lo": lo.tolist(), "hi": hi.tolist()}
 
 
 def _trust(ctx: _Ctx, coords: zarr.Array) -> float | None:
@@ -325,12 +248,10 @@ def _trust(ctx: _Ctx, coords: zarr.Array) -> float | None:
     return round(trustworthiness(x, xy, n_neighbors=10, metric=ctx.plan.params["metric"]), 6)
 
 
-def _finish_step(ctx: _Ctx) -> None:
-    if ctx.run.is_done(STAGE, "done"):
-        return
+def _finish(ctx: _Ctx) -> dict[str, Any]:
     g = ctx.group()
     trust = _trust(ctx, g["coords"])
-    knn_info = ctx.run.read_json(f"state/{STAGE}/done/knn")
+    knn_info = ctx.run.read_json(f"state/{NAME}/done/knn")
     g.attrs.update({
         "params": ctx.plan.params, "init": ctx.plan.params["init"], "knn_method": knn_info["method"],
         "knn_recall": knn_info["recall"], "trustworthiness": trust, "trustworthiness_k": 10,
@@ -340,10 +261,12 @@ def _finish_step(ctx: _Ctx) -> None:
     ctx.log.info("trustworthiness (k=10, %d-point sample): %s; kNN %s%s", min(ctx.rc.trust_sample,
                  int((ctx.plan.status == 1).sum())), trust, knn_info["method"],
                  "" if knn_info["recall"] is None else f" (recall@k {knn_info['recall']})")
-    ctx.done("done", {"trustworthiness": trust, "recall": knn_info["recall"]})
+    return {"trustworthiness": trust, "recall": knn_info["recall"]}
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- the stage
+
+_PLACE = "place-chunk-"
 
 
 def _set_threads(n: int | None) -> int:
@@ -354,38 +277,55 @@ def _set_threads(n: int | None) -> int:
     return threads
 
 
-def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
-    """Compute (or resume) ``RUN/reduce`` from a complete ``RUN/collect``."""
-    if tuple(shard) != (0, 1):
-        raise ValueError(f"the reduce stage runs as one job (UMAP fits one layout); got --shard {shard[0]}/{shard[1]}")
-    run_dir = RunDir(cfg.run_dir)
-    collect = open_complete_collect(run_dir)
-    log = stage_logger(run_dir.root, STAGE)
-    save_run_config(cfg, run_dir)
-    plan = _make_plan(cfg, collect)
-    _set_threads(cfg.reduce.threads)
-    with run_dir.stage_lock(STAGE):
-        ctx = _Ctx(run_dir, collect, plan, cfg.reduce, log)
-        _setup(ctx)
-        for step in (_knn_step, _fit_step, _place_step, _normalise_step, _finish_step):
-            step(ctx)
+def _open(job: Job) -> _Ctx:
+    collect = job.run.open_group("collect")
+    plan = _make_plan(job.cfg, collect)
+    _set_threads(job.cfg.reduce.threads)
+    return _Ctx(job.run, collect, plan, job.cfg.reduce, job.log)
 
 
-def status(run: RunDir) -> StageStatus:
-    """Units: knn, fit, one per collect chunk placed, normalise, done."""
-    done = run.done_units(STAGE)
-    if "setup" not in done:
-        return StageStatus(STAGE, 0, None)
-    n_chunks = int(run.read_json(f"state/{STAGE}/done/setup")["n_chunks"])
-    n_done = sum(u in done for u in _STEPS) + sum(u.startswith("place-chunk-") for u in done)
-    detail: dict[str, Any] = {}
-    for unit, keys in (("knn", ("method", "recall")), ("done", ("trustworthiness",))):
-        if unit in done:
-            info = run.read_json(f"state/{STAGE}/done/{unit}")
-            detail.update({("knn_" + k if unit == "knn" else k): info.get(k) for k in keys})
-    return StageStatus(STAGE, n_done, n_chunks + len(_STEPS), detail)
+class ReduceStage(StageBase):
+    """Stage 2: faiss kNN + UMAP, a 2-D layout of the collected activations -> ``RUN/reduce``."""
+
+    name = NAME
+    inputs = ("collect",)
+    execution = "single"
+    lease_window = 1 << 30  # one process runs every unit, in order
+    resources = Resources(tasks=1, time="04:00:00", cpus=16, mem="64G", gpus=0)
+
+    def settings(self, cfg: Config) -> dict[str, Any]:
+        return {"seed": cfg.seed, "reduce": cfg.reduce.model_dump(mode="json", exclude={"threads"})}
+
+    def open(self, job: Job) -> _Ctx:
+        return _open(job)
+
+    def create(self, ctx: _Ctx) -> None:
+        _create(ctx)
+
+    def units(self, ctx: _Ctx) -> list[str]:
+        return ["knn", "fit", *(f"{_PLACE}{j:06d}" for j in range(ctx.plan.n_chunks)), "normalise"]
+
+    def run_units(self, ctx: _Ctx, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        steps: dict[str, Callable[[_Ctx], dict[str, Any]]] = {"knn": _knn_step, "fit": _fit_step}
+        for u in (u for u in units if u in steps):
+            yield u, steps[u](ctx)
+        yield from _place_steps(ctx, units)
+        if "normalise" in units:
+            yield "normalise", _normalise_step(ctx)
+
+    def finish(self, ctx: _Ctx) -> dict[str, Any]:
+        return _finish(ctx)
+
+    def detail(self, run: RunDir) -> dict[str, Any]:
+        """kNN method and recall, trustworthiness."""
+        out: dict[str, Any] = {}
+        done = run.done_units(NAME)
+        if "knn" in done:
+            info = run.read_json(f"state/{NAME}/done/knn")
+            out |= {"knn": info.get("method"), "knn_recall": info.get("recall")}
+        if "final" in done:
+            out["trustworthiness"] = run.read_json(f"state/{NAME}/done/final").get("trustworthiness")
+        return {k: v for k, v in out.items() if v is not None}
 
 
-def finished(run: RunDir, cfg: Config | None = None) -> bool:
-    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
-    return run.is_done(STAGE, "done")
+STAGE = ReduceStage()

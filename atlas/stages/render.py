@@ -16,7 +16,10 @@ all units (levels in increasing size, batches in order). A unit optimises
 best final objective. Its random numbers (initial spectra, transform draws) come from
 a generator seeded by ``(seed, level, batch)``, so a rerun after ``kill -9`` or any
 shard split gives the same pixels (on the same machine and device). The unit writes
-its rows (one chunk of each array), then its done marker.
+its rows (one chunk of each array); the runner then writes its done marker. Other
+settings on an existing render are refused (icons are the expensive part of an atlas); a
+redone grid makes the render stale, and ``atlas run`` renders again. ``render.levels`` may
+grow between runs: the new levels' units are added to the finished ones.
 
 A cell is rendered when its count is at least ``grid.min_count`` and its mean activation
 is finite and not zero; cells are taken row-major, level by level.
@@ -27,13 +30,11 @@ transforms, reduced as configured) and its cell's (unwhitened) mean activation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,14 +46,14 @@ from ..config import Config, RenderConfig
 from ..ops.objectives import cosine, direction_cossim, whiten
 from ..ops.param import fft_image
 from ..ops.transforms import Transform, compose, standard_transforms
-from ..progress import progress, stage_logger
+from ..progress import progress
 from ..store import RunDir, StoreError
-from ._base import StageStatus, my_units, save_run_config
+from ._protocol import Job, Resources, StageBase
 
-__all__ = ["STAGE", "run", "status", "finished", "plan_units", "unit_name", "unit_seed", "render_icons", "RenderResult",
-           "make_transforms", "check_settings", "faithfulness_summary"]
+__all__ = ["STAGE", "RenderStage", "plan_units", "unit_name", "unit_seed", "render_icons", "RenderResult",
+           "make_transforms", "faithfulness_summary"]
 
-STAGE = "render"
+NAME = "render"
 GRID = "grid"
 
 # Settings that change an icon's pixels: a rerun with other values would mix two runs.
@@ -70,17 +71,6 @@ class RenderResult:
     icons: np.ndarray
     objective: np.ndarray
     cossim: np.ndarray
-
-
-def check_settings(settings: RenderConfig) -> None:
-    """ValueError naming the key for render settings out of range (the schema checks only types)."""
-    if not 0.0 <= settings.polish <= 1.0:
-        raise ValueError(f"render.polish must be a fraction in [0, 1], got {settings.polish}")
-    if settings.lr <= 0 or settings.init_sd < 0 or settings.cossim_floor < 0:
-        raise ValueError("render.lr must be positive and render.init_sd, render.cossim_floor not negative; "
-                         f"got {settings.lr}, {settings.init_sd}, {settings.cossim_floor}")
-    if settings.icon_size < 8:
-        raise ValueError(f"render.icon_size must be at least 8 pixels, got {settings.icon_size}")
 
 
 def make_transforms(settings: RenderConfig) -> Transform:
@@ -130,7 +120,6 @@ def render_icons(acts: Any, targets: torch.Tensor, settings: RenderConfig, *, ge
     Image j of the batch of n * restarts renders icon j % n; per icon, the restart with
     the best objective of its final, quantised image is kept.
     """
-    check_settings(settings)
     device = acts.device
     n, k = targets.shape[0], settings.restarts
     raw = targets.to(device, torch.float32).repeat(k, 1)  # [n * k, C]
@@ -164,7 +153,6 @@ class _Grid:
     levels: dict[int, _Level]
     whitening: np.ndarray | None
     channels: int
-    digest: str
 
 
 def _read_level(g: zarr.Group, size: int, min_count: int) -> _Level:
@@ -176,9 +164,7 @@ def _read_level(g: zarr.Group, size: int, min_count: int) -> _Level:
 
 
 def _read_grid(cfg: Config, run: RunDir) -> _Grid:
-    """Non-empty cells and targets of every grid level (+ S when whitening), and their digest."""
-    if not run.has_group(GRID) or not run.is_done(GRID, "done"):
-        raise StoreError(f"{run.stage_path(GRID)} is missing or unfinished: run `atlas grid` before `atlas render`")
+    """Non-empty cells and targets of every grid level (+ S when whitening)."""
     g = run.open_group(GRID)
     sizes = [int(s) for s in g.attrs.get("sizes", cfg.grid.sizes)]
     missing = [f"level-{s}/{a}" for s in sizes for a in ("count", "mean_activation") if f"level-{s}/{a}" not in g]
@@ -191,12 +177,7 @@ def _read_grid(cfg: Config, run: RunDir) -> _Grid:
         if "whitening" not in g:
             raise StoreError(f"{run.stage_path(GRID)} has no `whitening` array; rerun `atlas grid` or set render.whiten=false")
         whitening = np.asarray(g["whitening"][...], dtype=np.float64)
-    h = hashlib.sha256()
-    for s, lvl in levels.items():
-        h.update(f"{s}:".encode() + lvl.cells.tobytes() + lvl.targets.tobytes())
-    if whitening is not None:
-        h.update(whitening.tobytes())
-    return _Grid(levels, whitening, channels, h.hexdigest()[:16])
+    return _Grid(levels, whitening, channels)
 
 
 # --------------------------------------------------------------------------- units
@@ -209,6 +190,10 @@ class _Unit:
     batch: int
     lo: int
     hi: int
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
 
 
 def unit_name(level: int, batch: int) -> str:
@@ -240,23 +225,23 @@ class _Context:
     run: RunDir
     grid: _Grid
     log: logging.Logger
+    units: dict[str, _Unit]
     acts: Any = None
 
     @property
     def group(self) -> zarr.Group:
-        return self.run.open_group(STAGE, mode="r+")
+        return self.run.open_group(NAME, mode="r+")
 
 
-def _fingerprint(cfg: Config, grid: _Grid) -> str:
-    model = {k: v for k, v in vars(cfg.model).items() if k != "device"}
-    d = {"seed": cfg.seed, "model": model, "grid": grid.digest,
-         "render": {k: getattr(cfg.render, k) for k in _PIXEL_KEYS}}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _settings(cfg: Config) -> dict[str, Any]:
+    model = cfg.model.model_dump(mode="json", exclude={"device"})
+    return {"seed": cfg.seed, "model": model, "render": {k: getattr(cfg.render, k) for k in _PIXEL_KEYS}}
 
 
-def _create_group(cfg: Config, run: RunDir, grid: _Grid) -> None:
+def _create_group(ctx: _Context) -> None:
+    cfg, run, grid = ctx.cfg, ctx.run, ctx.grid
     r, s_px, bs = cfg.render, cfg.render.icon_size, cfg.render.batch_size
-    tmp = run.root / f".{STAGE}.creating"
+    tmp = run.root / f".{NAME}.creating"
     shutil.rmtree(tmp, ignore_errors=True)
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for s, lvl in grid.levels.items():
@@ -275,9 +260,8 @@ def _create_group(cfg: Config, run: RunDir, grid: _Grid) -> None:
         "model": cfg.model.name, "layer": cfg.model.layer, "seed": cfg.seed, "sizes": list(grid.levels),
         "n_cells": {str(s): len(lvl.cells) for s, lvl in grid.levels.items()}, "channels": grid.channels,
         **{k: getattr(r, k) for k in _PIXEL_KEYS}, "min_count": cfg.grid.min_count,
-        "fingerprint": _fingerprint(cfg, grid), "grid_digest": grid.digest,
     })
-    os.replace(tmp, run.stage_path(STAGE))  # the group appears whole or not at all
+    os.replace(tmp, run.stage_path(NAME))  # the group appears whole or not at all
 
 
 def _selected_levels(cfg: Config, grid: _Grid) -> list[int]:
@@ -290,20 +274,15 @@ def _selected_levels(cfg: Config, grid: _Grid) -> list[int]:
     return sorted(set(cfg.render.levels))
 
 
-def _prepare(cfg: Config, run: RunDir, shard: tuple[int, int]) -> _Context:
-    log = stage_logger(run.root, STAGE, shard)
-    grid = _read_grid(cfg, run)
-    with run.stage_lock(STAGE):
-        if run.has_group(STAGE):
-            if run.open_group(STAGE).attrs.get("fingerprint") != _fingerprint(cfg, grid):
-                raise StoreError(
-                    f"{run.stage_path(STAGE)} was rendered with other settings (seed, model, grid, or render "
-                    f"{'/'.join(_PIXEL_KEYS)} differ); use a new run_dir, or delete that folder to render again")
-        else:
-            if not (run.root / "config.yaml").exists():  # keep the provenance earlier stages wrote
-                save_run_config(cfg, run)
-            _create_group(cfg, run, grid)
-    return _Context(cfg, run, grid, log)
+def _open(job: Job) -> _Context:
+    from ..models import pin_threads
+
+    cfg = job.cfg
+    pin_threads(cfg.render.threads)
+    grid = _read_grid(cfg, job.run)
+    units = plan_units({s: len(lvl.cells) for s, lvl in grid.levels.items()}, cfg.render.batch_size,
+                       _selected_levels(cfg, grid))
+    return _Context(cfg, job.run, grid, job.log, {u.name: u for u in units})
 
 
 def _layer_activations(cfg: Config, grid: _Grid) -> Any:
@@ -333,30 +312,24 @@ def _run_unit(ctx: _Context, unit: _Unit, on_step: Callable[[int], None]) -> dic
     sub["icons"][unit.lo:unit.hi] = res.icons
     sub["objective"][unit.lo:unit.hi] = res.objective
     sub["cossim"][unit.lo:unit.hi] = res.cossim
-    info = {"level": unit.level, "batch": unit.batch, "cells": [unit.lo, unit.hi],
+    return {"level": unit.level, "batch": unit.batch, "cells": [unit.lo, unit.hi],
             "median_cossim": float(np.median(res.cossim)), "seconds": round(time.time() - t0, 3)}
-    ctx.run.mark_done(STAGE, unit.name, info)
-    return info
 
 
-def _run_units(ctx: _Context, todo: list[_Unit]) -> None:
+def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    todo = [ctx.units[n] for n in names]
     steps = ctx.cfg.render.steps
-    bar = progress(total=sum(u.hi - u.lo for u in todo), desc="render", unit="icon")
+    bar = progress(total=sum(u.size for u in todo), desc="render", unit="icon")
+    if ctx.acts is None:
+        ctx.acts = _layer_activations(ctx.cfg, ctx.grid)
     t0, icons = time.time(), 0
     for unit in todo:
-        with ctx.run.lease(STAGE, unit.name) as mine:
-            if not mine or ctx.run.is_done(STAGE, unit.name):
-                ctx.log.info("%s is held by another process or done; skipping", unit.name)
-                bar.total -= unit.hi - unit.lo
-                continue
-            if ctx.acts is None:
-                ctx.acts = _layer_activations(ctx.cfg, ctx.grid)
-            m = unit.hi - unit.lo  # the bar advances by whole icons, spread over the steps
-            info = _run_unit(ctx, unit, lambda step: bar.update((step + 1) * m // steps - step * m // steps))
+        m = unit.size  # the bar advances by whole icons, spread over the steps
+        info = _run_unit(ctx, unit, lambda step: bar.update((step + 1) * m // steps - step * m // steps))
         icons += m
-        rate = icons / max(time.time() - t0, 1e-9)
         ctx.log.info("%s done: %d icons, median cossim %.3f (%.2f icons/s)", unit.name, m,
-                     info["median_cossim"], rate)
+                     info["median_cossim"], icons / max(time.time() - t0, 1e-9))
+        yield unit.name, info
     bar.close()
 
 
@@ -370,72 +343,65 @@ def faithfulness_summary(cossim: np.ndarray) -> dict[str, Any]:
             "p90": round(float(p90), 6), "mean": round(float(c.mean()), 6)}
 
 
-def _summarize(ctx: _Context) -> None:
-    """Store the faithfulness of every level whose units are all done (once) and log it."""
-    n_cells = {s: len(lvl.cells) for s, lvl in ctx.grid.levels.items()}
-    with ctx.run.stage_lock(STAGE):
-        done = ctx.run.done_units(STAGE)
-        g = ctx.group
-        summary = dict(g.attrs.get("faithfulness", {}))
-        new = {}
-        for s in sorted(n_cells):
-            if str(s) in summary or not all(u.name in done for u in plan_units(n_cells, ctx.cfg.render.batch_size, [s])):
-                continue
-            new[str(s)] = faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))
-        if new:
-            g.attrs["faithfulness"] = {**summary, **new}
-            summary.update(new)
-    for s, st in sorted(summary.items(), key=lambda kv: int(kv[0])):
+def _summarize(ctx: _Context) -> dict[str, Any]:
+    """Store the faithfulness of every level with rendered icons and log it."""
+    g = ctx.group
+    summary = {str(s): faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))
+               for s in sorted({u.level for u in ctx.units.values()})}
+    g.attrs["faithfulness"] = summary
+    for s, st in summary.items():
         if st["n"]:
             ctx.log.info("level %s: %d icons, faithfulness cossim median %.3f (p10 %.3f, p90 %.3f)",
                          s, st["n"], st["median"], st["p10"], st["p90"])
+    return {"median_cossim": {s: st["median"] for s, st in summary.items()}}
 
 
-def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
-    """Render this shard's unfinished units; store the faithfulness of each finished level."""
-    check_settings(cfg.render)
-    run_dir = RunDir(cfg.run_dir)
-    from ..models import pin_threads
+class RenderStage(StageBase):
+    """Stage 4: feature inversion, one icon per non-empty grid cell -> ``RUN/render``."""
 
-    pin_threads(cfg.render.threads)
-    ctx = _prepare(cfg, run_dir, shard)
-    levels = _selected_levels(cfg, ctx.grid)
-    units = plan_units({s: len(lvl.cells) for s, lvl in ctx.grid.levels.items()}, cfg.render.batch_size, levels)
-    mine = my_units(units, shard)
-    done = run_dir.done_units(STAGE)
-    todo = [u for u in mine if u.name not in done]
-    ctx.log.info("shard %d/%d: %d of its %d units to do (levels %s, %d icons of %d px, %d steps, restarts %d)",
-                 shard[0], shard[1], len(todo), len(mine), levels, sum(u.hi - u.lo for u in todo),
-                 cfg.render.icon_size, cfg.render.steps, cfg.render.restarts)
-    if todo:
-        _run_units(ctx, todo)
-    _summarize(ctx)
+    name = NAME
+    inputs = ("grid",)
+    execution = "shards"
+    wants_gpu = True
+    on_change = "refuse"
+    lease_window = 1
+    resources = Resources(tasks=16, time="08:00:00", cpus=8, mem="32G", gpus=1)
+
+    def settings(self, cfg: Config) -> dict[str, Any]:
+        return _settings(cfg)
+
+    def scope(self, cfg: Config) -> list[int] | None:
+        """The levels asked for (``render.levels``): more may be added later without a redo."""
+        return None if cfg.render.levels is None else sorted(set(cfg.render.levels))
+
+    def open(self, job: Job) -> _Context:
+        return _open(job)
+
+    def create(self, ctx: _Context) -> None:
+        _create_group(ctx)
+
+    def units(self, ctx: _Context) -> list[str]:
+        return list(ctx.units)
+
+    def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield from _run_units(ctx, units)
+
+    def finish(self, ctx: _Context) -> dict[str, Any]:
+        return _summarize(ctx)
+
+    def detail(self, run: RunDir) -> dict[str, Any]:
+        """Icons, icon size, units done per level, median faithfulness per level."""
+        g = run.open_group(NAME)
+        n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
+        units = plan_units(n_cells, int(g.attrs["batch_size"]))
+        done = run.done_units(NAME)
+        level_units, median = {}, {}
+        for s in sorted(n_cells):
+            mine = [u for u in units if u.level == s]
+            level_units[str(s)] = f"{sum(u.name in done for u in mine)}/{len(mine)}"
+            median[str(s)] = faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))["median"]
+        return {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "level_units": level_units,
+                "median_cossim": median}
 
 
-def status(run: RunDir) -> StageStatus:
-    """Units done / total and the median faithfulness (cossim) of the rendered icons per level."""
-    if not run.has_group(STAGE):
-        return StageStatus(STAGE, 0, None)
-    g = run.open_group(STAGE)
-    n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
-    units = plan_units(n_cells, int(g.attrs["batch_size"]))
-    done = run.done_units(STAGE)
-    level_units, median = {}, {}
-    for s in sorted(n_cells):
-        mine = [u for u in units if u.level == s]
-        level_units[str(s)] = f"{sum(u.name in done for u in mine)}/{len(mine)}"
-        median[str(s)] = faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))["median"]
-    detail = {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "level_units": level_units,
-              "median_cossim": median}
-    return StageStatus(STAGE, sum(u.name in done for u in units), len(units), detail)
-
-
-def finished(run: RunDir, cfg: Config | None = None) -> bool:
-    """Every unit of the levels ``cfg.render.levels`` selects (all without ``cfg``) is done."""
-    if not run.has_group(STAGE):
-        return False
-    g = run.open_group(STAGE)
-    n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
-    levels = None if cfg is None or cfg.render.levels is None else [s for s in cfg.render.levels if s in n_cells]
-    done = run.done_units(STAGE)
-    return all(u.name in done for u in plan_units(n_cells, int(g.attrs["batch_size"]), levels))
+STAGE = RenderStage()

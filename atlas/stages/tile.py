@@ -41,21 +41,20 @@ and leased while running:
 
 Files are written to a temporary name and renamed, fsynced before the unit's marker;
 outputs are deterministic, so a unit redone after a ``kill -9`` writes the same bytes.
-The plan (units, settings, a hash of the inputs) is kept in ``RUN/state/tile/plan.json``;
-other settings or other grid/render results start the stage over.
+The plan (units and settings) is kept in ``RUN/state/tile/plan.json``; other settings or a
+redone grid or render start the stage over (the runner's fingerprint).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from logging import Logger
 from pathlib import Path
 from typing import Any
@@ -64,51 +63,28 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..ops.canvas import crop_box, density_fraction, paint_region, parse_colour, resize_icon
 from ..ops.dzi import (cell_edges, cells_in_span, descriptor_xml, level_size, lod_grid_size, max_level,
                        supersample, tile_bounds, tile_bounds_1d, tile_counts)
-from ..progress import progress, stage_logger
+from ..progress import progress
 from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text, explain_oserror
-from ._base import StageStatus, my_units, save_run_config
+from ._protocol import Job, Resources, StageBase
 
-__all__ = ["STAGE", "OUTPUT", "run", "status", "openseadragon_dir", "viewer_source_dir"]
+__all__ = ["STAGE", "TileStage", "OUTPUT", "openseadragon_dir", "viewer_source_dir"]
 
-STAGE = "tile"
+NAME = "tile"
 OUTPUT = "tiles"
-FINAL = "final"
 DZI_NAME = "atlas"
 SHEET_COLS = 16          # icons per sheet row
 ICONS_PER_SHEET = 256    # icons per sheet (one unit of work)
 _FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _VIEWER_FILES = ("index.html", "viewer.js", "viewer.css")
-_REPO = Path(__file__).resolve().parents[2]
-_OSD_REL = Path("viewer") / "node_modules" / "openseadragon" / "build" / "openseadragon"
 
 
 # --------------------------------------------------------------------------- static files
 
-
-def viewer_source_dir() -> Path:
-    """``atlas/viewer``: the page's own files (index.html, viewer.js, viewer.css)."""
-    return Path(__file__).resolve().parents[1] / "viewer"
-
-
-def openseadragon_dir() -> Path:
-    """OpenSeadragon's build folder (``openseadragon.min.js`` + ``images/``).
-
-    ``$ATLAS_OPENSEADRAGON`` if set, else ``viewer/node_modules/openseadragon/build/openseadragon``
-    of the source checkout (installed by ``npm ci --prefix viewer``, pinned in viewer/package-lock.json).
-    """
-    env = os.environ.get("ATLAS_OPENSEADRAGON")
-    candidates = [Path(env)] if env else []
-    candidates.append(_REPO / _OSD_REL)
-    for c in candidates:
-        if (c / "openseadragon.min.js").is_file() and (c / "images").is_dir():
-            return c
-    raise FileNotFoundError(
-        f"the viewer's zoom library OpenSeadragon is not installed (looked for {candidates[-1] / 'openseadragon.min.js'}"
-        f"{' and $ATLAS_OPENSEADRAGON' if env else ''}): run `make setup`, or `npm ci --prefix viewer` in {_REPO}")
+from ..viewer_assets import openseadragon_dir, viewer_source_dir  # noqa: E402 - the packaged or checkout copy
 
 
 # --------------------------------------------------------------------------- inputs
@@ -128,40 +104,17 @@ class Inputs:
     collect_attrs: dict[str, Any]
     class_names: list[str]
     label_names: list[str]
-    key: str                          # hash of every input above and of the arrays read
-
-
-def _hash_arrays(h: Any, *arrays: np.ndarray) -> None:
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-
-
-def _grid_complete(run: RunDir) -> bool:
-    if not run.has_group("grid"):
-        return False
-    return run.is_done("grid", "done") or bool(run.open_group("grid").attrs.get("complete"))
 
 
 def read_inputs(cfg: Config, run: RunDir) -> Inputs:
-    """Open collect / grid / render, check they are complete, build the cell -> icon maps."""
-    if not run.has_group("collect"):
-        raise StoreError(f"{run.stage_path('collect')} has no Zarr group: run `atlas collect` first")
-    if not _grid_complete(run):
-        raise StoreError(f"{run.stage_path('grid')} is missing or incomplete: run `atlas grid` first")
-    if not run.has_group("render"):
-        raise StoreError(f"{run.stage_path('render')} has no Zarr group: run `atlas render` first")
+    """Open collect / grid / render (finished: the runner checked) and build the cell -> icon maps."""
     col, grid, render = run.open_group("collect"), run.open_group("grid"), run.open_group("render")
-    if render.attrs.get("complete") is False:
-        raise StoreError(f"{run.stage_path('render')} is incomplete: finish `atlas render` (rerun it to resume) first")
     grid_sizes = [int(s) for s in (grid.attrs.get("sizes") or cfg.grid.sizes)]
     sizes = sorted(s for s in grid_sizes if f"level-{s}" in render and "icons" in render[f"level-{s}"])
     if not sizes:
         raise StoreError(f"{run.stage_path('render')} has no rendered level among the grid sizes {grid_sizes}: "
                          "run `atlas render` first")
     min_count = int(grid.attrs.get("min_count", cfg.grid.min_count))
-    h = hashlib.sha256()
     index, count = {}, {}
     for s in sizes:
         rl, gl = render[f"level-{s}"], grid[f"level-{s}"]
@@ -177,53 +130,21 @@ def read_inputs(cfg: Config, run: RunDir) -> Inputs:
         idx[cells[:, 0], cells[:, 1]] = np.arange(len(cells))
         idx[cnt < min_count] = -1  # only non-empty cells are painted
         index[s], count[s] = idx, cnt
-        _hash_arrays(h, cells, np.asarray(rl["objective"][:]), np.asarray(rl["cossim"][:]), cnt,
-                     np.asarray(gl["examples"][:]), np.asarray(gl["example_positions"][:]))
-        for name in ("top_classes", "top_values", "label_counts"):
-            if name in gl:
-                _hash_arrays(h, np.asarray(gl[name][:]))
-        h.update(repr(shape).encode())
     icon = int(render[f"level-{sizes[-1]}"]["icons"].shape[1])
     ca = dict(col.attrs)
     keep = {k: ca.get(k) for k in ("model", "layer", "layer_shape", "input_size", "n_images", "ok_count")}
-    h.update(json.dumps({"sizes": sizes, "min_count": min_count, "collect": keep}, sort_keys=True, default=str).encode())
     class_names = list(grid.attrs.get("class_names") or ca.get("class_names") or [])
     label_names = list(grid.attrs.get("label_names") or ca.get("label_names") or [])
     return Inputs(sizes, icon, sizes[-1] * icon, sizes[-1] * icon, min_count, index, count, keep,
-                  class_names, label_names, h.hexdigest()[:16])
+                  class_names, label_names)
 
 
 # --------------------------------------------------------------------------- plan
 
 
-def _validate(cfg: Config) -> None:
-    t = cfg.tile
-    if not 0 <= t.overlap < t.tile_size:
-        raise ConfigError(f"config key `tile.overlap` must be in [0, tile.tile_size), got {t.overlap}")
-    if not 1 <= t.quality <= 100:
-        raise ConfigError(f"config key `tile.quality` must be in 1..100, got {t.quality}")
-    if not 0 < t.lod_fraction <= 1:
-        raise ConfigError(f"config key `tile.lod_fraction` must be in (0, 1], got {t.lod_fraction}")
-    for key in ("unit_tiles", "examples_per_unit"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"config key `tile.{key}` must be positive, got {getattr(t, key)}")
-    if t.example_window <= 0:
-        raise ConfigError(f"config key `tile.example_window` must be positive, got {t.example_window}")
-    if t.example_levels is not None and t.example_levels < 0:
-        raise ConfigError(f"config key `tile.example_levels` must be >= 0 or null, got {t.example_levels}")
-    if t.workers < 0:
-        raise ConfigError(f"config key `tile.workers` must be >= 0, got {t.workers}")
-    try:
-        parse_colour(t.background)
-    except ValueError as e:
-        raise ConfigError(f"config key `tile.background`: {e}") from None
-
-
 def _settings(cfg: Config) -> dict[str, Any]:
     """Tile settings that change the output (not ``workers``)."""
-    d = asdict(cfg.tile)
-    d.pop("workers", None)
-    return d
+    return cfg.tile.model_dump(mode="json", exclude={"workers"})
 
 
 def example_sizes(sizes: list[int], example_levels: int | None) -> list[int]:
@@ -271,34 +192,14 @@ def _plan(cfg: Config, run: RunDir, inp: Inputs) -> tuple[dict[str, Any], np.nda
     rows_ex, pos_ex = _example_rows(run, inp, ex_sizes)
     for k in range(-(-len(rows_ex) // t.examples_per_unit)):
         units.append({"name": f"examples-{k:06d}", "part": k})
-    key = hashlib.sha256(json.dumps({"inputs": inp.key, "tile": _settings(cfg)}, sort_keys=True).encode()).hexdigest()[:16]
-    plan = {"key": key, "width": w, "height": h, "max_level": top, "sizes": inp.sizes, "icon_size": inp.icon,
+    plan = {"width": w, "height": h, "max_level": top, "sizes": inp.sizes, "icon_size": inp.icon,
             "lod": lod, "tiles": n_tiles, "example_sizes": ex_sizes, "n_examples": int(len(rows_ex)),
             "settings": _settings(cfg), "units": units}
     return plan, rows_ex, pos_ex
 
 
 def _plan_path(run: RunDir) -> Path:
-    return run.state_path(STAGE) / "plan.json"
-
-
-def _ensure_plan(cfg: Config, run: RunDir, inp: Inputs, log: Logger) -> dict[str, Any]:
-    """The stage's plan; a new one (and a fresh start) when settings or inputs changed. Under the stage lock."""
-    plan, rows, pos = _plan(cfg, run, inp)
-    path = _plan_path(run)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("key") == plan["key"]:
-            return old
-        log.info("tile settings or grid/render results differ from the previous attempt: starting over")
-    for unit in run.done_units(STAGE):
-        run.clear_done(STAGE, unit)
-    shutil.rmtree(run.state_path(STAGE) / "units", ignore_errors=True)
-    shutil.rmtree(run.stage_path(OUTPUT), ignore_errors=True)
-    atomic_save_npz(run.state_path(STAGE) / "examples.npz", rows=rows, positions=pos)
-    save_run_config(cfg, run)
-    atomic_write_text(path, json.dumps(plan, indent=1, sort_keys=True))
-    return plan
+    return run.state_path(NAME) / "plan.json"
 
 
 # --------------------------------------------------------------------------- writing
@@ -378,6 +279,8 @@ class _Context:
     plan: dict[str, Any]
     inputs: Inputs
     log: Logger
+
+    examples: tuple[np.ndarray, np.ndarray] | None = None  # rows, positions (only until created)
 
     @property
     def out(self) -> Path:
@@ -480,7 +383,7 @@ def _examples_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: An
     from ..sources import BadInput, load_image
 
     cfg, t = ctx.cfg, ctx.cfg.tile
-    with np.load(ctx.run.state_path(STAGE) / "examples.npz") as z:
+    with np.load(ctx.run.state_path(NAME) / "examples.npz") as z:
         sel = slice(unit["part"] * t.examples_per_unit, (unit["part"] + 1) * t.examples_per_unit)
         rows, pos = z["rows"][sel], z["positions"][sel]
     manifest = _manifest(ctx.run)
@@ -496,43 +399,33 @@ def _examples_unit(ctx: _Context, unit: dict[str, Any], writer: _Writer, bar: An
             continue
         top, left, bottom, right = crop_box(y, x, lh, lw, size, t.example_window)
         writer.put(ctx.out / "examples" / f"{row}.jpg", encode_image(img[top:bottom, left:right], "jpg", t.quality))
-    atomic_write_text(ctx.run.unit_data_path(STAGE, unit["name"], ".json"), json.dumps(failed))
+    atomic_write_text(ctx.run.unit_data_path(NAME, unit["name"], ".json"), json.dumps(failed))
     if failed:
         ctx.log.info("%s: %d example images could not be read again (first: row %d, %s)", unit["name"],
                      len(failed), failed[0]["row"], failed[0]["reason"])
     return len(rows)
 
 
-def _run_unit(ctx: _Context, unit: dict[str, Any], bar: Any) -> None:
+def _run_unit(ctx: _Context, unit: dict[str, Any], bar: Any) -> dict[str, Any]:
+    """Write one unit's files and make them durable; returns what its marker records."""
     writer = _Writer()
     kind = unit["name"].split("-")[0]
     func = {"tiles": _tiles_unit, "icons": _icons_unit, "examples": _examples_unit}[kind]
     n = func(ctx, unit, writer, bar)
     writer.sync()
-    ctx.run.mark_done(STAGE, unit["name"], {"items": n})
+    return {"items": n}
 
 
-def _parent_alive(ppid: int | None) -> bool:
-    return ppid is None or os.getppid() == ppid
-
-
-def _run_units(ctx: _Context, names: list[str], ppid: int | None = None) -> None:
+def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     by_name = {u["name"]: u for u in ctx.plan["units"]}
     todo = [by_name[n] for n in names]
-    n_tiles = sum(_unit_tiles(ctx.plan, u) for u in todo)
-    bar = progress(total=n_tiles, desc="tile", unit="tile")
-    t0, done = time.time(), 0
-    for unit in todo:
-        if not _parent_alive(ppid):
-            return
-        with ctx.run.lease(STAGE, unit["name"]) as mine:
-            if not mine or ctx.run.is_done(STAGE, unit["name"]):
-                continue
-            _run_unit(ctx, unit, bar)
-        done += 1
+    bar = progress(total=sum(_unit_tiles(ctx.plan, u) for u in todo), desc="tile", unit="tile")
+    t0 = time.time()
+    for done, unit in enumerate(todo, 1):
+        yield unit["name"], _run_unit(ctx, unit, bar)
         if done % 20 == 0 or done == len(todo):
             rate = done / max(time.time() - t0, 1e-9)
-            ctx.log.info("%d/%d units of this process done (%.1f units/s, ETA %.0f s)", done, len(todo), rate,
+            ctx.log.info("%d/%d units of this window done (%.1f units/s, ETA %.0f s)", done, len(todo), rate,
                          (len(todo) - done) / max(rate, 1e-9))
     bar.close()
 
@@ -635,14 +528,14 @@ def _static_files() -> dict[str, Path]:
     return files
 
 
-def _finalize(ctx: _Context) -> None:
+def _finalize(ctx: _Context) -> dict[str, Any]:
     """Metadata (JSON + JS twins, one level at a time), the descriptor, the viewer (index.html
     last), then the marker."""
     out, t, p = ctx.out, ctx.cfg.tile, ctx.plan
     failed: set[int] = set()
     for u in p["units"]:
         if u["name"].startswith("examples-"):
-            failed |= {f["row"] for f in json.loads(ctx.run.unit_data_path(STAGE, u["name"], ".json").read_text())}
+            failed |= {f["row"] for f in json.loads(ctx.run.unit_data_path(NAME, u["name"], ".json").read_text())}
     writer = _Writer()
     kinds, present, counts = set(), set(), {}
     for s in p["sizes"]:
@@ -660,49 +553,57 @@ def _finalize(ctx: _Context) -> None:
     for rel, src in _static_files().items():
         writer.put(out / rel, src.read_bytes())
     writer.sync()
-    ctx.run.mark_done(STAGE, FINAL, {"tiles": p["tiles"], "levels": p["max_level"] + 1})
     ctx.log.info("tiles complete: %d tiles on %d levels, %d x %d px; view with `atlas serve %s`", p["tiles"],
                  p["max_level"] + 1, p["width"], p["height"], ctx.run.root)
+    return {"tiles": p["tiles"], "levels": p["max_level"] + 1}
 
 
-def _refresh_viewer(ctx: _Context) -> None:
+def _refresh_viewer(job: Job) -> None:
     """A finished folder gets the installed viewer's files when they changed (a newer atlas or
     OpenSeadragon); nothing is written when they are the same."""
-    writer = _Writer()
+    writer, out = _Writer(), job.run.stage_path(OUTPUT)
     for rel, src in _static_files().items():
-        data, dst = src.read_bytes(), ctx.out / rel
+        data, dst = src.read_bytes(), out / rel
         if not dst.is_file() or dst.read_bytes() != data:
             writer.put(dst, data)
     if writer.paths:
-        ctx.log.info("updated %d viewer files in %s", len(writer.paths), ctx.out)
+        job.log.info("updated %d viewer files in %s", len(writer.paths), out)
         writer.sync()
 
 
-def _maybe_finalize(ctx: _Context) -> None:
-    with ctx.run.stage_lock(STAGE):
-        done = ctx.run.done_units(STAGE)
-        if FINAL in done:
-            _refresh_viewer(ctx)
-            return
-        missing = [u["name"] for u in ctx.plan["units"] if u["name"] not in done]
-        if missing:
-            ctx.log.info("%d units still to do by other shards; the last shard finishes the stage", len(missing))
-            return
-        _finalize(ctx)
+# --------------------------------------------------------------------------- the stage
 
 
-# --------------------------------------------------------------------------- entry points
-
-
-def _context(cfg: Config, shard: tuple[int, int]) -> _Context:
-    _validate(cfg)
+def _open(job: Job) -> _Context:
     openseadragon_dir()  # fail before any work when the viewer cannot be assembled
-    run_dir = RunDir(cfg.run_dir)
-    log = stage_logger(run_dir.root, STAGE, shard)
-    inp = read_inputs(cfg, run_dir)
-    with run_dir.stage_lock(STAGE):
-        plan = _ensure_plan(cfg, run_dir, inp, log)
-    return _Context(cfg, run_dir, plan, inp, log)
+    inp = read_inputs(job.cfg, job.run)
+    plan, rows, pos = _plan(job.cfg, job.run, inp)
+    return _Context(job.cfg, job.run, plan, inp, job.log, (rows, pos))
+
+
+def _create(ctx: _Context) -> None:
+    assert ctx.examples is not None
+    rows, pos = ctx.examples
+    atomic_save_npz(ctx.run.state_path(NAME) / "examples.npz", rows=rows, positions=pos)
+    atomic_write_text(_plan_path(ctx.run), json.dumps(ctx.plan, indent=1, sort_keys=True))
+
+
+_WORKER_CTX: dict[str, _Context] = {}
+
+
+def _worker_unit(cfg: Config, name: str, ppid: int) -> tuple[str, dict[str, Any]]:
+    """A pool worker: one unit (leased by the parent), with a context built once per process."""
+    _die_with_parent()
+    if os.getppid() != ppid:
+        raise StoreError("the tile process that started this worker has gone")
+    if cfg.run_dir not in _WORKER_CTX:
+        from ..progress import stage_logger
+
+        run = RunDir(cfg.run_dir)
+        _WORKER_CTX[cfg.run_dir] = _open(Job(cfg, run, (0, 1), stage_logger(run.root, NAME, (0, 1))))
+    ctx = _WORKER_CTX[cfg.run_dir]
+    unit = next(u for u in ctx.plan["units"] if u["name"] == name)
+    return name, _run_unit(ctx, unit, progress(total=0, disable=True))
 
 
 def _die_with_parent() -> None:
@@ -713,55 +614,66 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker(cfg: Config, shard: tuple[int, int], names: list[str], ppid: int) -> None:
-    _die_with_parent()
-    if os.getppid() != ppid:
-        return
-    ctx = _context(cfg, shard)
-    _run_units(ctx, names, ppid)
+def _pool_units(ctx: _Context, names: list[str], workers: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Units on ``workers`` spawned processes; each is yielded (and so marked done) as it completes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    mp = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
+        futures = [pool.submit(_worker_unit, ctx.cfg, n, os.getpid()) for n in names]
+        bar = progress(as_completed(futures), total=len(futures), desc="tile", unit="unit")
+        for fut in bar:
+            yield fut.result()
 
 
-def run(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> None:
-    """Tile this shard's unfinished units, then finish the stage if every unit is done."""
-    ctx = _context(cfg, shard)
-    names = [u["name"] for u in ctx.plan["units"]]
-    done = ctx.run.done_units(STAGE)
-    todo = [n for n in my_units(names, shard) if n not in done]
-    ctx.log.info("shard %d/%d: %d of %d units to do (%d tiles on %d levels, %d x %d px, grids %s, %d examples)",
-                 shard[0], shard[1], len(todo), len(names), ctx.plan["tiles"], ctx.plan["max_level"] + 1,
-                 ctx.plan["width"], ctx.plan["height"], ctx.plan["sizes"], ctx.plan["n_examples"])
+def _workers(ctx: _Context, n_units: int) -> int:
     import multiprocessing
 
-    workers = min(ctx.cfg.tile.workers, len(todo))
+    workers = min(ctx.cfg.tile.workers, n_units)
     if workers > 1 and multiprocessing.current_process().daemon:
         ctx.log.info("running in a daemonic process (a dask worker?): tiling in-process instead of %d workers", workers)
-        workers = 1
-    if workers <= 1:
-        _run_units(ctx, todo)
-    else:
-        from concurrent.futures import ProcessPoolExecutor
-
-        mp = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
-            futures = [pool.submit(_worker, cfg, shard, todo[i::workers], os.getpid()) for i in range(workers)]
-            for f in futures:
-                f.result()
-    _maybe_finalize(ctx)
+        return 1
+    return workers
 
 
-def status(run: RunDir) -> StageStatus:
-    """Units done / total (tile row ranges, icon and example batches, final)."""
-    path = _plan_path(run)
-    if not path.is_file():
-        return StageStatus(STAGE, 0, None)
-    plan = json.loads(path.read_text())
-    done = run.done_units(STAGE)
-    names = [u["name"] for u in plan["units"]] + [FINAL]
-    detail = {"tiles": plan["tiles"], "levels": plan["max_level"] + 1, "size": f"{plan['width']}x{plan['height']}",
-              "grids": plan["sizes"], "complete": FINAL in done, "output": str(run.stage_path(OUTPUT))}
-    return StageStatus(STAGE, sum(n in done for n in names), len(names), detail)
+class TileStage(StageBase):
+    """Stage 5: Deep Zoom pyramid, cell metadata and the web viewer -> ``RUN/tiles``."""
+
+    name = NAME
+    inputs = ("collect", "grid", "render")
+    output = OUTPUT
+    execution = "shards"
+    lease_window = 256
+    resources = Resources(tasks=4, time="02:00:00", cpus=4, mem="16G", gpus=0)
+
+    def settings(self, cfg: Config) -> dict[str, Any]:
+        return _settings(cfg)
+
+    def open(self, job: Job) -> _Context:
+        return _open(job)
+
+    def create(self, ctx: _Context) -> None:
+        _create(ctx)
+
+    def units(self, ctx: _Context) -> list[str]:
+        return [u["name"] for u in ctx.plan["units"]]
+
+    def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        workers = _workers(ctx, len(units))
+        yield from (_pool_units(ctx, units, workers) if workers > 1 else _run_units(ctx, units))
+
+    def finish(self, ctx: _Context) -> dict[str, Any]:
+        return _finalize(ctx)
+
+    def refresh(self, job: Job) -> None:
+        _refresh_viewer(job)
+
+    def detail(self, run: RunDir) -> dict[str, Any]:
+        """Tiles, levels, canvas size, grids and the output folder."""
+        plan = json.loads(_plan_path(run).read_text())
+        return {"tiles": plan["tiles"], "levels": plan["max_level"] + 1, "size": f"{plan['width']}x{plan['height']}",
+                "grids": plan["sizes"], "output": str(run.stage_path(OUTPUT))}
 
 
-def finished(run: RunDir, cfg: Config | None = None) -> bool:
-    """The stage is complete: its last marker is written (``cfg`` is not needed)."""
-    return run.is_done(STAGE, FINAL)
+STAGE = TileStage()

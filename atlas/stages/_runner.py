@@ -1,0 +1,303 @@
+"""The one unit runner: every stage resumes, shards and refuses unfinished inputs the same way.
+
+State of stage ``X`` in ``RUN/state/X/`` (see :mod:`atlas.store`)::
+
+    setup.json      fingerprint, settings and input fingerprints of the current attempt
+    units.json      the names of all its units (for ``atlas status``)
+    done/<unit>     done markers, written after the unit's data are on disk
+    done/final      written last, by the process that finishes the stage: fingerprint, inputs
+    locks/<unit>    leases (flock) held while a process runs a unit
+
+Completeness is read from done markers only: a stage is finished when its ``final`` marker
+holds its current fingerprint. A stage's fingerprint hashes its settings and the
+fingerprints its inputs finished with, so redoing a stage makes every stage after it
+*stale*: ``atlas status`` says so, a stage refuses stale inputs, and ``atlas run`` redoes
+them in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+from ..config import Config, dump_config, provenance
+from ..progress import stage_logger
+from ..store import RunDir, StoreError, atomic_write_text, fingerprint
+from ._protocol import Job, Stage, StageStatus
+
+__all__ = ["FINAL", "run_stage", "stage_status", "finished", "check_inputs", "final_info", "is_stale",
+           "save_run_config", "my_units"]
+
+FINAL = "final"
+_KEEP = ("locks", "failed")  # state entries that survive a redo (held leases, failure records)
+
+
+def my_units(units: list[str], shard: tuple[int, int]) -> list[str]:
+    """The units a shard owns: every n-th unit starting at i (round robin keeps shards balanced)."""
+    i, n = shard
+    return units[i::n]
+
+
+def final_info(run: RunDir, name: str) -> dict[str, Any] | None:
+    """The ``final`` marker of stage ``name`` (None while it is unfinished)."""
+    path = run.state_path(name) / "done" / FINAL
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _stage(name: str) -> Stage:
+    from . import get_stage
+
+    return get_stage(name)
+
+
+def is_stale(run: RunDir, stage: Stage) -> bool:
+    """Finished, but an input stage was redone (or is being redone) since."""
+    final = final_info(run, stage.name)
+    if final is None:
+        return False
+    recorded = final.get("inputs", {})
+    for name in stage.inputs:
+        inp = final_info(run, name)
+        if inp is None or inp.get("fingerprint") != recorded.get(name) or is_stale(run, _stage(name)):
+            return True
+    return False
+
+
+def _units_done(run: RunDir, name: str) -> str:
+    try:
+        units = json.loads((run.state_path(name) / "units.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return "not started"
+    done = run.done_units(name)
+    return f"{sum(u in done for u in units)}/{len(units)} units done"
+
+
+def check_inputs(stage: Stage, run: RunDir) -> dict[str, str]:
+    """The fingerprints the input stages finished with; a one-line StoreError naming the
+    first unfinished or stale input and the command that finishes it."""
+    out = {}
+    for name in stage.inputs:
+        cmd = f"`atlas {name} {run.root / 'config.yaml'}` (or `atlas run` with your config)"
+        info = final_info(run, name)
+        if info is None:
+            raise StoreError(f"`{stage.name}` needs a finished `{name}`, which is {_units_done(run, name)} in "
+                             f"{run.root}: run {cmd} first; rerunning resumes it")
+        if is_stale(run, _stage(name)):
+            raise StoreError(f"`{stage.name}` needs `{name}`, which is stale (a stage before it was redone) in "
+                             f"{run.root}: run {cmd} first to redo it")
+        out[name] = str(info["fingerprint"])
+    return out
+
+
+def finished(stage: Stage, cfg: Config) -> bool:
+    """Whether ``stage`` is finished for ``cfg`` (its ``final`` marker holds the current fingerprint)."""
+    run = RunDir(cfg.run_dir)
+    try:
+        inputs = check_inputs(stage, run)
+    except StoreError:
+        return False
+    final = final_info(run, stage.name)
+    return final is not None and final.get("fingerprint") == _fingerprint(stage, cfg, inputs) \
+        and final.get("scope") == _scope(stage, cfg)
+
+
+def _fingerprint(stage: Stage, cfg: Config, inputs: dict[str, str]) -> str:
+    return fingerprint({"stage": stage.name, "settings": stage.settings(cfg), "inputs": inputs})
+
+
+def _scope(stage: Stage, cfg: Config) -> Any:
+    """What part of the stage this config asks for, when that can grow without a redo (render's levels)."""
+    scope = getattr(stage, "scope", None)
+    return scope(cfg) if scope is not None else None
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+def _read_setup(run: RunDir, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((run.state_path(name) / "setup.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _wipe(stage: Stage, run: RunDir) -> None:
+    """Forget an attempt: its setup first (a crash midway then starts over), then markers, side
+    data and outputs. Leases and failure records stay."""
+    state = run.state_path(stage.name)
+    with contextlib.suppress(FileNotFoundError):
+        (state / "setup.json").unlink()
+    run.clear_done(stage.name, FINAL)
+    if state.is_dir():
+        for p in state.iterdir():
+            if p.name not in _KEEP:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    shutil.rmtree(run.stage_path(stage.output), ignore_errors=True)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two settings dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [f"{prefix}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"]
+
+
+def _check_attempt(stage: Stage, job: Job, fp: str, settings: dict[str, Any], inputs: dict[str, str]) -> bool:
+    """Under the stage lock: keep the current attempt (True), or forget it (False) when its
+    inputs or settings changed; a ``refuse`` stage with other settings raises instead."""
+    setup = _read_setup(job.run, stage.name)
+    if setup is None:
+        return False
+    if setup.get("fingerprint") == fp:
+        return True
+    changed = _diff(setup.get("settings"), settings)
+    if changed and stage.on_change == "refuse":
+        raise StoreError(f"{job.run.stage_path(stage.output)} was made with other settings ({'; '.join(changed[:4])}"
+                         f"{'; ...' if len(changed) > 4 else ''}): use a new run_dir, or delete "
+                         f"{job.run.stage_path(stage.output)} and {job.run.state_path(stage.name)} to redo `{stage.name}`")
+    why = f"settings changed ({'; '.join(changed[:3])})" if changed else "its inputs were redone"
+    job.log.warning("%s: %s since the last attempt: redoing the stage", stage.name, why)
+    return False
+
+
+def save_run_config(cfg: Config, run: RunDir, extra: dict[str, Any] | None = None) -> None:
+    """Write RUN/config.yaml: the resolved config plus provenance, keeping earlier stages' extras (atomic)."""
+    import yaml
+
+    path = run.root / "config.yaml"
+    old: dict[str, Any] = {}
+    with contextlib.suppress(FileNotFoundError, yaml.YAMLError, AttributeError):
+        old = dict((yaml.safe_load(path.read_text()) or {}).get("provenance") or {})
+    prov = {**old, **provenance(), **(extra or {})}
+    atomic_write_text(path, dump_config(cfg) + "\n" + yaml.safe_dump({"provenance": prov}, sort_keys=False))
+
+
+def _start(stage: Stage, job: Job, fp: str, settings: dict[str, Any],
+           inputs: dict[str, str]) -> tuple[Any, list[str]]:
+    """Open the stage; create its outputs when this attempt is new. Returns the context and the units."""
+    run = job.run
+    with run.stage_lock(stage.name):
+        keep = _check_attempt(stage, job, fp, settings, inputs)
+        if not keep:
+            _wipe(stage, run)
+    ctx = stage.open(job)
+    with run.stage_lock(stage.name):
+        if _read_setup(run, stage.name) is None:
+            _wipe(stage, run)
+            stage.create(ctx)
+            save_run_config(job.cfg, run, stage.provenance(ctx))
+            run.write_json(f"state/{stage.name}/setup.json", {"fingerprint": fp, "settings": settings, "inputs": inputs})
+        units = stage.units(ctx)
+        path = run.state_path(stage.name) / "units.json"
+        if not path.is_file() or json.loads(path.read_text()) != units:
+            atomic_write_text(path, json.dumps(units))
+    return ctx, units
+
+
+@contextlib.contextmanager
+def _leased(run: RunDir, name: str, window: list[str]) -> Iterator[list[str]]:
+    """Lease every unit of ``window`` that no live process holds and that is not done yet."""
+    with contextlib.ExitStack() as stack:
+        held = [u for u in window if stack.enter_context(run.lease(name, u)) and not run.is_done(name, u)]
+        yield held
+
+
+def _run_mine(stage: Stage, job: Job, ctx: Any, todo: list[str]) -> int:
+    """Run this shard's undone units, ``lease_window`` at a time; returns how many it ran."""
+    ran = 0
+    for k in range(0, len(todo), stage.lease_window):
+        with _leased(job.run, stage.name, todo[k:k + stage.lease_window]) as held:
+            if len(held) < len(todo[k:k + stage.lease_window]):
+                job.log.info("%d units are held by another process or done; skipping them",
+                             len(todo[k:k + stage.lease_window]) - len(held))
+            if not held:
+                continue
+            for unit, info in stage.run_units(ctx, held):
+                job.run.mark_done(stage.name, unit, info)
+                ran += 1
+    return ran
+
+
+def _maybe_finish(stage: Stage, job: Job, ctx: Any, units: list[str], fp: str, inputs: dict[str, str]) -> bool:
+    """Under the stage lock: finish the stage if every unit is done (once); returns finished."""
+    run = job.run
+    with run.stage_lock(stage.name):
+        done = run.done_units(stage.name)
+        missing = [u for u in units if u not in done]
+        if missing:
+            job.log.info("%d units still to do (by other shards, or rerun to resume); the last one finishes the "
+                         "stage", len(missing))
+            return False
+        final = final_info(run, stage.name)
+        scope = _scope(stage, job.cfg)
+        if final is not None and final.get("fingerprint") == fp and final.get("scope") == scope:
+            return True
+        info = stage.finish(ctx)
+        run.mark_done(stage.name, FINAL, {**info, "fingerprint": fp, "inputs": inputs, "scope": scope,
+                                          "units": len(units)})
+    job.log.info("%s complete (%d units)", stage.name, len(units))
+    return True
+
+
+def run_stage(stage: Stage, cfg: Config, shard: tuple[int, int] = (0, 1), client: Any = None) -> bool:
+    """Run shard ``shard`` of ``stage`` in this process; returns whether the stage is now finished.
+
+    Idempotent: finished units are skipped, so rerunning a shard, or running it twice at
+    once, is safe; a rerun of a finished stage with the same settings does nothing and says so.
+    """
+    if stage.execution != "shards" and tuple(shard) != (0, 1):
+        raise ValueError(f"the {stage.name} stage runs as one job; got --shard {shard[0]}/{shard[1]}")
+    run = RunDir(cfg.run_dir)
+    inputs = check_inputs(stage, run)
+    settings = stage.settings(cfg)
+    fp = _fingerprint(stage, cfg, inputs)
+    job = Job(cfg, run, tuple(shard), stage_logger(run.root, stage.name, shard), client)  # type: ignore[arg-type]
+    final = final_info(run, stage.name)
+    if final is not None and final.get("fingerprint") == fp and final.get("scope") == _scope(stage, cfg):
+        job.log.info("%s is already complete in %s with these settings: nothing to do", stage.name, run.root)
+        stage.refresh(job)
+        return True
+    ctx, units = _start(stage, job, fp, settings, inputs)
+    done = run.done_units(stage.name)
+    mine = my_units(units, job.shard)
+    todo = [u for u in mine if u not in done]
+    job.log.info("shard %d/%d: %d of its %d units to do (%d units in all)", shard[0], shard[1], len(todo),
+                 len(mine), len(units))
+    _run_mine(stage, job, ctx, todo)
+    return _maybe_finish(stage, job, ctx, units, fp, inputs)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def stage_status(stage: Stage, run: RunDir) -> StageStatus:
+    """Units done / total (plus the final step), the state, and the stage's own figures."""
+    state = run.state_path(stage.name)
+    final = final_info(run, stage.name)
+    try:
+        units = list(json.loads((state / "units.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        units = None
+    if units is None and final is None:
+        return StageStatus(stage.name, 0, None, "not started")
+    done = run.done_units(stage.name)
+    n_done = sum(u in done for u in units or []) + (final is not None)
+    total = (len(units) if units is not None else int(final.get("units", 0) if final else 0)) + 1
+    if final is not None:
+        st = "stale" if is_stale(run, stage) else "done"
+    else:
+        st = "partial"
+    detail: dict[str, Any] = {}
+    with contextlib.suppress(StoreError, FileNotFoundError, KeyError):
+        detail = stage.detail(run)
+    return StageStatus(stage.name, n_done, total, st, detail)
+
