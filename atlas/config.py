@@ -1,52 +1,36 @@
 """Run configuration: schema, defaults, YAML loading, ``--set`` overrides, provenance.
 
-The schema is a tree of frozen-free dataclasses. Every field carries a ``help``
-string in its metadata; ``docs/configuration.md`` is generated from it
-(``python -m atlas.config``). Unknown keys are rejected by name, listing the
-allowed ones, and values are checked against the field's type.
+The schema is a tree of frozen pydantic models. Every field carries its help text, its
+default and its bounds; ``docs/configuration.md`` is generated from them
+(``python -m atlas.config``). Unknown keys, values of the wrong type and values out of
+range are all rejected when the config is loaded, as a one-line :class:`ConfigError`
+naming the key by its dotted name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 __all__ = [
-    "Config",
-    "ConfigError",
-    "ImagesConfig",
-    "ModelConfig",
-    "CollectConfig",
-    "ReduceConfig",
-    "GridConfig",
-    "RenderConfig",
-    "TileConfig",
-    "ClusterConfig",
-    "JobqueueConfig",
-    "SlurmConfig",
-    "SlurmStageConfig",
-    "load_config",
-    "config_from_dict",
-    "apply_overrides",
-    "expand_env",
-    "config_to_dict",
-    "provenance",
-    "schema_rows",
-    "file_sha256",
-    "check_grid_sizes",
-    "dump_config",
+    "Config", "ConfigError", "ImagesConfig", "ModelConfig", "CollectConfig", "ReduceConfig", "GridConfig", "RenderConfig",
+    "TileConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
+    "load_config", "config_from_dict", "with_updates", "apply_overrides", "expand_env", "config_to_dict", "dump_config",
+    "provenance", "file_sha256", "schema_rows", "check_grid_sizes", "slurm_stage_resources",
 ]
 
 
@@ -54,260 +38,383 @@ class ConfigError(ValueError):
     """A configuration problem, with a message naming the key and the fix."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+class _Invalid(ValueError):
+    """Raised by validators: ``text`` about the key ``key`` (relative to where it was raised)."""
+
+    def __init__(self, text: str, key: str = "") -> None:
+        super().__init__(text)
+        self.key = key
 
 
-@dataclass
-class ImagesConfig:
-    kind: str = _f("auto", "Image source: `auto` (detected from `path`), `demo`, `folder`, `list` (.txt/.csv of paths) or `tar` (webdataset-style shards).",
-                   choices=("auto", "demo", "folder", "list", "tar"))
-    path: str = _f("demo", "Folder, list file, tar file, folder of tars or glob of tars; `demo` for the embedded demo set.")
-    labels: str = _f("auto", "Where labels come from: `auto` (sub-folders / CSV column / `.cls` members / demo photo), `folders`, `none`.",
-                     choices=("auto", "folders", "none"))
-    limit: int | None = _f(None, "Use only `limit` images of the source (None = all); which ones: `subset`.")
-    subset: str = _f("first", "With `limit`: the `first` images of the source order, or a `random` subset (seeded, kept in source order; a folder of class folders needs `random` for a class-balanced sample).",
-                     choices=("first", "random"))
-    demo_count: int = _f(2000, "Number of images in the embedded demo set (seeded crops, scales and flips of the photos scikit-image ships).")
-    demo_size: int = _f(320, "Side in pixels of the generated demo images.")
-    max_pixels: int = _f(89_478_485, "Images with more pixels are rejected as decompression bombs (PIL's default limit).")
-    min_side: int = _f(16, "Images whose shorter side is below this are recorded as too small.")
+# --------------------------------------------------------------------------- value checks
 
 
-@dataclass
-class ModelConfig:
-    name: str = _f("efficientnet_lite0", "Network: `efficientnet_lite0` (bundled weights), `efficientnet_lite2`, any torchvision classifier name (`googlenet`, `resnet50`, ...) or `torchscript`.")
-    weights: str | None = _f(None, "Weights file (.pth state dict, or the TorchScript file). None = the bundled weights or the torch cache.")
-    layer: str = _f("blocks.5", "Layer whose output is sampled; `atlas layers --model NAME` lists them with their shapes.")
-    input_size: int | None = _f(None, "Square input side in pixels; None = the model's own (224 for Lite0, 260 for Lite2).")
-    mean: list[float] | None = _f(None, "Per-channel mean on [0, 1] inputs; None = the model's own (needed for `torchscript`).")
-    std: list[float] | None = _f(None, "Per-channel std on [0, 1] inputs; None = the model's own (needed for `torchscript`).")
-    device: str = _f("auto", "`auto` (CUDA when present), `cpu` or `cuda`.", choices=("auto", "cpu", "cuda"))
+def _rule(ok: Callable[[Any], bool], text: str) -> AfterValidator:
+    """A check of the value: ``text`` (formatted with ``value``) follows the key when ``ok(value)`` is false."""
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise _Invalid(text.format(value=value))
+        return value
+
+    return AfterValidator(check)
 
 
-@dataclass
-class CollectConfig:
-    chunk_rows: int = _f(4096, "Rows per Zarr chunk and per unit of work (resume and sharding granularity).")
-    batch_size: int = _f(64, "Images per forward pass.")
-    workers: int = _f(2, "DataLoader decode worker processes (0 = decode in the main process).")
-    border: int = _f(1, "Positions within this many cells of the layer grid's edge are never sampled (Distill excluded the border).")
+def _matching(pattern: str, what: str) -> AfterValidator:
+    regex = re.compile(pattern)
+    return _rule(lambda v: regex.fullmatch(v) is not None, f"must be {what}, got {{value!r}}")
+
+
+def _non_empty(fix: str) -> AfterValidator:
+    return _rule(lambda v: bool(v.strip()), f"is empty: set it to {fix}")
+
+
+def _grid_sizes_problem(sizes: list[int]) -> str | None:
+    if not sizes or any(s <= 0 or s & (s - 1) for s in sizes) or any(b != 2 * a for a, b in itertools.pairwise(sizes)):
+        return f"must be increasing powers of two, each double the previous (e.g. [8, 16, 32]); got {sizes}"
+    return None
+
+
+def check_grid_sizes(sizes: list[int]) -> None:
+    """Grid sizes must be increasing powers of two, each double the previous (aligned levels)."""
+    problem = _grid_sizes_problem(list(sizes))
+    if problem:
+        raise ConfigError(f"config key `grid.sizes` {problem}")
+
+
+def _sbatch_options(spaces: bool) -> AfterValidator:
+    rule = "one per item" if spaces else "one per item, no spaces"
+    return _rule(lambda opts: all(o.startswith("-") and (spaces or not re.search(r"\s", o)) for o in opts),
+                 f"holds sbatch options such as --qos=long ({rule}); got {{value!r}}")
+
+
+Device = Annotated[str, _matching(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N (N an integer) or mps")]
+Colour = Annotated[str, _matching(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})", "a colour '#rrggbb' (quoted: # starts a YAML comment)")]
+SlurmTime = Annotated[str, _matching(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE",
+                                     "a SLURM time such as \"04:00:00\" or \"1-12:00:00\" (quoted: YAML reads 04:00:00 as a number)")]
+SlurmMem = Annotated[str, _matching(r"\d+[KMGTkmgt]?", "a SLURM memory size such as 32G")]
+DaskMem = Annotated[str, _matching(r"\d+(\.\d+)?\s*([kKMGTP]i?)?B?", "a memory size such as 32GB")]
+ZeroToOne = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
+Level = Annotated[int, Field(ge=1)]
+
+
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    return Field(default, description=help, **bounds)
+
+
+def _section(cls: type[BaseModel], help: str) -> Any:
+    return Field(default_factory=cls, description=help)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _Section(BaseModel):
+    """A config section: frozen, no unknown keys, no silent str -> number/bool coercion (ints are fine for floats)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """A section written as ``images:`` with nothing under it (YAML null) means its defaults."""
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if not (v is None and k in cls.model_fields and _is_section(cls.model_fields[k].annotation))}
+
+
+class ImagesConfig(_Section):
+    kind: Literal["auto", "demo", "folder", "list", "tar"] = _f("auto", "Image source: `auto` (detected from `path`), `demo`, `folder`, `list` (.txt/.csv of paths) or `tar` (webdataset-style shards).")
+    path: Annotated[str, _non_empty("a folder, a list or tar file, or demo")] = _f("demo", "Folder, list file, tar file, folder of tars or glob of tars; `demo` for the embedded demo set.")
+    labels: Literal["auto", "folders", "none"] = _f("auto", "Where labels come from: `auto` (sub-folders / CSV column / `.cls` members / demo photo), `folders`, `none`.")
+    limit: int | None = _f(None, "Use only `limit` images of the source (None = all); which ones: `subset`.", ge=1)
+    subset: Literal["first", "random"] = _f("first", "With `limit`: the `first` images of the source order, or a `random` subset (seeded, kept in source order; a folder of class folders needs `random` for a class-balanced sample).")
+    demo_count: int = _f(2000, "Number of images in the embedded demo set (seeded crops, scales and flips of the photos scikit-image ships).", ge=1)
+    demo_size: int = _f(320, "Side in pixels of the generated demo images.", ge=1)
+    max_pixels: int = _f(89_478_485, "Images with more pixels are rejected as decompression bombs (PIL's default limit).", ge=1)
+    min_side: int = _f(16, "Images whose shorter side is below this are recorded as too small.", ge=1)
+
+
+class ModelConfig(_Section):
+    name: Annotated[str, _non_empty("a network such as efficientnet_lite0")] = _f("efficientnet_lite0", "Network: `efficientnet_lite0` (bundled weights), `efficientnet_lite2`, any torchvision classifier name (`googlenet`, `resnet50`, ...) or `torchscript`.")
+    weights: str | None = _f(None, "Weights file (.pth state dict, or the TorchScript file). None (or empty) = the bundled weights or the torch cache.")
+    layer: Annotated[str, _non_empty("a layer name (`atlas layers --model NAME` lists them)")] = _f("blocks.5", "Layer whose output is sampled; `atlas layers --model NAME` lists them with their shapes.")
+    input_size: int | None = _f(None, "Square input side in pixels; None = the model's own (224 for Lite0, 260 for Lite2).", ge=1)
+    mean: list[ZeroToOne] | None = _f(None, "Per-channel (RGB) mean on [0, 1] inputs; None = the model's own (needed for `torchscript`).", min_length=3, max_length=3)
+    std: list[Positive] | None = _f(None, "Per-channel (RGB) std on [0, 1] inputs; None = the model's own (needed for `torchscript`).", min_length=3, max_length=3)
+    device: Device = _f("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N` (the N-th CUDA device) or `mps` (Apple GPU).")
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _empty_weights(cls, value: Any) -> Any:
+        return None if value == "" else value  # `${WEIGHTS:-}` in a config: not set, use the bundled or cached weights
+
+
+class CollectConfig(_Section):
+    chunk_rows: int = _f(4096, "Rows per Zarr chunk and per unit of work (resume and sharding granularity).", ge=1)
+    batch_size: int = _f(64, "Images per forward pass.", ge=1)
+    workers: int = _f(2, "DataLoader decode worker processes (0 = decode in the main process).", ge=0)
+    border: int = _f(1, "Positions within this many cells of the layer grid's edge are never sampled (Distill excluded the border).", ge=0)
     attribution: bool = _f(True, "Store class attribution of the sampled vector (one forward-mode product). Off: the network is cut after the layer.")
-    top_k: int = _f(10, "Classes kept per image for attribution.")
-    dtype: str = _f("float16", "Storage dtype of activations.", choices=("float16", "float32"))
+    top_k: int = _f(10, "Classes kept per image for attribution.", ge=1)
+    dtype: Literal["float16", "float32"] = _f("float16", "Storage dtype of activations.")
     channels_last: bool = _f(True, "Run the network in channels_last memory format (about 1.6x on CPU).")
     fold_bn: bool = _f(True, "Fold eval BatchNorm into the preceding convs (about 1.5x on CPU; verified against the unfolded network, else off).")
-    threads: int | None = _f(None, "torch intra-op threads (None = every CPU this process may use); pinned so results do not depend on what ran before.")
+    threads: int | None = _f(None, "torch intra-op threads (None = every CPU this process may use); pinned so results do not depend on what ran before.", ge=1)
 
 
-@dataclass
-class ReduceConfig:
-    n_neighbors: int | None = _f(None, "UMAP neighbours; None = 50 (Distill) or 20 for runs under 10,000 points.")
-    min_dist: float = _f(0.05, "UMAP min_dist (Distill: 0.05).")
-    metric: str = _f("cosine", "Distance: `cosine` (Distill) or `euclidean`.", choices=("cosine", "euclidean"))
-    pca: int | None = _f(None, "Reduce to this many dimensions with PCA first (None = off).")
-    exact_knn_max: int = _f(20_000, "Up to this many fitted points the kNN graph (and placement search) is exact; beyond, approximate (HNSW, single-threaded build so it is deterministic) with a measured recall.")
-    fit_max: int = _f(30_000, "Fit UMAP on at most this many points (seeded sample); the rest are placed chunk by chunk from their nearest fitted points (30,000: >= 3x faster than umap-learn on 200k points, trustworthiness within 0.005; see docs/benchmarks.md).")
-    init: str = _f("auto", "UMAP init: `auto` (spectral when small, PCA when large), `spectral`, `pca`, `random`.",
-                   choices=("auto", "spectral", "pca", "random"))
-    n_epochs: int | None = _f(None, "UMAP epochs (None = umap-learn's default for the size).")
-    clip_percentile: float = _f(1.0, "Layout is clipped to [p, 100-p] percentiles before normalising to [0, 1].")
-    margin: float = _f(0.02, "Margin kept around the normalised layout.")
-    spectral_max: int = _f(100_000, "`init: auto` uses spectral init up to this many fitted points, PCA beyond (spectral init stalls on huge graphs).")
-    placement: str = _f("interpolate", "How rows outside the fitted sample are placed: `interpolate` (weighted mean of the layout positions of their `place_k` nearest fitted points) or `transform` (umap-learn's transform: that init plus SGD against the fixed layout).",
-                        choices=("interpolate", "transform"))
-    place_k: int = _f(10, "Nearest fitted points used by `placement: interpolate`.")
-    hnsw_m: int = _f(32, "HNSW graph degree (approximate kNN beyond `exact_knn_max`).")
-    hnsw_ef_construction: int = _f(64, "HNSW efConstruction (build effort).")
-    hnsw_ef_search: int = _f(64, "HNSW efSearch (query effort; raised to k when smaller).")
-    recall_queries: int = _f(1000, "Seeded queries whose approximate neighbours are checked against exact search (recall@k).")
-    trust_sample: int = _f(5000, "Seeded points on which trustworthiness (k=10, cosine) is measured.")
-    threads: int | None = _f(None, "faiss and numba threads (None = every CPU this process may use).")
+class ReduceConfig(_Section):
+    n_neighbors: int | None = _f(None, "UMAP neighbours; None = 50 (Distill) or 20 for runs under 10,000 points.", ge=2)
+    min_dist: float = _f(0.05, "UMAP min_dist (Distill: 0.05).", ge=0)
+    metric: Literal["cosine", "euclidean"] = _f("cosine", "Distance: `cosine` (Distill) or `euclidean`.")
+    pca: int | None = _f(None, "Reduce to this many dimensions with PCA first (None = off).", ge=1)
+    exact_knn_max: int = _f(20_000, "Up to this many fitted points the kNN graph (and placement search) is exact; beyond, approximate (HNSW, single-threaded build so it is deterministic) with a measured recall.", ge=1)
+    fit_max: int = _f(30_000, "Fit UMAP on at most this many points (seeded sample); the rest are placed chunk by chunk from their nearest fitted points (30,000: >= 3x faster than umap-learn on 200k points, trustworthiness within 0.005; see docs/benchmarks.md).", ge=3)
+    init: Literal["auto", "spectral", "pca", "random"] = _f("auto", "UMAP init: `auto` (spectral when small, PCA when large), `spectral`, `pca`, `random`.")
+    n_epochs: int | None = _f(None, "UMAP epochs (None = umap-learn's default for the size).", ge=1)
+    clip_percentile: float = _f(1.0, "Layout is clipped to [p, 100-p] percentiles before normalising to [0, 1].", ge=0, lt=50)
+    margin: float = _f(0.02, "Margin kept around the normalised layout.", ge=0, lt=0.5)
+    spectral_max: int = _f(100_000, "`init: auto` uses spectral init up to this many fitted points, PCA beyond (spectral init stalls on huge graphs).", ge=1)
+    placement: Literal["interpolate", "transform"] = _f("interpolate", "How rows outside the fitted sample are placed: `interpolate` (weighted mean of the layout positions of their `place_k` nearest fitted points) or `transform` (umap-learn's transform: that init plus SGD against the fixed layout).")
+    place_k: int = _f(10, "Nearest fitted points used by `placement: interpolate`.", ge=1)
+    hnsw_m: int = _f(32, "HNSW graph degree (approximate kNN beyond `exact_knn_max`).", ge=1)
+    hnsw_ef_construction: int = _f(64, "HNSW efConstruction (build effort).", ge=1)
+    hnsw_ef_search: int = _f(64, "HNSW efSearch (query effort; raised to k when smaller).", ge=1)
+    recall_queries: int = _f(1000, "Seeded queries whose approximate neighbours are checked against exact search (recall@k).", ge=1)
+    trust_sample: int = _f(5000, "Seeded points on which trustworthiness (k=10, cosine) is measured.", ge=1)
+    threads: int | None = _f(None, "faiss and numba threads (None = every CPU this process may use).", ge=1)
 
 
-@dataclass
-class GridConfig:
+class GridConfig(_Section):
     sizes: list[int] = _f([8, 16, 32], "Grid sizes (cells per side), powers of two, each double the previous: aligned levels.")
-    min_count: int = _f(4, "Cells with fewer points are empty (Distill used 4-10).")
-    top_classes: int = _f(5, "Classes kept per cell.")
-    examples: int = _f(8, "Dataset examples per cell: the rows of the cell whose sampled activation is nearest (cosine) the cell mean.")
-    whiten_eps: float = _f(1e-2, "Whitening: S = inv(A^T A / N + eps I); eps relative to the mean eigenvalue.")
+    min_count: int = _f(4, "Cells with fewer points are empty (Distill used 4-10).", ge=1)
+    top_classes: int = _f(5, "Classes kept per cell.", ge=1)
+    examples: int = _f(8, "Dataset examples per cell: the rows of the cell whose sampled activation is nearest (cosine) the cell mean.", ge=1)
+    whiten_eps: float = _f(1e-2, "Whitening: S = inv(A^T A / N + eps I); eps relative to the mean eigenvalue.", gt=0)
     scheduler: str | None = _f(None, "dask scheduler address; None = a LocalCluster of worker processes.")
-    dask_workers: int = _f(2, "Worker processes of the LocalCluster; 0 = no dask, chunks are processed in this process.")
+    dask_workers: int = _f(2, "Worker processes of the LocalCluster; 0 = no dask, chunks are processed in this process.", ge=0)
+
+    @field_validator("sizes")
+    @classmethod
+    def _aligned(cls, sizes: list[int]) -> list[int]:
+        problem = _grid_sizes_problem(sizes)
+        if problem:
+            raise _Invalid(problem)
+        return sizes
 
 
-@dataclass
-class RenderConfig:
-    levels: list[int] | None = _f(None, "Grid sizes to render; None = all.")
-    icon_size: int = _f(80, "Icon side in pixels.")
-    steps: int = _f(512, "Optimisation steps per icon.")
-    batch_size: int = _f(100, "Icons optimised together.")
-    restarts: int = _f(1, "Best of k restarts per icon, folded into the batch.")
-    lr: float = _f(0.05, "Adam learning rate.")
-    cossim_power: float = _f(4.0, "p in dot(h, v) * max(cos(h, v), 0.1)^p (Lucid's atlas notebook: 4; measured faithfulness on Lite0 blocks.5: 0.84 with 4, 0.80 with 2).")
+class RenderConfig(_Section):
+    levels: list[Level] | None = _f(None, "Grid sizes to render (some of `grid.sizes`); None = all.")
+    icon_size: int = _f(80, "Icon side in pixels.", ge=8)
+    steps: int = _f(512, "Optimisation steps per icon.", ge=1)
+    batch_size: int = _f(100, "Icons optimised together.", ge=1)
+    restarts: int = _f(1, "Best of k restarts per icon, folded into the batch.", ge=1)
+    lr: float = _f(0.05, "Adam learning rate.", gt=0)
+    cossim_power: float = _f(4.0, "p in dot(h, v) * max(cos(h, v), 0.1)^p (Lucid's atlas notebook: 4; measured faithfulness on Lite0 blocks.5: 0.84 with 4, 0.80 with 2).", ge=0)
     whiten: bool = _f(False, "Whiten the target directions with the grid's S.")
-    reduce: str = _f("mean", "How the icon's layer activation is reduced over positions: `mean` or `center`.", choices=("mean", "center"))
-    cossim_floor: float = _f(0.1, "Floor of the cosine in the objective (Lucid: 0.1): below it only the projection dot(h, v) is pushed.")
-    decay_power: float = _f(1.0, "Spectral parameterisation: frequency f is scaled by 1 / max(f, 1/size)^decay_power (Lucid: 1).")
-    init_sd: float = _f(0.01, "Standard deviation of the random initial spectrum (Lucid: 0.01).")
-    transforms: str = _f("standard", "Random transforms applied at each step: `standard` (Lucid's: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 deg, jitter 4) or `none`.",
-                         choices=("standard", "none"))
-    polish: float = _f(0.1, "Fraction of the final steps run without transforms: the icon is scored as stored, which raises its faithfulness (0 = Lucid's plain schedule).")
-    threads: int | None = _f(None, "torch intra-op threads on the CPU (None = every CPU this process may use); pinned so results do not depend on what ran before.")
+    reduce: Literal["mean", "center"] = _f("mean", "How the icon's layer activation is reduced over positions: `mean` or `center`.")
+    cossim_floor: float = _f(0.1, "Floor of the cosine in the objective (Lucid: 0.1): below it only the projection dot(h, v) is pushed.", ge=0, le=1)
+    decay_power: float = _f(1.0, "Spectral parameterisation: frequency f is scaled by 1 / max(f, 1/size)^decay_power (Lucid: 1).", ge=0)
+    init_sd: float = _f(0.01, "Standard deviation of the random initial spectrum (Lucid: 0.01).", ge=0)
+    transforms: Literal["standard", "none"] = _f("standard", "Random transforms applied at each step: `standard` (Lucid's: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 deg, jitter 4) or `none`.")
+    polish: float = _f(0.1, "Fraction of the final steps run without transforms: the icon is scored as stored, which raises its faithfulness (0 = Lucid's plain schedule).", ge=0, le=1)
+    threads: int | None = _f(None, "torch intra-op threads on the CPU (None = every CPU this process may use); pinned so results do not depend on what ran before.", ge=1)
 
 
-@dataclass
-class TileConfig:
-    tile_size: int = _f(256, "Deep Zoom tile side in pixels.")
-    overlap: int = _f(1, "Deep Zoom tile overlap in pixels.")
-    format: str = _f("jpg", "Tile image format (also of the icon sheets).", choices=("jpg", "png", "webp"))
-    quality: int = _f(90, "JPEG/WebP quality (tiles, icon sheets, example crops).")
-    background: str = _f("#ffffff", "Colour of empty cells and of the canvas margin, '#rrggbb' (quoted: # starts a YAML comment).")
-    lod_fraction: float = _f(1.0, "Level of detail: a zoom level shows the finest grid whose cells are at least this fraction of the icon size there (1.0: each zoom step doubles the grid, icons at native resolution; smaller: finer grids earlier, downscaled). In (0, 1].")
+class TileConfig(_Section):
+    tile_size: int = _f(256, "Deep Zoom tile side in pixels.", ge=1)
+    overlap: int = _f(1, "Deep Zoom tile overlap in pixels (less than `tile_size`).", ge=0)
+    format: Literal["jpg", "png", "webp"] = _f("jpg", "Tile image format (also of the icon sheets).")
+    quality: int = _f(90, "JPEG/WebP quality (tiles, icon sheets, example crops).", ge=1, le=100)
+    background: Colour = _f("#ffffff", "Colour of empty cells and of the canvas margin, '#rrggbb' (quoted: # starts a YAML comment).")
+    lod_fraction: float = _f(1.0, "Level of detail: a zoom level shows the finest grid whose cells are at least this fraction of the icon size there (1.0: each zoom step doubles the grid, icons at native resolution; smaller: finer grids earlier, downscaled). In (0, 1].", gt=0, le=1)
     density_scale: bool = _f(False, "Scale each icon within its cell by the cell's point count (0.4 + 0.6 * sqrt(count / max count of the level)).")
-    example_levels: int | None = _f(None, "Crop dataset examples for the cells of the finest this many rendered levels (None = every level, 0 = none).")
-    example_window: float = _f(3.0, "Side of an example crop in layer cells around the sampled position (about input_size / H * this pixels).")
-    unit_tiles: int = _f(256, "About this many tiles per unit of work (whole tile rows of one zoom level): the resume and sharding granularity.")
-    examples_per_unit: int = _f(256, "Example crops per unit of work.")
-    workers: int = _f(0, "Worker processes per shard (0 = tile in this process); each takes units round robin.")
+    example_levels: int | None = _f(None, "Crop dataset examples for the cells of the finest this many rendered levels (None = every level, 0 = none).", ge=0)
+    example_window: float = _f(3.0, "Side of an example crop in layer cells around the sampled position (about input_size / H * this pixels).", gt=0)
+    unit_tiles: int = _f(256, "About this many tiles per unit of work (whole tile rows of one zoom level): the resume and sharding granularity.", ge=1)
+    examples_per_unit: int = _f(256, "Example crops per unit of work.", ge=1)
+    workers: int = _f(0, "Worker processes per shard (0 = tile in this process); each takes units round robin.", ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> TileConfig:
+        if self.overlap >= self.tile_size:
+            raise _Invalid(f"must be less than tile.tile_size ({self.tile_size}), got {self.overlap}", "overlap")
+        return self
 
 
-@dataclass
-class JobqueueConfig:
-    jobs: int = _f(0, "dask engine on SLURM without a scheduler: start this many `dask_jobqueue.SLURMCluster` jobs (0 = off; needs `pip install dask-jobqueue`).")
-    cores: int = _f(8, "Cores per SLURMCluster job.")
-    memory: str = _f("32GB", "Memory per SLURMCluster job.")
-    processes: int = _f(1, "dask worker processes per SLURMCluster job.")
-    walltime: str = _f("04:00:00", "Walltime per SLURMCluster job.")
+class JobqueueConfig(_Section):
+    jobs: int = _f(0, "dask engine on SLURM without a scheduler: start this many `dask_jobqueue.SLURMCluster` jobs (0 = off; needs `pip install dask-jobqueue`).", ge=0)
+    cores: int = _f(8, "Cores per SLURMCluster job.", ge=1)
+    memory: DaskMem = _f("32GB", "Memory per SLURMCluster job.")
+    processes: int = _f(1, "dask worker processes per SLURMCluster job.", ge=1)
+    walltime: SlurmTime = _f("04:00:00", "Walltime per SLURMCluster job.")
     queue: str | None = _f(None, "SLURM partition of the SLURMCluster jobs (None = the cluster's default).")
     account: str | None = _f(None, "SLURM account of the SLURMCluster jobs.")
-    gpus: int = _f(0, "GPUs per SLURMCluster job (`--gres=gpu:N`).")
-    job_extra_directives: list[str] = _f([], "Extra `#SBATCH` options for the SLURMCluster jobs, e.g. [\"--constraint=a100\"].")
+    gpus: int = _f(0, "GPUs per SLURMCluster job (`--gres=gpu:N`).", ge=0)
+    job_extra_directives: Annotated[list[str], _sbatch_options(spaces=True)] = _f([], "Extra `#SBATCH` options for the SLURMCluster jobs, e.g. [\"--constraint=a100\"].")
 
 
-@dataclass
-class SlurmStageConfig:
-    tasks: int = _f(1, "Array tasks (1 = a single job). Any number works: units are split round robin over the tasks.")
-    time: str = _f("04:00:00", "Walltime (`--time`). A task killed at its walltime loses only its unfinished units: resubmit to resume.")
-    cpus: int = _f(8, "CPUs per task (`--cpus-per-task`).")
-    mem: str = _f("32G", "Memory per task (`--mem`).")
-    gpus: int = _f(0, "GPUs per task (`--gres=gpu:N`).")
+class SlurmStageConfig(_Section):
+    tasks: int | None = _f(None, "Array tasks (1 = a single job; None = the stage's default). Any number works: units are split round robin over the tasks.", ge=1)
+    time: SlurmTime | None = _f(None, "Walltime (`--time`; None = the stage's default). A task killed at its walltime loses only its unfinished units: resubmit to resume.")
+    cpus: int | None = _f(None, "CPUs per task (`--cpus-per-task`; None = the stage's default).", ge=1)
+    mem: SlurmMem | None = _f(None, "Memory per task (`--mem`; None = the stage's default).")
+    gpus: int | None = _f(None, "GPUs per task (`--gres=gpu:N`; None = the stage's default).", ge=0)
 
 
-def _slurm_stage(tasks: int, time: str, cpus: int, mem: str, gpus: int, help: str) -> Any:
-    return field(default_factory=lambda: SlurmStageConfig(tasks, time, cpus, mem, gpus), metadata={"help": help})
-
-
-@dataclass
-class SlurmConfig:
+class SlurmConfig(_Section):
     partition: str | None = _f(None, "`--partition` of every job (None = the cluster's default).")
     account: str | None = _f(None, "`--account` of every job.")
-    max_parallel: int | None = _f(None, "At most this many array tasks run at once (`--array=0-N%M`).")
-    extra: list[str] = _f([], "Extra sbatch options for every job, one option per item without spaces, e.g. [\"--qos=long\"].")
-    collect: SlurmStageConfig = _slurm_stage(16, "04:00:00", 8, "32G", 1, "collect: an array, one GPU per task.")
-    reduce: SlurmStageConfig = _slurm_stage(1, "04:00:00", 16, "64G", 0, "reduce: one CPU job (faiss + UMAP).")
-    grid: SlurmStageConfig = _slurm_stage(1, "02:00:00", 8, "32G", 0, "grid: one job; its chunks run on a LocalCluster of `grid.dask_workers` processes inside it.")
-    render: SlurmStageConfig = _slurm_stage(16, "08:00:00", 8, "32G", 1, "render: an array, one GPU per task.")
-    tile: SlurmStageConfig = _slurm_stage(4, "02:00:00", 4, "16G", 0, "tile: an array of CPU tasks.")
+    max_parallel: int | None = _f(None, "At most this many array tasks run at once (`--array=0-N%M`).", ge=1)
+    extra: Annotated[list[str], _sbatch_options(spaces=False)] = _f([], "Extra sbatch options for every job, one option per item without spaces, e.g. [\"--qos=long\"].")
+    stages: dict[str, SlurmStageConfig] = _f({}, "sbatch resources per stage, keyed by stage name; keys not given keep the stage's defaults.")
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: dict[str, SlurmStageConfig]) -> dict[str, SlurmStageConfig]:
+        from .stages import STAGES  # here: atlas.stages imports this module
+
+        unknown = [name for name in stages if name not in STAGES]
+        if unknown:
+            raise _Invalid(f"is not a stage; stages are {', '.join(STAGES)}", unknown[0])
+        return stages
 
 
-@dataclass
-class ClusterConfig:
-    engine: str = _f("local", "How `atlas run` and the stage commands execute units: `local` (in this process) or `dask` (shards as tasks on a dask cluster: `scheduler`, else a SLURMCluster when `jobqueue.jobs` > 0, else a LocalCluster of `workers` processes). SLURM arrays use `--shard slurm` instead (scripts/slurm).",
-                     choices=("local", "dask"))
+class ClusterConfig(_Section):
+    engine: Literal["local", "dask"] = _f("local", "How `atlas run` and the stage commands execute units: `local` (in this process) or `dask` (shards as tasks on a dask cluster: `scheduler`, else a SLURMCluster when `jobqueue.jobs` > 0, else a LocalCluster of `workers` processes). SLURM arrays use `--shard slurm` instead (scripts/slurm).")
     scheduler: str | None = _f(None, "dask scheduler address, e.g. tcp://10.0.0.1:8786 (engine `dask`).")
-    workers: int = _f(2, "LocalCluster worker processes (engine `dask` without `scheduler` or `jobqueue`).")
-    tasks: int | None = _f(None, "Tasks a sharded stage (collect, render, tile) is split into on dask; None = 2 per worker.")
-    retries: int = _f(2, "dask retries of a failed task, and extra rounds for units left undone (a killed worker's units are rescheduled by dask itself).")
-    jobqueue: JobqueueConfig = field(default_factory=JobqueueConfig, metadata={"help": "dask_jobqueue.SLURMCluster."})
-    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "sbatch resources per stage (scripts/slurm/submit.sh)."})
+    workers: int = _f(2, "LocalCluster worker processes (engine `dask` without `scheduler` or `jobqueue`).", ge=1)
+    tasks: int | None = _f(None, "Tasks a sharded stage (collect, render, tile) is split into on dask; None = 2 per worker.", ge=1)
+    retries: int = _f(2, "dask retries of a failed task, and extra rounds for units left undone (a killed worker's units are rescheduled by dask itself).", ge=0)
+    jobqueue: JobqueueConfig = _section(JobqueueConfig, "dask_jobqueue.SLURMCluster.")
+    slurm: SlurmConfig = _section(SlurmConfig, "sbatch resources (scripts/slurm/submit.sh).")
 
 
-@dataclass
-class Config:
-    run_dir: str = _f("runs/demo", "Run directory; every stage reads and writes under it.")
-    seed: int = _f(0, "Run seed: fixes sampled positions, layout, render noise.")
-    images: ImagesConfig = field(default_factory=ImagesConfig, metadata={"help": "Image source."})
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Network and layer."})
-    collect: CollectConfig = field(default_factory=CollectConfig, metadata={"help": "Stage 1: activations."})
-    reduce: ReduceConfig = field(default_factory=ReduceConfig, metadata={"help": "Stage 2: UMAP layout."})
-    grid: GridConfig = field(default_factory=GridConfig, metadata={"help": "Stage 3: multi-level grid."})
-    render: RenderConfig = field(default_factory=RenderConfig, metadata={"help": "Stage 4: icons."})
-    tile: TileConfig = field(default_factory=TileConfig, metadata={"help": "Stage 5: Deep Zoom tiles."})
-    cluster: ClusterConfig = field(default_factory=ClusterConfig, metadata={"help": "Execution: in-process, dask, SLURM."})
+class Config(_Section):
+    run_dir: Annotated[str, _non_empty("a folder such as runs/demo")] = _f("runs/demo", "Run directory; every stage reads and writes under it.")
+    seed: int = _f(0, "Run seed: fixes sampled positions, layout, render noise.", ge=0)
+    images: ImagesConfig = _section(ImagesConfig, "Image source.")
+    model: ModelConfig = _section(ModelConfig, "Network and layer.")
+    collect: CollectConfig = _section(CollectConfig, "Stage 1: activations.")
+    reduce: ReduceConfig = _section(ReduceConfig, "Stage 2: UMAP layout.")
+    grid: GridConfig = _section(GridConfig, "Stage 3: multi-level grid.")
+    render: RenderConfig = _section(RenderConfig, "Stage 4: icons.")
+    tile: TileConfig = _section(TileConfig, "Stage 5: Deep Zoom tiles.")
+    cluster: ClusterConfig = _section(ClusterConfig, "Execution: in-process, dask, SLURM.")
 
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir)
 
+    @model_validator(mode="after")
+    def _demo_kind_needs_the_demo_path(self) -> Config:
+        if self.images.kind == "demo" and self.images.path != "demo":
+            raise _Invalid(f"is `demo` but images.path is {self.images.path!r}: "
+                           "set images.kind=auto (or the kind of that path) to use those images", "images.kind")
+        return self
 
-# --------------------------------------------------------------------------- typing
+    @model_validator(mode="after")
+    def _render_levels_are_grid_levels(self) -> Config:
+        bad = [s for s in self.render.levels or [] if s not in self.grid.sizes]
+        if bad:
+            raise _Invalid(f"must be some of grid.sizes {self.grid.sizes} (or null for all); {bad} are not grid levels", "render.levels")
+        return self
+
+
+# --------------------------------------------------------------------------- errors
 
 
 def _is_section(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _check_value(key: str, tp: Any, value: Any, choices: tuple | None) -> Any:
-    """Coerce/validate ``value`` against annotation ``tp``; raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(key, inner[0], value, choices)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key `{key}` must be a list, got {value!r}")
-        return [_check_value(f"{key}[{i}]", args[0], v, None) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key `{key}` must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key `{key}` must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key `{key}` must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"config key `{key}` must be a string, got {value!r}")
-        value = str(value)
-        if choices and value not in choices:
-            raise ConfigError(f"config key `{key}` must be one of {', '.join(choices)}; got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # pragma: no cover - schema bug
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str, base: Any = None) -> Any:
-    """An instance of ``cls`` from ``data``; keys not given keep ``base``'s values (default: ``cls()``)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    base = cls() if base is None else base
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise ConfigError(
-            f"unknown config key `{prefix}{unknown[0]}`; allowed keys in {where}: {', '.join(fields)}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if _is_section(tp):
-            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.", getattr(base, name))
+def _unwrap(tp: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` -> X."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
         else:
-            kwargs[name] = _check_value(f"{prefix}{name}", tp, value, fields[name].metadata.get("choices"))
-    return dataclasses.replace(base, **kwargs)
+            return tp
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+def _type_at(parts: list[str | int]) -> Any:
+    """The schema type at a key path (None when the path leaves the schema)."""
+    tp: Any = Config
+    for part in parts:
+        tp = _unwrap(tp)
+        if _is_section(tp) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        elif typing.get_origin(tp) in (dict, list):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return None
+    return _unwrap(tp)
+
+
+def _dotted(parts: list[str | int]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _num(x: Any) -> Any:
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+_KINDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
+          "list_type": "a list", "dict_type": "a mapping"}
+
+
+def _error_text(err: Mapping[str, Any], parts: list[str | int]) -> tuple[list[str | int], str]:
+    """(key path, text after the key) for one pydantic error."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind in _BOUNDS:
+        op, name = _BOUNDS[kind]
+        return parts, f"must be {op} {_num(ctx[name])}, got {value!r}"
+    if kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return parts, f"must be a string, got {value!r}: quote it in YAML ('{value}')"
+    if kind in _KINDS:
+        return parts, f"must be {_KINDS[kind]}, got {value!r}"
+    if kind == "literal_error":
+        choices = typing.get_args(_type_at(parts))
+        return parts, f"must be one of {', '.join(map(str, choices))}; got {value!r}"
+    if kind in ("too_short", "too_long"):
+        n = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return parts, f"must have {'at least' if kind == 'too_short' else 'at most'} {n} items, got {value!r}"
+    if kind == "value_error" and isinstance(ctx.get("error"), _Invalid):
+        e = ctx["error"]
+        return parts + [p for p in e.key.split(".") if p], str(e)
+    return parts, f"is invalid: {err['msg']}; got {value!r}"
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    parts: list[str | int] = list(err["loc"])
+    if err["type"] == "extra_forbidden":
+        section = _type_at(parts[:-1])
+        where = _dotted(parts[:-1]) or "the top level"
+        return f"unknown config key `{_dotted(parts)}`; allowed keys in {where}: {', '.join(section.model_fields)}"
+    if err["type"] == "model_type":
+        where = f"config section `{_dotted(parts)}`" if parts else "the config"
+        return f"{where} must be a mapping of keys to values, got {err.get('input')!r}"
+    parts, text = _error_text(err, parts)
+    return f"config key `{_dotted(parts)}` {text}"
+
+
+def _config_error(e: ValidationError) -> ConfigError:
+    """The first error of ``e`` as one line naming its key."""
+    return ConfigError(_message(e.errors()[0]))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value (e.g. images.path=/data/imgs), got {item!r}")
     key, raw = item.split("=", 1)
@@ -317,20 +424,28 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = raw
     if isinstance(value, dict):  # "a: b" in a value is a string, not a mapping
         value = raw
-    return key.strip().split("."), value
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """``data[a][b][c] = value`` for ``key`` "a.b.c", creating the sections on the way."""
+    *path, last = key.split(".")
+    node = data
+    for part in path:
+        if node.get(part) is None:  # new, or `images:` with nothing under it
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: `{part}` is not a section")
+    node[last] = value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw dict."""
     data = json.loads(json.dumps(data))
     for item in overrides:
-        path, value = _parse_override(item)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item}: `{part}` is not a section")
-        node[path[-1]] = value
+        key, value = _parse_override(item)
+        _set_dotted(data, key, value, f"--set {item}")
     return data
 
 
@@ -363,90 +478,71 @@ def expand_env(data: Any, key: str = "") -> Any:
     return _ENV_REF.sub(sub, data)
 
 
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass a YAML file such as pipelines/demo.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if isinstance(data, dict):
+        data.pop("provenance", None)  # RUN/config.yaml: the resolved config plus provenance, loads again
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass a YAML file such as pipelines/demo.yaml")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate.
+
+    A run's ``RUN/config.yaml`` loads too (its ``provenance`` block is left out), so
+    ``atlas run RUN/config.yaml`` resumes that run with the settings it was started with.
+    """
+    data = _read_yaml(path) if path is not None else {}
     return config_from_dict(expand_env(apply_overrides(data, overrides or [])))
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a Config from a plain mapping (unknown keys and bad values are errors)."""
-    cfg = _build(Config, data, "")
-    _validate(cfg)
-    return cfg
+def config_from_dict(data: Any) -> Config:
+    """Build and validate a Config from a plain mapping (unknown keys and bad values are ConfigErrors)."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise _config_error(e) from None
 
 
-def _validate(cfg: Config) -> None:
-    if cfg.model.weights == "":  # `${WEIGHTS:-}` in a config: not set, use the bundled or cached weights
-        cfg.model.weights = None
-    positive = {
-        "collect.chunk_rows": cfg.collect.chunk_rows,
-        "collect.batch_size": cfg.collect.batch_size,
-        "collect.top_k": cfg.collect.top_k,
-        "images.demo_count": cfg.images.demo_count,
-        "images.demo_size": cfg.images.demo_size,
-        "render.icon_size": cfg.render.icon_size,
-        "render.steps": cfg.render.steps,
-        "render.batch_size": cfg.render.batch_size,
-        "render.restarts": cfg.render.restarts,
-        "tile.tile_size": cfg.tile.tile_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key `{key}` must be positive, got {value}")
-    if cfg.collect.workers < 0 or cfg.collect.border < 0:
-        raise ConfigError("config keys `collect.workers` and `collect.border` must be >= 0")
-    if cfg.images.limit is not None and cfg.images.limit <= 0:
-        raise ConfigError(f"config key `images.limit` must be positive or null, got {cfg.images.limit}")
-    if cfg.images.kind == "demo" and cfg.images.path != "demo":
-        raise ConfigError(f"config key `images.kind` is `demo` but images.path is {cfg.images.path!r}: "
-                          "set images.kind=auto (or the kind of that path) to use those images")
-    check_grid_sizes(cfg.grid.sizes)
-    _validate_cluster(cfg.cluster)
+def with_updates(cfg: Config, updates: Mapping[str, Any]) -> Config:
+    """A new Config: ``cfg`` with the dotted keys of ``updates`` replaced (validated), e.g.
+    ``with_updates(cfg, {"grid.scheduler": address})``."""
+    data = config_to_dict(cfg)
+    for key, value in updates.items():
+        _set_dotted(data, key, value, f"config key `{key}`")
+    return config_from_dict(data)
 
 
-def _validate_cluster(cc: ClusterConfig) -> None:
-    at_least = {"cluster.workers": (cc.workers, 1), "cluster.retries": (cc.retries, 0),
-                "cluster.tasks": (cc.tasks if cc.tasks is not None else 1, 1),
-                "cluster.slurm.max_parallel": (cc.slurm.max_parallel if cc.slurm.max_parallel is not None else 1, 1),
-                "cluster.jobqueue.jobs": (cc.jobqueue.jobs, 0), "cluster.jobqueue.cores": (cc.jobqueue.cores, 1),
-                "cluster.jobqueue.processes": (cc.jobqueue.processes, 1), "cluster.jobqueue.gpus": (cc.jobqueue.gpus, 0)}
-    for stage in ("collect", "reduce", "grid", "render", "tile"):
-        st = getattr(cc.slurm, stage)
-        at_least |= {f"cluster.slurm.{stage}.tasks": (st.tasks, 1), f"cluster.slurm.{stage}.cpus": (st.cpus, 1),
-                     f"cluster.slurm.{stage}.gpus": (st.gpus, 0)}
-    for key, (value, low) in at_least.items():
-        if value < low:
-            raise ConfigError(f"config key `{key}` must be >= {low}, got {value}")
-    for stage in ("reduce", "grid"):
-        if getattr(cc.slurm, stage).tasks != 1:
-            raise ConfigError(f"config key `cluster.slurm.{stage}.tasks` must be 1: {stage} runs as one job")
-    for key, opts in (("cluster.slurm.extra", cc.slurm.extra), ("cluster.jobqueue.job_extra_directives", cc.jobqueue.job_extra_directives)):
-        bad = [o for o in opts if not o.startswith("-") or (key == "cluster.slurm.extra" and any(c.isspace() for c in o))]
-        if bad:
-            raise ConfigError(f"config key `{key}` holds sbatch options such as --qos=long (one per item, no spaces); got {bad[0]!r}")
+def slurm_stage_resources(cfg: Config, stage: str, defaults: Mapping[str, Any], *, single: bool = False) -> dict[str, Any]:
+    """``defaults`` (tasks, time, cpus, mem, gpus) with the values ``cluster.slurm.stages.<stage>`` sets.
 
-
-def check_grid_sizes(sizes: list[int]) -> None:
-    """Grid sizes must be increasing powers of two, each double the previous (aligned levels)."""
-    if not sizes or any(s <= 0 or s & (s - 1) for s in sizes) or any(b != 2 * a for a, b in zip(sizes, sizes[1:])):
-        raise ConfigError(f"config key `grid.sizes` must be increasing powers of two, each double the previous (e.g. [8, 16, 32]); got {sizes}")
+    ``single``: the stage runs as one job, so a configured ``tasks`` other than 1 is an error.
+    """
+    given = cfg.cluster.slurm.stages.get(stage)
+    out = dict(defaults)
+    if given is not None:
+        out |= {k: v for k, v in given.model_dump().items() if v is not None}
+    if single and out.get("tasks", 1) != 1:
+        raise ConfigError(f"config key `cluster.slurm.stages.{stage}.tasks` must be 1: {stage} runs as one job, "
+                          f"got {out['tasks']}")
+    return out
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain YAML/JSON types."""
+    return cfg.model_dump(mode="json")
 
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- provenance
 
 
 def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
@@ -459,8 +555,9 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
 
 def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Versions of the stack and the machine, for the run directory's config.yaml."""
-    pkgs = {}
-    for name in ("atlas", "torch", "torchvision", "timm", "numpy", "zarr", "umap-learn", "faiss-cpu", "dask", "pillow"):
+    pkgs: dict[str, str | None] = {}
+    for name in ("atlas", "torch", "torchvision", "timm", "numpy", "zarr", "umap-learn", "faiss-cpu", "dask", "pillow",
+                 "pydantic"):
         try:
             pkgs[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -470,18 +567,50 @@ def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-def schema_rows(cls: type = Config, prefix: str = "", inst: Any = None) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every leaf key, in schema order."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    inst = cls() if inst is None else inst
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
+# --------------------------------------------------------------------------- docs
+
+
+_OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _bounds_text(metadata: list[Any]) -> str:
+    """`` >= 0, < 50`` for the bounds in a field's metadata."""
+    bounds = [f"{op} {_num(getattr(m, k))}" for m in metadata for k, op in _OPS.items() if hasattr(m, k)]
+    return " " + ", ".join(bounds) if bounds else ""
+
+
+def _type_name(tp: Any, metadata: list[Any] | None = None) -> str:
+    metadata = [x for m in metadata or [] for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return _type_name(args[0], [*metadata, *args[1:]])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a, metadata) if a is not type(None) else "None" for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    return getattr(tp, "__name__", str(tp)) + _bounds_text(metadata)
+
+
+def _field_type(info: FieldInfo) -> str:
+    return _type_name(info.annotation, list(info.metadata))
+
+
+def schema_rows(cls: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf key, in schema order.
+
+    The per-stage SLURM keys appear once, as ``cluster.slurm.stages.<stage>.<key>``."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, info in cls.model_fields.items():
+        tp = _unwrap(info.annotation)
         if _is_section(tp):
-            rows.extend(schema_rows(tp, f"{prefix}{f.name}.", getattr(inst, f.name)))
-            continue
-        tname = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        rows.append((f"{prefix}{f.name}", tname, json.dumps(getattr(inst, f.name)), f.metadata.get("help", "")))
+            rows += schema_rows(tp, f"{prefix}{name}.")
+        elif typing.get_origin(tp) is dict and _is_section(typing.get_args(tp)[1]):
+            rows += schema_rows(typing.get_args(tp)[1], f"{prefix}{name}.<stage>.")
+        else:
+            default = info.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", _field_type(info), json.dumps(default), info.description or ""))
     return rows
 
 
@@ -491,6 +620,11 @@ def _markdown() -> str:
         "",
         "Generated from the schema in `atlas/config.py` by `python -m atlas.config > docs/configuration.md`.",
         "Every key can be set in the YAML file or on the command line with `--set key=value`.",
+        "Values are checked when the config is loaded: an unknown key, a value of the wrong type",
+        "(`\"3\"` is not a number, `\"true\"` is not a boolean) or out of its range is an error naming the key.",
+        "`${VAR}` and `${VAR:-default}` in a value are replaced from the environment.",
+        "`cluster.slurm.stages.<stage>` takes a stage name (`collect`, `reduce`, ...); a key left out",
+        "(or null) keeps that stage's own default.",
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",

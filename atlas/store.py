@@ -31,16 +31,17 @@ import numpy as np
 import zarr
 
 __all__ = [
+    "WRITE_ERRNOS",
+    "DurableWriter",
     "RunDir",
     "StoreError",
+    "atomic_save_npz",
     "atomic_write_bytes",
     "atomic_write_text",
-    "atomic_save_npz",
     "close_inherited_leases",
     "explain_oserror",
     "fingerprint",
     "read_rows",
-    "WRITE_ERRNOS",
 ]
 
 _HELD_LEASES: set[int] = set()  # fds of the leases this process holds
@@ -87,17 +88,26 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
-    path = Path(path)
+def _write_then_rename(path: Path, data: bytes, *, tmp: Path | None, fsync: bool, mkdir: bool = True) -> None:
+    """The one way a file is written: ``data`` to a temporary file in ``path``'s folder, then
+    renamed over ``path``, so a reader or a kill sees the old file or the new one, never half of
+    one. ``tmp`` is a fixed temporary name (a redo after a kill reuses it) or None for a fresh
+    unique one; ``fsync`` flushes the file before the rename. The temporary file is removed when
+    the write fails, and an OSError becomes the one-line :class:`StoreError` naming ``path``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if mkdir:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp is None:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp = Path(name)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -105,6 +115,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             raise
     except OSError as e:
         raise explain_oserror(path, e) from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder (fsynced), then rename."""
+    _write_then_rename(Path(path), data, tmp=None, fsync=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -117,6 +132,56 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _syncfs(path: Path) -> bool:
+    """Linux ``syncfs`` of the filesystem holding ``path`` (one call flushes a whole batch of
+    files; per-file fsync costs milliseconds each). False where unavailable."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fn(fd) == 0
+    finally:
+        os.close(fd)
+
+
+class DurableWriter:
+    """A batch of files, each written under a temporary name then renamed (a kill never leaves
+    half a file); :meth:`sync` makes the batch durable (one ``syncfs``, else an fsync of each
+    file and folder), e.g. before a unit's done marker is written.
+
+    Cheaper than :func:`atomic_write_bytes` per file (no fsync each); the temporary name is
+    fixed per file (``.<name>.tmp``), so a unit redone after a kill reuses it. Not for files
+    that two processes may write at once.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []   # written since the last sync
+        self.dirs: set[Path] = set()  # their folders (created)
+
+    def put(self, path: str | Path, data: bytes) -> None:
+        """Write ``data`` to ``path`` (its folder created); durable after :meth:`sync`."""
+        path = Path(path)
+        _write_then_rename(path, data, tmp=path.with_name(f".{path.name}.tmp"), fsync=False,
+                           mkdir=path.parent not in self.dirs)
+        self.dirs.add(path.parent)
+        self.paths.append(path)
+
+    def sync(self) -> None:
+        """Make every file written since the last sync durable, with their folder entries."""
+        if self.paths and not _syncfs(self.paths[0].parent):
+            for p in self.paths + sorted(self.dirs):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self.paths, self.dirs = [], set()
 
 
 def read_rows(arr: zarr.Array, rows: np.ndarray, chunk_rows: int) -> np.ndarray:

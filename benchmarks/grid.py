@@ -56,13 +56,12 @@ def _tree_rss_sampler(stop: threading.Event, peak: dict[str, float]) -> None:
 
 
 def worker(root: Path, workers: int, sizes: list[int]) -> dict[str, Any]:
-    from atlas.config import Config
+    from atlas.config import config_from_dict
     from atlas.stages import grid
 
     shutil.rmtree(root / "grid", ignore_errors=True)
     shutil.rmtree(root / "state" / "grid", ignore_errors=True)
-    cfg = Config(run_dir=str(root))
-    cfg.grid.sizes, cfg.grid.dask_workers = sizes, workers
+    cfg = config_from_dict({"run_dir": str(root), "grid": {"sizes": sizes, "dask_workers": workers}})
     stop, peak = threading.Event(), {}
     th = threading.Thread(target=_tree_rss_sampler, args=(stop, peak), daemon=True)
     th.start()

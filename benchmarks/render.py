@@ -22,7 +22,6 @@ to its target), so a speed-up that costs quality would show. Results go to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import time
@@ -104,13 +103,13 @@ def main() -> None:
     settings = RenderConfig(icon_size=args.size, steps=args.steps, restarts=1)
     batch = args.batch or min(args.count, 100)
     targets = _targets(net, args.layer, max(args.count, args.single_count), device)
-    render_icons(acts, targets[:2], dataclasses.replace(settings, steps=2), generator=torch.Generator().manual_seed(0))
+    render_icons(acts, targets[:2], settings.model_copy(update={"steps": 2}), generator=torch.Generator().manual_seed(0))
     single = _mode(acts, targets[:args.single_count], settings, 1, 1000)
     batched = _mode(acts, targets[:args.count], settings, batch, 0)
     result = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "layer": args.layer, "layer_shape": list(acts.shape), "icon_size": args.size,
-        "steps": args.steps, "bn_folded": acts.folded, "autocast_bf16": acts.autocast, "settings": dataclasses.asdict(settings),
+        "steps": args.steps, "bn_folded": acts.folded, "autocast_bf16": acts.autocast, "settings": settings.model_dump(),
         "one_at_a_time": single, "batched": batched, "speedup": batched["icons_per_s"] / single["icons_per_s"],
     }
     if device.type == "cuda":

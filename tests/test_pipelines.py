@@ -3,6 +3,7 @@ paths are templated from the environment, and its model's layer exists in the re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import yaml
 from atlas.cluster import sbatch_options
 from atlas.config import ConfigError, ModelConfig, load_config, schema_rows
 from atlas.models import list_layers, load_network
+from atlas.stages import STAGES
 from tests.conftest import ROOT
 
 PIPELINES = ROOT / "pipelines"
@@ -22,11 +24,12 @@ ENV = {"IMAGENET_DIR": "/data/imagenet", "GOOGLENET_WEIGHTS": "/models/googlenet
 
 
 def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    """Dotted leaf keys; the per-stage SLURM keys as the schema documents them (``<stage>``)."""
     out = []
     for k, v in data.items():
         sub = f"{prefix}{k}"
         out += _leaf_keys(v, sub + ".") if isinstance(v, dict) else [sub]
-    return out
+    return [re.sub(r"^cluster\.slurm\.stages\.[^.]+\.", "cluster.slurm.stages.<stage>.", k) for k in out]
 
 
 def test_the_documented_configs_are_there() -> None:
@@ -43,7 +46,8 @@ def test_config_loads_and_every_key_is_known(name: str, monkeypatch: pytest.Monk
     assert [k for k in _leaf_keys(raw) if k not in known] == []
     cfg = load_config(PIPELINES / name)
     assert cfg.run_dir == f"runs/{Path(name).stem}"
-    for stage in ("collect", "reduce", "grid", "render", "tile"):
+    assert set(cfg.cluster.slurm.stages) <= set(STAGES)
+    for stage in STAGES:
         assert sbatch_options(cfg, stage)[0] == f"--job-name=atlas-{stage}"
 
 
@@ -58,6 +62,15 @@ def test_machine_paths_are_templated(name: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ATLAS_RUNS", "/scratch/me")
     cfg = load_config(PIPELINES / name, ["images.path=/elsewhere"])
     assert cfg.run_dir.startswith("/scratch/me/") and cfg.images.path == "/elsewhere"
+
+
+def test_per_stage_slurm_resources_are_keyed_by_stage_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_config(PIPELINES / "imagenet-googlenet-mixed4c.yaml")
+    collect = cfg.cluster.slurm.stages["collect"]
+    assert (collect.tasks, collect.cpus, collect.mem, collect.gpus) == (32, 10, "48G", 1)
+    assert "--array=0-31" in sbatch_options(cfg, "collect") and "--mem=128G" in sbatch_options(cfg, "reduce")
 
 
 def test_the_distill_setting() -> None:

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from atlas.store import RunDir, StoreError, explain_oserror, atomic_save_npz, atomic_write_text
+import atlas.store
+from atlas.store import (DurableWriter, RunDir, StoreError, atomic_save_npz, atomic_write_bytes, atomic_write_text,
+                         explain_oserror)
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -70,3 +72,68 @@ def test_write_under_a_file_is_a_clear_error(tmp_path):
 def test_open_missing_group_says_which_stage_to_run(tmp_path):
     with pytest.raises(StoreError, match="atlas grid"):
         RunDir(tmp_path).open_group("grid")
+
+
+# --------------------------------------------------------------------------- DurableWriter
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_durable_writer_put_and_sync_write_the_bytes(tmp_path, monkeypatch, syncfs):
+    if not syncfs:  # where syncfs is unavailable every file and folder is fsynced
+        monkeypatch.setattr(atlas.store, "_syncfs", lambda path: False)
+    w = DurableWriter()
+    w.put(tmp_path / "a" / "x.bin", b"\x00\x01abc")
+    w.put(tmp_path / "a" / "b" / "y.txt", b"hello")
+    w.sync()
+    assert (tmp_path / "a" / "x.bin").read_bytes() == b"\x00\x01abc"
+    assert (tmp_path / "a" / "b" / "y.txt").read_bytes() == b"hello"
+    assert w.paths == [] and w.dirs == set()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "x.bin", "y.txt"]  # no temporary files
+
+
+def test_durable_writer_replaces_an_existing_file_whole(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"a much longer old content")
+    with open(path, "rb") as old:  # a reader of the old file keeps reading the old file
+        w = DurableWriter()
+        w.put(path, b"new")
+        w.sync()
+        assert old.read() == b"a much longer old content"
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_durable_writer_under_a_file_is_a_one_line_error_naming_the_path(tmp_path):
+    (tmp_path / "f").write_text("")
+    target = tmp_path / "f" / "x.jpg"  # a file where a folder is expected (a read-only folder does not stop root)
+    with pytest.raises(StoreError, match="cannot write") as e:
+        DurableWriter().put(target, b"y")
+    assert str(target) in str(e.value) and "\n" not in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+@pytest.mark.parametrize("write", [lambda p, d: DurableWriter().put(p, d), atomic_write_bytes],
+                         ids=["DurableWriter", "atomic_write_bytes"])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch, write):
+    path = tmp_path / "out" / "x.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"old")
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atlas.store.os, "replace", disk_full)
+    with pytest.raises(StoreError, match="disk full") as e:
+        write(path, b"new")
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in path.parent.iterdir()] == ["x.txt"]
+
+
+def test_durable_writer_reuses_a_temporary_file_left_by_a_kill(tmp_path):
+    (tmp_path / ".x.txt.tmp").write_bytes(b"half a fi")  # what a kill -9 mid-write leaves
+    w = DurableWriter()
+    w.put(tmp_path / "x.txt", b"whole")
+    w.sync()
+    assert (tmp_path / "x.txt").read_bytes() == b"whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]

@@ -17,10 +17,7 @@ def stage_resources(cfg: Config, stage: str) -> dict[str, object]:
     """tasks, time, cpus, mem, gpus of ``stage``: ``cluster.slurm.stages.<stage>`` over the stage's defaults."""
     st = get_stage(stage)
     defaults = asdict(st.resources) | ({"gpus": max(st.resources.gpus, 1)} if st.wants_gpu else {})
-    res = slurm_stage_resources(cfg, stage, defaults)
-    if st.execution != "shards" and res["tasks"] != 1:
-        raise ValueError(f"config key `cluster.slurm.stages.{stage}.tasks` must be 1: {stage} runs as one job")
-    return res
+    return slurm_stage_resources(cfg, stage, defaults, single=st.execution != "shards")
 
 
 def sbatch_options(cfg: Config, stage: str) -> list[str]:

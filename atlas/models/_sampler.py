@@ -8,13 +8,19 @@ for all classes in one forward-mode pass: the layer's forward hook turns its out
 into a dual tensor ``(h, t)`` and the logits' tangent is the attribution.
 
 Without attribution, the forward pass stops right after the layer (a hook raises),
-so nothing after it runs.
+so nothing after it runs. A network without a classifier samples without attribution
+(and says so once).
+
+Positions are (y, x) on the layer's spatial grid whatever its layout (``nchw``,
+``nhwc``, or ``tokens``, where prefix tokens are never sampled): h above is the
+[B, C, H, W] view of the layer's output (:meth:`LayerSpec.grid_view`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import warnings
 from typing import Any
 
@@ -22,10 +28,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ._fold import fold_verified
-from ._layers import layer_output, layer_shape, logits_of, run_tapped
+from ._layers import LayerSpec, layer_spec, logits_of, raw_layer_output, run_tapped
 from ._network import ModelError, Network
 
 __all__ = ["LayerSampler", "resolve_device", "pin_threads"]
+
+log = logging.getLogger("atlas")
 
 
 def pin_threads(n: int | None) -> int:
@@ -44,12 +52,26 @@ def pin_threads(n: int | None) -> int:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; a CUDA request without CUDA raises ModelError."""
+    """``"auto"`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` as given,
+    when this machine has that device (else ModelError naming what torch sees here)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device `cuda` was requested but torch sees no CUDA device; set model.device=cpu (or auto)")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"device {str(device)!r} is not a device: set model.device to auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelError(f"device `{device}` was requested but torch sees no CUDA device; set model.device=cpu (or auto)")
+        if device.index is not None and device.index >= n:
+            raise ModelError(f"device `{device}` was requested but torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}; "
+                             "set model.device=cuda (or auto)")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ModelError("device `mps` was requested but torch sees no Apple GPU (MPS); set model.device=cpu (or auto)")
+    elif device.type != "cpu":
+        raise ModelError(f"device `{device}` is not supported: set model.device to auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -63,28 +85,26 @@ def _prepare_module(module: torch.nn.Module, device: torch.device, channels_last
     return module.eval()
 
 
-def _gather(h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """h [B, C, H, W], positions long [B, 2] (y, x) -> h[b, :, y_b, x_b] as a new tensor [B, C]."""
-    b = torch.arange(h.shape[0], device=h.device)
-    return h[b, :, positions[:, 0], positions[:, 1]]
-
-
-def _spike(h: torch.Tensor, positions: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Tangent like h [B, C, H, W] (same strides): ``a[b]`` at (y_b, x_b), zero elsewhere."""
-    t = torch.zeros_like(h)
-    b = torch.arange(h.shape[0], device=h.device)
-    t[b, :, positions[:, 0], positions[:, 1]] = a
-    return t
-
-
-def _check_positions(positions: torch.Tensor, out: Any, layer: str) -> None:
-    """positions (CPU) must lie on the layer's H x W grid of this batch's output [B, C, H, W]."""
-    if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        raise ModelError(f"layer `{layer}` does not output a [B, C, H, W] tensor; choose one `atlas layers` lists")
-    h, w = out.shape[-2:]
+def _check_positions(positions: torch.Tensor, out: Any, spec: LayerSpec) -> None:
+    """positions (CPU) must lie on the layer's grid of this batch's output (any layout)."""
+    if not isinstance(out, torch.Tensor) or out.ndim != len(spec.output) + 1:
+        raise ModelError(f"layer `{spec.name}` does not output the tensor it did when probed; choose one `atlas layers` lists")
+    h, w = spec.grid_size(out)
     y, x = positions[:, 0], positions[:, 1]
     if bool(((y < 0) | (y >= h) | (x < 0) | (x >= w)).any()):
-        raise ModelError(f"positions must be (y, x) on layer `{layer}`'s {h} x {w} grid, got values outside it: {positions.tolist()}")
+        raise ModelError(f"positions must be (y, x) on layer `{spec.name}`'s {h} x {w} grid, got values outside it: {positions.tolist()}")
+
+
+_told_no_classifier: set[str] = set()
+
+
+def _no_classifier_note(net: Network) -> None:
+    """Say once per process and network that attribution is off because the network has no classifier."""
+    if net.name in _told_no_classifier:
+        return
+    _told_no_classifier.add(net.name)
+    log.warning("model `%s` has no classifier (its output is not class logits): attribution is off, "
+                "the atlas is built from activations alone", net.name)
 
 
 class LayerSampler:
@@ -112,7 +132,11 @@ class LayerSampler:
             raise ModelError(f"top_k must be positive, got {top_k}; set collect.top_k")
         self.net = net
         self.layer = layer
-        self.layer_shape = layer_shape(net, layer)
+        self.spec = layer_spec(net, layer)
+        self.layer_shape: tuple[int, int, int] = self.spec.shape  # type: ignore[assignment]
+        if attribution and not net.has_classifier:
+            _no_classifier_note(net)
+            attribution = False
         self.attribution = attribution
         self.top_k = top_k
         self.device = resolve_device(device)
@@ -158,9 +182,9 @@ class LayerSampler:
 
     def _truncated(self, x: torch.Tensor, pos: torch.Tensor, cpu_positions: torch.Tensor) -> torch.Tensor:
         """Forward up to the layer only; vectors [B, C]."""
-        h = layer_output(self.net, self.layer, x, module=self.module)
-        _check_positions(cpu_positions, h, self.layer)
-        return _gather(h, pos)
+        out = raw_layer_output(self.net, self.layer, x, module=self.module)
+        _check_positions(cpu_positions, out, self.spec)
+        return self.spec.gather(out, pos)
 
     def _attributed(self, x: torch.Tensor, pos: torch.Tensor, cpu_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward-mode pass; vectors [B, C] and attribution [B, num_classes]."""
@@ -169,12 +193,12 @@ class LayerSampler:
         def tap(name: str, out: Any) -> Any:
             if name != self.layer or captured:
                 return None
-            _check_positions(cpu_positions, out, self.layer)
-            a = _gather(out.detach(), pos)
+            _check_positions(cpu_positions, out, self.spec)
+            a = self.spec.gather(out.detach(), pos)
             captured.append(a)
             with warnings.catch_warnings():  # the first make_dual scripts torch's jvp decompositions
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
-                return fwAD.make_dual(out, _spike(out, pos, a))
+                return fwAD.make_dual(out, self.spec.spike(out, pos, a))
 
         with fwAD.dual_level():
             logits = logits_of(run_tapped(self.module, x, tap, [self.layer]))

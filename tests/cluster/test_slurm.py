@@ -103,8 +103,8 @@ def _wait_queue(jobs: list[str], run_dir: Path, timeout: float = 900) -> None:
 
 
 # Resources this single-node test cluster can give: 1 CPU, 2 GB, no GPU per task.
-SMALL = [f"cluster.slurm.{s}.{k}={v}" for s in STAGES for k, v in (("cpus", 1), ("mem", "2G"), ("gpus", 0))] + [
-    f"cluster.slurm.{s}.tasks={n}" for s, n in ARRAY.items()]
+SMALL = [f"cluster.slurm.stages.{s}.{k}={v}" for s in STAGES for k, v in (("cpus", 1), ("mem", "2G"), ("gpus", 0))] + [
+    f"cluster.slurm.stages.{s}.tasks={n}" for s, n in ARRAY.items()]
 
 
 @pytest.mark.slow

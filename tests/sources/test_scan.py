@@ -267,7 +267,7 @@ def test_auto_detection_of_every_kind(tmp_path):
 
 def test_unknown_kind_is_a_source_error():
     with pytest.raises(SourceError, match="images.kind 'zip' is unknown"):
-        scan_source(ImagesConfig(kind="zip"))
+        scan_source(ImagesConfig.model_construct(kind="zip"))  # past the schema: the loader checks too
 
 
 # --------------------------------------------------------------------------- manifest
