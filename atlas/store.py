@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -130,7 +130,7 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -145,7 +145,7 @@ def _syncfs(path: Path) -> bool:
         return False
     fd = os.open(path, os.O_RDONLY)
     try:
-        return fn(fd) == 0
+        return bool(fn(fd) == 0)
     finally:
         os.close(fd)
 
@@ -184,7 +184,7 @@ class DurableWriter:
         self.paths, self.dirs = [], set()
 
 
-def read_rows(arr: zarr.Array, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
+def read_rows(arr: Any, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
     """Rows of a 2-D row-chunked array (e.g. ``collect/activations``), read one chunk at a time:
     sorted int rows [m] -> float32 [m, C]."""
     out = np.empty((rows.size, arr.shape[1]), dtype=np.float32)
@@ -194,7 +194,7 @@ def read_rows(arr: zarr.Array, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
     cuts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
     for a, b in zip(cuts[:-1], cuts[1:]):
         lo = int(chunk_of[a]) * chunk_rows
-        block = arr[lo:min(lo + chunk_rows, arr.shape[0])]
+        block = np.asarray(arr[lo:min(lo + chunk_rows, arr.shape[0])])
         out[a:b] = block[rows[a:b] - lo]
     return out
 
@@ -297,7 +297,7 @@ class RunDir:
         return sorted(out, key=lambda f: str(f.get("time", "")))
 
     # ------------------------------------------------------------------- zarr
-    def open_group(self, stage: str, mode: str = "r") -> zarr.Group:
+    def open_group(self, stage: str, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> zarr.Group:
         path = self.stage_path(stage)
         if mode == "r" and not (path / "zarr.json").exists():
             raise StoreError(f"{path} has no Zarr group: run `atlas {stage}` first")

@@ -48,7 +48,7 @@ def cell_ids(coords: np.ndarray, size: int) -> np.ndarray:
     Values are clipped into [0, 1]; 1.0 lands in the last cell; NaN rows give -1.
     """
     xy = np.asarray(coords, dtype=np.float64)
-    finite = np.isfinite(xy).all(axis=1)
+    finite = np.asarray(np.isfinite(xy).all(axis=1))
     rc = np.floor(np.clip(np.where(finite[:, None], xy, 0.0), 0.0, 1.0) * size).astype(np.int64)
     rc = np.minimum(rc, size - 1)
     ids = rc[:, 1] * size + rc[:, 0]
@@ -114,7 +114,8 @@ def pool2x2(grid: np.ndarray) -> np.ndarray:
     s = grid.shape[0]
     if s % 2 or grid.shape[1] != s:
         raise ValueError(f"pool2x2 needs a square grid of even side, got shape {grid.shape}")
-    return grid[0::2, 0::2] + grid[0::2, 1::2] + grid[1::2, 0::2] + grid[1::2, 1::2]
+    out: np.ndarray = grid[0::2, 0::2] + grid[0::2, 1::2] + grid[1::2, 0::2] + grid[1::2, 1::2]
+    return out
 
 
 def pool_keys(keys: np.ndarray, sums: np.ndarray, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +168,7 @@ def top_per_cell(keys: np.ndarray, values: np.ndarray, n_cells: int, n_classes: 
 def dense_from_keys(keys: np.ndarray, values: np.ndarray, n_cells: int, n_classes: int,
                     dtype: type = np.int64) -> np.ndarray:
     """Sparse (cell, class) values -> dense [n_cells, n_classes] (zeros elsewhere)."""
-    out = np.zeros((n_cells, n_classes), dtype=dtype)
+    out: np.ndarray = np.zeros((n_cells, n_classes), dtype=dtype)
     out[keys // n_classes, keys % n_classes] = values
     return out
 

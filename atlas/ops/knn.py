@@ -12,6 +12,7 @@ input always gives the same neighbours.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import faiss
 import numpy as np
@@ -75,9 +76,8 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 def _to_dists(raw: np.ndarray, metric: str) -> np.ndarray:
     """faiss scores -> metric distances: cosine 1 - ip, euclidean sqrt(L2^2); float32, >= 0."""
-    if metric == "cosine":
-        return np.maximum(1.0 - raw, 0.0).astype(np.float32)
-    return np.sqrt(np.maximum(raw, 0.0)).astype(np.float32)
+    out: np.ndarray = np.maximum(1.0 - raw, 0.0) if metric == "cosine" else np.sqrt(np.maximum(raw, 0.0))
+    return out.astype(np.float32)
 
 
 def exact_search(base: np.ndarray, queries: np.ndarray, k: int,
@@ -143,7 +143,7 @@ class FaissKNN:
         self.method_ = "exact" if n <= self.exact_max else "hnsw"
         self.recall_: float | None = None
         if self.method_ == "exact":
-            self._index = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
+            self._index: Any = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
             self._index.add(self._base)
         else:
             self._index = self._build_hnsw(self._base)

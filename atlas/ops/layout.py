@@ -62,7 +62,8 @@ def fit_pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
 
 def apply_pca(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """Project x: float [n, d] with mean [d], components [p, d] -> float32 [n, p]."""
-    return ((np.asarray(x, dtype=np.float64) - mean) @ components.T).astype(np.float32)
+    out: np.ndarray = (np.asarray(x, dtype=np.float64) - mean) @ components.T
+    return out.astype(np.float32)
 
 
 def fit_umap(x: np.ndarray, knn_indices: np.ndarray, knn_dists: np.ndarray, *, n_neighbors: int,
@@ -98,7 +99,7 @@ def interpolate_positions(indices: np.ndarray, dists: np.ndarray, embedding: np.
     scale[scale <= 0] = 1.0
     w = np.exp(-excess / scale)
     w /= w.sum(axis=1, keepdims=True)
-    pos = np.einsum("qk,qkc->qc", w, embedding[indices].astype(np.float64))
+    pos: np.ndarray = np.einsum("qk,qkc->qc", w, embedding[indices].astype(np.float64))
     return pos.astype(np.float32)
 
 
@@ -109,19 +110,20 @@ def _membership(indices: np.ndarray, dists: np.ndarray, local_connectivity: floa
     d = np.ascontiguousarray(dists, dtype=np.float32)
     sigmas, rhos = smooth_knn_dist(d, float(d.shape[1]), local_connectivity=float(local_connectivity))
     _, _, vals, _ = compute_membership_strengths(indices, d, sigmas, rhos, bipartite=True)
-    return vals.reshape(indices.shape).astype(np.float32)
+    return np.asarray(vals, dtype=np.float32).reshape(indices.shape)
 
 
 def _transform_init(indices: np.ndarray, w: np.ndarray, embedding: np.ndarray) -> np.ndarray:
     """umap's ``init_graph_transform``, vectorised: a point with a strength-1 neighbour starts
     on it; others at the strength-weighted mean; rows without strength on the nearest."""
     q = indices.shape[0]
-    exact = w >= 1.0
+    exact = np.asarray(w >= 1.0)
     first = np.where(exact.any(axis=1), exact.argmax(axis=1), 0)
     total = w.sum(axis=1, keepdims=True, dtype=np.float64)
     mean = np.einsum("qk,qkc->qc", w / np.where(total > 0, total, 1.0), embedding[indices].astype(np.float64))
-    out = np.where(exact.any(axis=1)[:, None] | (total == 0), embedding[indices[np.arange(q), first]], mean)
-    return out.astype(np.float32)
+    keep = np.asarray(exact.any(axis=1))[:, None] | (total == 0)
+    out = np.asarray(np.where(keep, embedding[indices[np.arange(q), first]], mean), dtype=np.float32)
+    return out
 
 
 def umap_transform(indices: np.ndarray, dists: np.ndarray, embedding: np.ndarray, *, min_dist: float,
@@ -148,12 +150,12 @@ def umap_transform(indices: np.ndarray, dists: np.ndarray, embedding: np.ndarray
     graph.data[graph.data < graph.data.max() / float(epochs)] = 0.0
     graph.eliminate_zeros()
     rng_state = np.random.RandomState(random_state).randint(_INT32_MIN, _INT32_MAX, 3).astype(np.int64)
-    return optimize_layout_euclidean(
+    return np.asarray(optimize_layout_euclidean(
         init, embedding.astype(np.float32, copy=True), graph.row, graph.col, epochs, m,
         make_epochs_per_sample(graph.data, epochs), a, b, rng_state,
         umap_kw.get("repulsion_strength", 1.0), umap_kw.get("learning_rate", 1.0) / 4.0,
         umap_kw.get("negative_sample_rate", 5), False,
-    ).astype(np.float32)
+    ), dtype=np.float32)
 
 
 def layout_bounds(xy: np.ndarray, clip_percentile: float) -> tuple[np.ndarray, np.ndarray]:

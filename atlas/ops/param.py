@@ -37,7 +37,8 @@ _MAGIC = 4.0  # Lucid divides the spatial image by 4 before the colour transform
 def color_matrix(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Lucid's colour matrix divided by its largest column norm: [3, 3]."""
     c = torch.tensor(COLOR_CORRELATION_SVD_SQRT, dtype=torch.float64)
-    return (c / c.norm(dim=0).max()).to(dtype)
+    out: torch.Tensor = (c / c.norm(dim=0).max()).to(dtype)
+    return out
 
 
 def rfft2d_freqs(height: int, width: int) -> torch.Tensor:

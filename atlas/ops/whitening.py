@@ -30,10 +30,12 @@ def whitening_matrix(second_moment: np.ndarray, n: int, eps: float) -> np.ndarra
     vals, vecs = np.linalg.eigh(m)
     ridge = eps * max(float(np.trace(m)) / m.shape[0], np.finfo(np.float64).tiny)
     inv = 1.0 / (np.maximum(vals, 0.0) + ridge)
-    s = (vecs * inv) @ vecs.T
-    return 0.5 * (s + s.T)
+    s: np.ndarray = (vecs * inv) @ vecs.T
+    out: np.ndarray = 0.5 * (s + s.T)
+    return out
 
 
 def whiten(v: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Apply S to directions: v float [..., C], s [C, C] -> float64 [..., C]."""
-    return np.asarray(v, dtype=np.float64) @ s
+    out: np.ndarray = np.asarray(v, dtype=np.float64) @ s
+    return out
