@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OSD    := viewer/node_modules/openseadragon/package.json
 
-.PHONY: setup demo test test-fast browser clean-demo
+.PHONY: setup demo test test-fast lint browser clean-demo dist
 
 setup: $(VENV)/.installed $(OSD)
 
-# Python 3.11 venv; torch==2.14.1 / torchvision==0.29.1 come from this machine's wheel store.
-$(VENV)/.installed: pyproject.toml
+# Python 3.11 venv (the tests run on 3.11; atlas needs >= 3.11); torch==2.14.1 / torchvision==0.29.1 come from
+# this machine's wheel store.
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
@@ -29,7 +30,11 @@ browser:
 demo: setup
 	$(BIN)/atlas run pipelines/demo.yaml
 
-test: setup browser
+lint: setup
+	$(BIN)/ruff check atlas tests benchmarks scripts
+	$(BIN)/mypy
+
+test: setup browser lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -37,3 +42,8 @@ test-fast: setup
 
 clean-demo:
 	rm -rf runs/demo
+
+# The sdist and the wheel (OpenSeadragon and the configs/SLURM scripts inside) in dist/; built
+# with this venv's setuptools, nothing downloaded. `pip install dist/atlas-*.whl` anywhere.
+dist: setup
+	$(BIN)/python -m build --no-isolation --outdir dist .

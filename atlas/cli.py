@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import api
 from .stages import STAGES
@@ -16,7 +20,8 @@ __all__ = ["main", "build_parser"]
 
 
 def _add_config_args(p: argparse.ArgumentParser, shard: bool, engine: bool = True) -> None:
-    p.add_argument("config", help="YAML run config, e.g. pipelines/demo.yaml")
+    p.add_argument("config", help="YAML run config, e.g. pipelines/demo.yaml, or a built-in name: "
+                                  + ", ".join(api.builtin_configs()))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set images.path=/data/imgs (repeatable)")
     if shard:
@@ -49,9 +54,30 @@ _STAGE_HELP = {
 }
 
 
+def _stage_list(text: str) -> list[str]:
+    """``--stages``: comma-separated stage names, spaces allowed; empty is an error, not "all"."""
+    names = [s.strip() for s in text.split(",")]
+    if not any(names):
+        raise argparse.ArgumentTypeError(f"no stage named; give some of {','.join(STAGES)} (or leave out --stages for all)")
+    if "" in names:
+        raise argparse.ArgumentTypeError(f"empty name in {text!r}; e.g. --stages collect,reduce")
+    bad = [s for s in names if s not in STAGES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atlas", description="Activation atlases at scale.")
+    parser.add_argument("--version", action="version", version=f"atlas {api.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a starting project: configs, SLURM scripts, README.md",
+                       description="Write a starting project into DIR: pipelines/*.yaml (the built-in configs "
+                                   f"{', '.join(api.builtin_configs())}), scripts/slurm/ (submit.sh and one "
+                                   "script per stage) and README.md. Existing files are not overwritten.")
+    p.add_argument("dir", nargs="?", default=".", help="folder to write into, created if needed (default: .)")
+    p.add_argument("--force", action="store_true", help="overwrite files that already exist")
 
     p = sub.add_parser("layers", help="list a model's hookable layers with their output shapes")
     p.add_argument("--model", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
@@ -60,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the stages in order, skipping finished work")
     _add_config_args(p, shard=False)
-    p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--stages", default=None, type=_stage_list, metavar="LIST",
+                   help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
 
     for name in STAGES:
         p = sub.add_parser(name, help=_STAGE_HELP[name], description=_STAGE_HELP[name])
@@ -80,19 +107,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (an empty grid level's purity) as null: strict JSON for scripts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        written = api.init_project(args.dir, force=args.force)
+        print(f"atlas: wrote {len(written)} files into {args.dir}:")
+        for path in written:
+            print(f"  {path}")
+        print(f"Next: read {os.path.join(args.dir, 'README.md')}, or run `atlas run demo`")
+        return 0
     if args.command == "layers":
-        for name, shape in api.layers(args.model, weights=args.weights, input_size=args.input_size):
-            print(f"{name:40s} {'x'.join(map(str, shape))}")
+        for spec in api.layers(args.model, weights=args.weights, input_size=args.input_size):
+            print(api.format_layer(spec))
         return 0
     if args.command == "serve":
         from .serve import serve
 
-        serve(args.run_dir, host=args.host, port=args.port)
+        try:
+            serve(args.run_dir, host=args.host, port=args.port)
+        except Terminated:  # `kill`, or the job ended: a server just stops
+            pass
         return 0
     if args.command == "status":
         report = api.status(args.run_dir)
-        print(json.dumps(report, indent=2) if args.json else api.format_status(report))
+        print(json.dumps(_json_safe(report), indent=2, allow_nan=False) if args.json else api.format_status(report))
         return 0
     cfg = api.load(args.config, args.overrides + _engine_overrides(args))
     if args.command == "slurm-plan":
@@ -100,8 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("\t".join([stage, "done" if finished else "todo", *opts]))
         return 0
     if args.command == "run":
-        stages = args.stages.split(",") if args.stages else None
-        api.run(cfg, stages=stages)
+        api.run(cfg, stages=args.stages)
         return 0
     api.run_stage(args.command, cfg, shard=args.shard)
     return 0
@@ -115,19 +162,58 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated(143)
 
 
+def _message(e: BaseException) -> str:
+    """The error's text; an OSError raised with just a message (no errno) as that message on one
+    line, not ``[Errno None] None: 'PATH'`` (``filename`` may have been set on the way up)."""
+    if isinstance(e, OSError) and e.errno is None:
+        text = " ".join(str(a) for a in e.args if a is not None) or str(e.filename or type(e).__name__)
+        return " ".join(text.split())
+    return str(e)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``atlas ... | head``)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except Terminated:
         print("atlas: terminated by SIGTERM (walltime, preemption or scancel?); rerun the same command to resume",
               file=sys.stderr)
         return 143
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        _quiet_stdout()  # the reader (head, less) has what it wanted: end quietly, like other tools
+        return 128 + signal.SIGPIPE
     except api.user_errors() as e:
-        print(f"atlas: error: {e}", file=sys.stderr)
+        print(f"atlas: error: {_message(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a write outside the store's own helpers, e.g. a Zarr chunk or a log file
+        if e.errno is None:  # raised with just a message (a missing file of the installation, ...)
+            print(f"atlas: error: {_message(e)}", file=sys.stderr)
+            return 2
         if e.errno not in WRITE_ERRNOS:
             raise
         print(f"atlas: error: {explain_oserror(e.filename or 'the run directory', e)}", file=sys.stderr)

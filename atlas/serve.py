@@ -40,6 +40,8 @@ def tiles_dir(run_dir: str | os.PathLike) -> Path:
     """``RUN_DIR/tiles``, checked to be a finished viewer folder."""
     root = Path(run_dir)
     tiles = root / "tiles"
+    if root.is_file():
+        raise FileNotFoundError(f"{root} is a file, not a run directory: pass the folder a config's run_dir names")
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist")
     if not tiles.is_dir():
@@ -140,7 +142,8 @@ def make_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int =
 
 
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``RUN_DIR/tiles`` until Ctrl-C, printing the URL."""
+    """Serve ``RUN_DIR/tiles`` until Ctrl-C, printing the URL (``atlas serve`` also stops quietly,
+    with exit status 0, on SIGTERM)."""
     tiles_dir(run_dir)  # a missing folder is reported as such, not as a socket error
     try:
         server = make_server(run_dir, host, port)

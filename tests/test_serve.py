@@ -111,6 +111,9 @@ def test_missing_tiles_are_explained(tmp_path):
     (tmp_path / "run" / "tiles").mkdir()
     with pytest.raises(FileNotFoundError, match="not finished"):
         tiles_dir(tmp_path / "run")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not a run directory"):
+        tiles_dir(tmp_path / "file")
 
 
 def test_serve_prints_the_url(site):
