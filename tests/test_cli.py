@@ -315,3 +315,39 @@ def test_serve_sigterm_exits_quietly(tmp_path):
         proc.kill()
     assert proc.returncode == 0
     assert err == ""
+
+
+# --------------------------------------------------------------------------- SIGTERM during collect
+
+
+def test_sigterm_to_the_process_group_during_collect_prints_only_the_atlas_line(tmp_path: Path) -> None:
+    """SLURM's scancel and walltime signal every process of the step: the decode workers too.
+    The user sees the one atlas line (exit 143), never a DataLoader worker error."""
+    import time
+
+    from tests.conftest import DEMO, TINY
+
+    run_dir = tmp_path / "run"
+    sets = [f"--set={o}" for o in [f"run_dir={run_dir}", *TINY, "collect.workers=2", "images.demo_count=400"]]
+    proc = subprocess.Popen(_atlas("collect", str(DEMO), *sets), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_dir / "state" / "collect" / "done"
+    t0 = time.time()
+    while not (done.is_dir() and any(done.iterdir())) and proc.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    import psutil
+
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "collect.workers=2 should have started decode workers"
+    for w in workers:  # the signal reaches the workers first (the race that showed a DataLoader error)
+        w.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGTERM)  # then the whole group, as SLURM does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if not ln.startswith("[collect]")]
+    assert lines == ["atlas: terminated by SIGTERM (walltime, preemption or scancel?); rerun the same command to "
+                     "resume"], err
+    assert "DataLoader" not in err and "Traceback" not in err
