@@ -280,7 +280,7 @@ def run_stage(stage: Stage, cfg: Config, shard: tuple[int, int] = (0, 1), client
 
 
 def stage_status(stage: Stage, run: RunDir) -> StageStatus:
-    """Units done / total (plus the final step), the state, and the stage's own figures."""
+    """Units done / total (the final step counts as one), the state, and the stage's own figures."""
     state = run.state_path(stage.name)
     final = final_info(run, stage.name)
     try:

@@ -83,13 +83,13 @@ def test_status_shows_failures_with_reasons_until_the_stage_completes(whole_run:
     run_dir = tmp_path / "run"
     atlas("collect", str(DEMO), *sets(run_dir), "--shard", "0/2")
     p = atlas("reduce", str(DEMO), *sets(run_dir), check=False)
-    assert p.returncode == 2 and "incomplete" in p.stderr
+    assert p.returncode == 2 and "needs a finished `collect`, which is 2/4 units done" in p.stderr
     st = status(run_dir)
-    assert st["collect"]["state"] == "partial" and st["collect"]["done"] == 2 and st["collect"]["total"] == 4
+    assert st["collect"]["state"] == "partial" and st["collect"]["done"] == 2 and st["collect"]["total"] == 4 + 1
     [failure] = st["reduce"]["failures"]
-    assert failure["shard"] == "0/1" and "StoreError" in failure["reason"] and "incomplete" in failure["reason"]
+    assert failure["shard"] == "0/1" and "StoreError" in failure["reason"] and "finished `collect`" in failure["reason"]
     text = atlas("status", str(run_dir)).stdout
-    assert "FAILED shard 0/1" in text and "incomplete" in text and "bad=0" in text
+    assert "FAILED shard 0/1" in text and "finished `collect`" in text and "bad=0" in text
 
     atlas("collect", str(DEMO), *sets(run_dir), "--shard", "1/2")
     atlas("reduce", str(DEMO), *sets(run_dir))
@@ -102,7 +102,7 @@ def test_a_task_error_on_dask_is_the_same_clear_error(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     p = atlas("reduce", str(DEMO), *sets(run_dir), "--workers", "1", check=False)
-    assert p.returncode == 2 and "run `atlas collect` first" in p.stderr, p.stderr[-3000:]
+    assert p.returncode == 2 and "needs a finished `collect`, which is not started" in p.stderr, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     [failure] = status(run_dir)["reduce"]["failures"]
-    assert "atlas collect" in failure["reason"]
+    assert "run `atlas collect " in failure["reason"]
