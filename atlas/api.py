@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,8 @@ from .config import Config, ConfigError, load_config
 from .stages import STAGES, available_stages, get_stage, parse_shard, stage_status
 from .store import RunDir, StoreError
 
-__all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan"]
+__all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
+           "resolve_config", "builtin_configs", "init_project", "version", "format_layer", "use_model"]
 
 log = logging.getLogger("atlas")
 
@@ -30,23 +34,65 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 
+def version() -> str:
+    """This atlas's version."""
+    from . import __version__
+
+    return __version__
+
+
+def builtin_configs() -> list[str]:
+    """The config names that need no file: ``demo``, ``folder``, ``imagenet-lite0``, ... (``atlas init`` writes them)."""
+    from .templates import config_names
+
+    return config_names()
+
+
+def resolve_config(path: str | os.PathLike | None) -> Path | None:
+    """A config argument as a file: an existing file, else a built-in name (``demo``, see
+    :func:`builtin_configs`), else the path as given (loading it says it does not exist).
+
+    A folder is refused with a ConfigError: a config is a YAML file.
+    """
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = sorted(f.name for f in p.glob("*.yaml"))[:4]
+        hint = f"; it holds {', '.join(found)}" if found else ""
+        run_hint = " (a run directory's own settings are in its config.yaml)" if (p / "config.yaml").is_file() else ""
+        raise ConfigError(f"{path} is a folder, not a config file: pass a YAML config such as "
+                          f"pipelines/demo.yaml or a built-in name ({', '.join(builtin_configs())}){hint}{run_hint}")
+    if p.exists():
+        return p
+    from .templates import builtin_config
+
+    return builtin_config(path) or p
+
+
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load and validate a run config (``None``: the defaults)."""
-    return load_config(path, overrides)
+    """Load and validate a run config: a YAML file, a built-in name such as ``demo``
+    (:func:`resolve_config`), or ``None`` (the defaults)."""
+    return load_config(resolve_config(path), overrides)
+
+
+def init_project(dest: str | Path = ".", *, force: bool = False) -> list[Path]:
+    """Write a starting project into ``dest``: ``pipelines/*.yaml`` (the built-in configs),
+    ``scripts/slurm/`` (submit.sh and the stage scripts) and a README.md; returns the files.
+
+    Refuses (FileExistsError, nothing written) when any of them exists, unless ``force``.
+    """
+    from .templates import write_project
+
+    return write_project(dest, force=force)
 
 
 def load_run(run_dir: str | Path) -> Config:
     """The resolved config a run was last started with (``RUN/config.yaml``, provenance left out)."""
-    import yaml
-
-    from .config import config_from_dict
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory (run a stage first)")
-    data = yaml.safe_load(path.read_text()) or {}
-    data.pop("provenance", None)
-    return config_from_dict(data)
+    return load_config(path)
 
 
 def run_stage(name: str, cfg: Config, *, shard: str | tuple[int, int] | None = None, client: Any = None) -> None:
@@ -94,8 +140,7 @@ def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
 def status(run_dir: str | Path) -> dict[str, Any]:
     """Per stage: state (done / partial / not started), units done/total and details."""
     run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise FileNotFoundError(f"run directory {run.root} does not exist")
+    _check_run_dir(run.root)
     report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
     for name in STAGES:
         try:
@@ -110,16 +155,63 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     return report
 
 
+_RUN_MARKERS = ("config.yaml", "state", *STAGES, "tiles")
+
+
+def _check_run_dir(root: Path) -> None:
+    """A clear error unless ``root`` is a run directory (what a config's run_dir names)."""
+    if root.is_file():
+        raise StoreError(f"{root} is a file, not a run directory: pass the folder a config's run_dir names, "
+                         "e.g. `atlas status runs/demo`")
+    if not root.is_dir():
+        raise FileNotFoundError(f"run directory {root} does not exist")
+    if not any((root / m).exists() for m in _RUN_MARKERS):
+        runs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "config.yaml").is_file())[:4]
+        hint = f"; it holds the runs {', '.join(runs)}, e.g. `atlas status {root / runs[0]}`" if runs else \
+            ": pass the folder a config's run_dir names, e.g. `atlas status runs/demo`"
+        raise StoreError(f"{root} is not a run directory (no config.yaml or state/ in it){hint}")
+
+
+def _num_key(key: Any) -> tuple[int, float, str]:
+    try:
+        return (0, float(key), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(key))
+
+
+def _fmt(value: Any) -> str:
+    """A status figure as text: numbers rounded, None/NaN as ``-``, lists comma-separated,
+    mappings as ``key:value`` pairs in numeric order."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) >= 0.001 else f"{value:.2g}"
+    if isinstance(value, dict):
+        return " ".join(f"{k}:{_fmt(value[k])}" for k in sorted(value, key=_num_key))
+    if isinstance(value, (list, tuple)):
+        return ",".join(_fmt(v) for v in value)
+    return " ".join(str(value).split())
+
+
 def format_status(report: dict[str, Any]) -> str:
+    """:func:`status` as text: one line per stage, then its failures and warnings."""
     lines = [f"run {report['run_dir']}"]
     for st in report["stages"]:
         total = "?" if st["total"] is None else st["total"]
-        extra = {k: v for k, v in st.items() if k not in ("stage", "state", "done", "total", "failures")}
-        info = "  ".join(f"{k}={v}" for k, v in extra.items())
+        extra = {k: v for k, v in st.items()
+                 if k not in ("stage", "state", "done", "total", "failures", "empty_levels") and v is not None}
+        info = "  ".join(f"{k} {_fmt(v)}" if isinstance(v, dict) else f"{k}={_fmt(v)}" for k, v in extra.items())
         lines.append(f"  {st['stage']:8s} {st['state']:12s} {st['done']}/{total} units  {info}".rstrip())
         for f in st.get("failures", []):
             where = " ".join(str(f[k]) for k in ("host", "slurm_job", "time") if f.get(k))
             lines.append(f"           FAILED shard {f.get('shard', '?')} ({where}): {f.get('reason')}")
+        for s in sorted(st.get("empty_levels") or [], key=_num_key):
+            lines.append(f"           WARNING grid level {s} is empty (no cell has grid.min_count points): "
+                         f"lower grid.min_count, or remove {s} from grid.sizes")
     return "\n".join(lines)
 
 
@@ -130,10 +222,80 @@ def slurm_plan(cfg: Config) -> list[tuple[str, bool, list[str]]]:
     return [(name, stage_finished(name, cfg), sbatch_options(cfg, name)) for name in STAGES]
 
 
-def layers(model: str, *, weights: str | None = None, input_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
-    """Every hookable layer of ``model`` with its output shape (C, H, W)."""
-    from .config import ModelConfig
-    from .models import list_layers, load_network
+def layers(model: Any, *, weights: str | None = None, input_size: int | None = None, layout: str = "auto",
+           prefix_tokens: int | None = None, factory: str | None = None) -> list[Any]:
+    """Every hookable layer of ``model`` with a spatial grid, as :class:`atlas.models.LayerSpec`: ``name``,
+    ``layout`` (``nchw``, ``nhwc``, ``tokens``; None when it cannot be told), ``shape`` (C, rows, cols),
+    ``output`` (the output shape without the batch axis) and ``prefix`` (tokens before the patch grid).
 
-    net = load_network(ModelConfig(name=model, weights=weights, input_size=input_size))
-    return list_layers(net)
+    ``model``: a model name as in ``model.name`` (``resnet50``, ``timm:vit_small_patch16_224``,
+    ``object:mine``, ...; with ``factory``, as ``model.factory``, a name of your own) or a
+    ``torch.nn.Module`` object (a copy is probed; input side ``input_size``, default 224).
+    ``layout`` / ``prefix_tokens``: as ``model.layout`` / ``model.prefix_tokens``. :func:`format_layer` formats one as ``atlas layers`` prints it.
+    """
+    import copy
+
+    import torch
+
+    from .config import ModelConfig
+    from .models import ModelError, layer_specs, load_network, network_from_module
+
+    try:
+        if isinstance(model, torch.nn.Module):
+            cfg = ModelConfig(name=type(model).__name__, weights=weights, input_size=input_size)
+            net = network_from_module(cfg, copy.deepcopy(model), {"class_names": [], "mean": [0.5] * 3, "std": [0.5] * 3},
+                                      where=f"the {type(model).__name__} object", default_size=224)
+        else:
+            neutral = [0.5] * 3 if model == "torchscript" else None  # it needs mean/std; layer shapes do not
+            net = load_network(ModelConfig(name=model, weights=weights, input_size=input_size, mean=neutral, std=neutral,
+                                           factory=factory))
+    except ModelError as e:
+        raise ModelError(_as_layers_flags(str(e))) from None
+    net.layout, net.prefix_tokens = layout, prefix_tokens
+    return layer_specs(net)
+
+
+def format_layer(spec: Any) -> str:
+    """One row of ``atlas layers``: name, layout, grid rows x cols x channels, output shape (no batch axis)."""
+    output = "x".join(map(str, spec.output))
+    if spec.shape is None:
+        return f"{spec.name:40s} {'ambiguous':16s} {'?':14s} output {output} (set model.layout / model.prefix_tokens)"
+    c, h, w = spec.shape
+    return f"{spec.name:40s} {spec.describe():16s} {f'{h}x{w}x{c}':14s} output {output}"
+
+
+def use_model(module: Any, name: str, *, input_size: int | None = None, mean: Any = None, std: Any = None,
+              class_names: list[str] | None = None) -> str:
+    """Make ``module`` (a ``torch.nn.Module``) usable as ``model.name`` in this process; returns that name,
+    ``object:<name>``, e.g. ``cfg = api.load(None, [f"model.name={api.use_model(net, 'mine', input_size=224)}", ...])``.
+
+    The stages must run in this process (``cluster.engine: local``, the default); other
+    processes cannot see the object (use ``model.factory`` there). ``input_size``, ``mean``,
+    ``std``: its preprocessing (else ``model.input_size/mean/std`` must be set);
+    ``class_names``: names of its outputs ([] = no classifier; None = ``class i`` for a
+    [B, K] output). A copy is registered: register again after changing the module.
+    """
+    from .models import register_model
+
+    return register_model(name, module, input_size=input_size, mean=mean, std=std, class_names=class_names)
+
+
+_LAYERS_FLAGS = [  # the model loaders speak config keys; `atlas layers` takes flags
+    (r"--set model\.weights=", "--weights "),
+    (r"model\.weights=None \(not set\)", "--weights not given"),
+    (r"unset model\.weights", "leave out --weights"),
+    (r"set model\.weights to", "pass --weights with"),
+    (r"\bin model\.weights\b", "with --weights"),
+    (r"model\.weights=", "--weights "),
+    (r" --set model\.(?:mean|std)=\[[^\]]*\]", ""),  # listing layers needs neither
+    (r"--set model\.input_size=", "--input-size "),
+    (r"\bmodel\.weights\b", "--weights"),
+    (r"\bmodel\.input_size\b", "--input-size"),
+]
+
+
+def _as_layers_flags(message: str) -> str:
+    """A model loader's message with its config keys as ``atlas layers`` flags."""
+    for pattern, repl in _LAYERS_FLAGS:
+        message = re.sub(pattern, repl, message)
+    return message

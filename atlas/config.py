@@ -136,15 +136,19 @@ class ImagesConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Annotated[str, _non_empty("a network such as efficientnet_lite0")] = _f("efficientnet_lite0", "Network: `efficientnet_lite0` (bundled weights), `efficientnet_lite2`, any torchvision classifier name (`googlenet`, `resnet50`, ...) or `torchscript`.")
+    name: Annotated[str, _non_empty("a network such as efficientnet_lite0")] = _f("efficientnet_lite0", "Network: `efficientnet_lite0` (bundled weights), `efficientnet_lite2`, any torchvision classifier name (`googlenet`, `resnet50`, `vit_b_16`, `swin_t`, ...), `timm:<architecture>` (any timm architecture, with `weights`), `torchscript`, `object:<name>` (a module registered in this process with `api.use_model`), or a name of your own with `factory` (docs/models.md).")
     weights: str | None = _f(None, "Weights file (.pth state dict, or the TorchScript file). None (or empty) = the bundled weights or the torch cache.")
     layer: Annotated[str, _non_empty("a layer name (`atlas layers --model NAME` lists them)")] = _f("blocks.5", "Layer whose output is sampled; `atlas layers --model NAME` lists them with their shapes.")
     input_size: int | None = _f(None, "Square input side in pixels; None = the model's own (224 for Lite0, 260 for Lite2).", ge=1)
     mean: list[ZeroToOne] | None = _f(None, "Per-channel (RGB) mean on [0, 1] inputs; None = the model's own (needed for `torchscript`).", min_length=3, max_length=3)
     std: list[Positive] | None = _f(None, "Per-channel (RGB) std on [0, 1] inputs; None = the model's own (needed for `torchscript`).", min_length=3, max_length=3)
     device: Device = _f("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N` (the N-th CUDA device) or `mps` (Apple GPU).")
+    layout: Literal["auto", "nchw", "nhwc", "tokens"] = _f("auto", "How the layer's output holds its spatial grid: `auto` (probed; `atlas layers` shows it), `nchw` [B, C, H, W], `nhwc` [B, H, W, C] or `tokens` [B, prefix + H*W, C] (ViT). Set it when the probe finds the layer ambiguous.")
+    prefix_tokens: int | None = _f(None, "For `tokens` layers: tokens before the patch grid (class, distillation, register tokens; never sampled); None = probed.", ge=0)
+    factory: Annotated[str, _matching(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", "`package.module:function`, e.g. mynets.resnet:build")] | None = _f(None, "`package.module:function` returning your network (an nn.Module, or (module, {input_size, mean, std, class_names})); imported by name in every process. Set `name` to a name of your own.")
+    class_names: str | None = _f(None, "Text file naming the network's classes, one a line in class-index order (as many as its outputs); None = ImageNet's for 1000 classes, else `class 0`, `class 1`, ...")
 
-    @field_validator("weights", mode="before")
+    @field_validator("weights", "factory", "class_names", mode="before")
     @classmethod
     def _empty_weights(cls, value: Any) -> Any:
         return None if value == "" else value  # `${WEIGHTS:-}` in a config: not set, use the bundled or cached weights
@@ -205,7 +209,9 @@ class GridConfig(_Section):
 
 class RenderConfig(_Section):
     levels: list[Level] | None = _f(None, "Grid sizes to render (some of `grid.sizes`); None = all.")
-    icon_size: int = _f(80, "Icon side in pixels.", ge=8)
+    icon_size: int = _f(80, "Icon side in pixels of the finest grid's icons (coarser grids: `icon_growth`).", ge=8)
+    icon_growth: float = _f(0.5, "Coarser grids get larger icons: grid s is rendered at `icon_size * (S / s) ** icon_growth` pixels, S the finest of `grid.sizes` (0.5: each coarser grid's icons sqrt(2) larger, so the viewer's coarse map keeps detail; 0: one size for every grid).", ge=0, le=1)
+    icon_sizes: dict[Level, Annotated[int, Field(ge=8)]] | None = _f(None, "Icon side per grid size, overriding `icon_growth` for the sizes named: `{8: 256, 16: 160}` in YAML, `--set render.icon_sizes.8=256` on the command line.")
     steps: int = _f(512, "Optimisation steps per icon.", ge=1)
     batch_size: int = _f(100, "Icons optimised together.", ge=1)
     restarts: int = _f(1, "Best of k restarts per icon, folded into the batch.", ge=1)
@@ -220,6 +226,21 @@ class RenderConfig(_Section):
     polish: float = _f(0.1, "Fraction of the final steps run without transforms: the icon is scored as stored, which raises its faithfulness (0 = Lucid's plain schedule).", ge=0, le=1)
     threads: int | None = _f(None, "torch intra-op threads on the CPU (None = every CPU this process may use); pinned so results do not depend on what ran before.", ge=1)
 
+    @field_validator("icon_sizes", mode="before")
+    @classmethod
+    def _size_keys(cls, value: Any) -> Any:
+        """Grid sizes as keys arrive as strings from `--set render.icon_sizes.8=256` and JSON."""
+        if isinstance(value, dict):
+            return {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in value.items()}
+        return value
+
+    def level_icon_size(self, size: int, finest: int) -> int:
+        """Icon side of grid ``size`` in an atlas whose finest grid is ``finest``: ``icon_sizes[size]``
+        when given, else ``round(icon_size * (finest / size) ** icon_growth)``."""
+        if self.icon_sizes and size in self.icon_sizes:
+            return int(self.icon_sizes[size])
+        return int(round(self.icon_size * (finest / size) ** self.icon_growth))
+
 
 class TileConfig(_Section):
     tile_size: int = _f(256, "Deep Zoom tile side in pixels.", ge=1)
@@ -227,8 +248,11 @@ class TileConfig(_Section):
     format: Literal["jpg", "png", "webp"] = _f("jpg", "Tile image format (also of the icon sheets).")
     quality: int = _f(90, "JPEG/WebP quality (tiles, icon sheets, example crops).", ge=1, le=100)
     background: Colour = _f("#ffffff", "Colour of empty cells and of the canvas margin, '#rrggbb' (quoted: # starts a YAML comment).")
-    lod_fraction: float = _f(1.0, "Level of detail: a zoom level shows the finest grid whose cells are at least this fraction of the icon size there (1.0: each zoom step doubles the grid, icons at native resolution; smaller: finer grids earlier, downscaled). In (0, 1].", gt=0, le=1)
-    density_scale: bool = _f(False, "Scale each icon within its cell by the cell's point count (0.4 + 0.6 * sqrt(count / max count of the level)).")
+    lod_fraction: float = _f(1.0, "Level of detail: the viewer shows the finest grid whose cells are on screen at least this fraction of that grid's icon size (1.0: a grid appears when its icons reach their native resolution; smaller: finer grids earlier, downscaled). In (0, 1].", gt=0, le=1)
+    density_scale: bool = _f(False, "Size each icon within its cell by the cell's point count, as Distill: sqrt(count / mean count of the grid's non-empty cells), clipped to [0.4, 1].")
+    home_cell_px: int = _f(100, "The viewer's home view shows the coarsest grid, whole when its cells are then at least this many screen pixels, else zoomed in until they are (narrow screens).", ge=16)
+    max_zoom: float = _f(2.0, "Deepest zoom of the viewer, in screen pixels per pixel of the finest grid's icons (1 = native resolution).", ge=1, le=16)
+    label_min_share: float = _f(0.0, "The viewer labels a cell only when its top class holds at least this share of the cell's positive class attribution (0 = every cell big enough on screen).", ge=0, le=1)
     example_levels: int | None = _f(None, "Crop dataset examples for the cells of the finest this many rendered levels (None = every level, 0 = none).", ge=0)
     example_window: float = _f(3.0, "Side of an example crop in layer cells around the sampled position (about input_size / H * this pixels).", gt=0)
     unit_tiles: int = _f(256, "About this many tiles per unit of work (whole tile rows of one zoom level): the resume and sharding granularity.", ge=1)

@@ -5,6 +5,11 @@
 to the input. The forward pass stops right after the layer (a forward hook captures
 its output and raises; see :func:`layer_output`), so nothing after it runs.
 
+Any layout: the output is the [B, C, H, W] view of the layer's output (``nhwc`` permuted,
+``tokens`` without their prefix tokens and reshaped to the patch grid), so objectives see
+every layer alike. A network that takes only its own input size (a ViT) gets its input
+resized to that size (bilinear, differentiable) when another size comes in (icons).
+
 Speed: in eval mode a BatchNorm that directly follows a convolution is an affine map
 of the convolution's output; it is folded into the convolution's weights and bias
 (timm's ``BatchNormAct2d`` keeps its activation). The pairs are found by tracing one
@@ -19,10 +24,11 @@ import contextlib
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from ._layers import layer_output, layer_shape
-from ._network import Network
 from ._fold import fold_verified
+from ._layers import layer_output, layer_spec, takes_one_input_size
+from ._network import Network
 from ._sampler import _prepare_module, resolve_device
 
 __all__ = ["LayerActivations"]
@@ -31,7 +37,8 @@ __all__ = ["LayerActivations"]
 class LayerActivations:
     """x float [B, 3, S, S] (preprocessed) -> layer output [B, C, H, W], differentiable in x.
 
-    Any input side S works (a smaller input gives a smaller layer grid). ``autocast``
+    Any input side S works (a smaller input gives a smaller layer grid; a network that takes
+    only its own size gets the input resized to it). ``autocast``
     runs the network under bfloat16 autocast on CUDA (ignored on the CPU); the output
     is then bfloat16. ``fold_bn`` folds BatchNorms into convs when that is exact
     (checked). The Network itself is never modified.
@@ -41,7 +48,9 @@ class LayerActivations:
                  autocast: bool = True, fold_bn: bool = True, channels_last: bool = False) -> None:
         self.net = net
         self.layer = layer
-        self.shape = layer_shape(net, layer)
+        self.spec = layer_spec(net, layer)
+        self.shape: tuple[int, int, int] = self.spec.shape  # type: ignore[assignment]  # (C, rows, cols)
+        self.resize_to = net.input_size if takes_one_input_size(net) else None
         self.device = resolve_device(device)
         self.autocast = autocast and self.device.type == "cuda"
         self.channels_last = channels_last
@@ -63,6 +72,8 @@ class LayerActivations:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Layer output [B, C, H, W] for preprocessed x [B, 3, S, S] on ``self.device``."""
+        if self.resize_to is not None and tuple(x.shape[-2:]) != (self.resize_to, self.resize_to):
+            x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.enable_grad(), self._autocast():

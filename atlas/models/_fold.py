@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._layers import layer_output
+from ._layers import layer_output, takes_one_input_size
 from ._network import Network
 
 __all__ = ["fold_batchnorm", "fold_verified"]
@@ -82,14 +82,17 @@ def fold_verified(net: Network, layer: str, module: torch.nn.Module, device: tor
                   channels_last: bool) -> tuple[torch.nn.Module, int]:
     """A BN-folded copy of ``module`` and the pairs folded, or ``(module, 0)`` when folding
     would change the output at ``layer`` (checked on a seeded input) or is impossible."""
-    if isinstance(module, torch.jit.ScriptModule):
-        return module, 0
-    size = min(net.input_size, 96)
+    if isinstance(module, torch.jit.ScriptModule) or not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()):
+        return module, 0  # nothing to fold (transformers, LayerNorm networks)
+    size = net.input_size if takes_one_input_size(net) else min(net.input_size, 96)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     folded = copy.deepcopy(module)
-    n = fold_batchnorm(folded, x, keep=dict(folded.named_modules()).get(layer))
+    try:
+        n = fold_batchnorm(folded, x, keep=dict(folded.named_modules()).get(layer))
+    except Exception:  # noqa: BLE001 - a network that cannot run this probe is simply not folded
+        return module, 0
     if n == 0:
         return module, 0
     with torch.no_grad():

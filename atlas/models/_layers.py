@@ -17,11 +17,17 @@ from typing import Any
 
 import torch
 
+from ._layouts import LayerSpec, ambiguous_message, detect_layout, second_probe_size
 from ._network import ModelError, Network
 
 __all__ = [
     "Tap",
     "LayerInfo",
+    "LayerSpec",
+    "layer_specs",
+    "layer_spec",
+    "raw_layer_output",
+    "takes_one_input_size",
     "is_script_sequential",
     "run_tapped",
     "logits_of",
@@ -35,10 +41,27 @@ Tap = Callable[[str, Any], Any]
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """Trace of one forward pass: hookable 4-D layers in execution order, and modules run more than once."""
+    """Probe of the network: every hookable 3-D / 4-D output in execution order with its shape (no batch axis)
+    at input side ``size`` and at ``size2`` (None: the network takes no other size), the modules run more than
+    once, and the grid sides of 4-D outputs (hints for token grids)."""
 
-    layers: tuple[tuple[str, tuple[int, ...]], ...]
+    outputs: tuple[tuple[str, tuple[int, ...], tuple[int, ...] | None], ...]
     repeated: dict[str, int]
+    size: int
+    size2: int | None
+    known_grids: frozenset[int]
+    conv2d: frozenset[str]
+
+
+_NCHW_MODULES = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d,
+                 torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)
+_NCHW_NAMES = {c.__name__ for c in _NCHW_MODULES}
+
+
+def _conv2d_names(module: torch.nn.Module) -> frozenset[str]:
+    """Names of the submodules that are torch 2-D convolutions, batch norms or poolings (scripted ones too)."""
+    return frozenset(n for n, m in module.named_modules() if n and (
+        isinstance(m, _NCHW_MODULES) or getattr(m, "original_name", None) in _NCHW_NAMES))
 
 
 class _StopForward(Exception):
@@ -105,25 +128,40 @@ def logits_of(output: Any) -> torch.Tensor:
     return output
 
 
-def _trace(net: Network) -> LayerInfo:
+def _outputs(net: Network, size: int) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Shapes (no batch axis) of every 3-D and 4-D tensor output for one input of side ``size``, and call counts."""
     order: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
 
     def tap(name: str, out: Any) -> None:
         calls[name] = calls.get(name, 0) + 1
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and name not in order:
+        # batch of one: an output whose first axis is not 1 (e.g. Swin's windows) does not hold one row per image
+        if isinstance(out, torch.Tensor) and out.ndim in (3, 4) and out.shape[0] == 1 and name not in order:
             order[name] = tuple(out.shape[1:])
 
-    x = torch.zeros(1, 3, net.input_size, net.input_size)
+    with torch.no_grad():
+        run_tapped(net.module, torch.zeros(1, 3, size, size), tap)
+    return order, calls
+
+
+def _trace(net: Network) -> LayerInfo:
+    size = net.input_size
     try:
-        with torch.no_grad():
-            run_tapped(net.module, x, tap)
+        order, calls = _outputs(net, size)
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure means the input does not fit the network
-        raise ModelError(f"`{net.name}` fails on an input [1, 3, {net.input_size}, {net.input_size}] ({e}); check model.input_size") from None
+        raise ModelError(f"`{net.name}` fails on an input [1, 3, {size}, {size}] ({e}); check model.input_size") from None
+    size2: int | None = second_probe_size(size)
+    try:
+        order2, _ = _outputs(net, second_probe_size(size))
+    except Exception:  # noqa: BLE001 - a network that takes one input size only (e.g. a ViT): judged from one probe
+        size2, order2 = None, {}
     repeated = {n: c for n, c in calls.items() if c > 1 and n in order}
-    return LayerInfo(tuple((n, s) for n, s in order.items() if n not in repeated), repeated)
+    known = {s[1] for s in order.values() if len(s) == 3 and s[1] == s[2]}
+    known |= {s[0] for s in order.values() if len(s) == 3 and s[0] == s[1]}
+    outputs = tuple((n, s, order2.get(n)) for n, s in order.items() if n not in repeated)
+    return LayerInfo(outputs, repeated, size, size2, frozenset(known), _conv2d_names(net.module))
 
 
 def _info(net: Network) -> LayerInfo:
@@ -133,31 +171,61 @@ def _info(net: Network) -> LayerInfo:
     return info
 
 
-def list_layers(net: Network) -> list[tuple[str, tuple[int, ...]]]:
-    """Every hookable layer with a 4-D output and its shape (C, H, W) for one input of ``input_size``.
-
-    Layers are ``named_modules`` names (containers included, the root excluded), in
-    the order their outputs are produced (a container after its children). Modules
-    that run more than once per forward (e.g. a shared ReLU) are left out: their
-    output is ambiguous. For TorchScript Sequentials the names are the dotted paths
-    of the (nested) children.
-    """
-    return list(_info(net).layers)
+def _detect(net: Network, info: LayerInfo, name: str, out1: tuple[int, ...], out2: tuple[int, ...] | None,
+            strict: bool) -> LayerSpec | None:
+    return detect_layout(name, out1, out2, info.size, info.size2, layout=net.layout, prefix=net.prefix_tokens,
+                         known_grids=set(info.known_grids), conv2d=name in info.conv2d, strict=strict)
 
 
-def layer_shape(net: Network, layer: str) -> tuple[int, int, int]:
-    """(C, H, W) of ``layer``'s output for one input of ``input_size``; ModelError listing the layers if unknown."""
+def takes_one_input_size(net: Network) -> bool:
+    """True for a network that fails on inputs of another side than ``input_size`` (e.g. a ViT)."""
+    return _info(net).size2 is None
+
+
+def layer_specs(net: Network) -> list[LayerSpec]:
+    """Every hookable layer with a spatial grid, in execution order, with its layout and grid (C, rows, cols)
+    for one input of ``input_size``; layers whose layout cannot be told are included with ``layout`` None."""
     info = _info(net)
-    shapes = dict(info.layers)
-    if layer in shapes:
-        c, h, w = shapes[layer]
-        return (c, h, w)
+    specs = (_detect(net, info, n, s1, s2, strict=False) for n, s1, s2 in info.outputs)
+    return [s for s in specs if s is not None]
+
+
+def list_layers(net: Network) -> list[tuple[str, tuple[int, ...]]]:
+    """Every hookable layer with a spatial grid and its (C, rows, cols) for one input of ``input_size``.
+
+    Any layout counts (``nchw``, ``nhwc``, ``tokens``: see :mod:`atlas.models._layouts`);
+    layers whose layout cannot be told are left out here (:func:`layer_specs` has them).
+    Layers are ``named_modules`` names (containers included, the root excluded), in the
+    order their outputs are produced (a container after its children). Modules that run
+    more than once per forward (e.g. a shared ReLU) are left out: their output is
+    ambiguous. For TorchScript Sequentials the names are the dotted paths of the (nested)
+    children.
+    """
+    return [(s.name, s.shape) for s in layer_specs(net) if s.shape is not None]
+
+
+def layer_spec(net: Network, layer: str) -> LayerSpec:
+    """The layout and grid of ``layer``; ModelError when it is unknown (listing the layers), runs more than
+    once, has no spatial grid, or its layout cannot be told (naming model.layout and model.prefix_tokens)."""
+    info = _info(net)
+    for name, s1, s2 in info.outputs:
+        if name == layer:
+            spec = _detect(net, info, name, s1, s2, strict=True)
+            if spec is None:
+                dims = ", ".join(["B", *map(str, s1)])
+                raise ModelError(
+                    f"layer `{layer}` of `{net.name}` outputs [{dims}], which has no spatial grid; pick a layer "
+                    f"`atlas layers --model {net.name}` lists, or set model.layout and model.prefix_tokens if it is one"
+                )
+            if spec.layout is None:
+                raise ModelError(ambiguous_message(spec, net.name))
+            return spec
     if layer in info.repeated:
         raise ModelError(
             f"layer `{layer}` of `{net.name}` runs {info.repeated[layer]} times per forward pass, so its output is ambiguous; "
             f"pick the enclosing block or another layer (`atlas layers --model {net.name}` lists them)"
         )
-    names = [n for n, _ in info.layers]
+    names = [s.name for s in layer_specs(net)]
     close = difflib.get_close_matches(layer, names, n=3)
     hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
     raise ModelError(
@@ -166,13 +234,16 @@ def layer_shape(net: Network, layer: str) -> tuple[int, int, int]:
     )
 
 
-def layer_output(net: Network, layer: str, x: torch.Tensor, module: torch.nn.Module | None = None) -> torch.Tensor:
-    """The output [B, C, H, W] of ``layer`` for preprocessed ``x`` [B, 3, S, S], differentiable, nothing after it run.
+def layer_shape(net: Network, layer: str) -> tuple[int, int, int]:
+    """(C, rows, cols) of ``layer``'s spatial grid for one input of ``input_size``, whatever its layout;
+    ModelError listing the layers if unknown (see :func:`layer_spec`)."""
+    shape = layer_spec(net, layer).shape
+    assert shape is not None
+    return shape
 
-    ``module`` defaults to ``net.module`` (pass a copy moved to another device or
-    memory format to run it there). Works for TorchScript Sequentials too.
-    """
-    layer_shape(net, layer)
+
+def raw_layer_output(net: Network, layer: str, x: torch.Tensor, module: torch.nn.Module | None = None) -> torch.Tensor:
+    """The output of ``layer`` as the layer returns it, for preprocessed ``x``; nothing after it runs."""
     captured: list[torch.Tensor] = []
 
     def tap(name: str, out: Any) -> None:
@@ -185,3 +256,14 @@ def layer_output(net: Network, layer: str, x: torch.Tensor, module: torch.nn.Mod
     if not captured:
         raise ModelError(f"layer `{layer}` did not run in the forward pass of `{net.name}`; choose one `atlas layers --model {net.name}` lists")
     return captured[0]
+
+
+def layer_output(net: Network, layer: str, x: torch.Tensor, module: torch.nn.Module | None = None) -> torch.Tensor:
+    """The output of ``layer`` as [B, C, H, W] (a view, whatever the layer's layout) for preprocessed
+    ``x`` [B, 3, S, S], differentiable, nothing after it run.
+
+    ``module`` defaults to ``net.module`` (pass a copy moved to another device or
+    memory format to run it there). Works for TorchScript Sequentials too.
+    """
+    spec = layer_spec(net, layer)
+    return spec.grid_view(raw_layer_output(net, layer, x, module))

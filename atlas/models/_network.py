@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,13 @@ class ModelError(ValueError):
 
 @dataclass
 class Network:
-    """A classifier ready for sampling.
+    """A network ready for sampling.
 
     ``module`` maps a preprocessed batch float32 [B, 3, S, S] (S = ``input_size``) to
-    logits [B, len(class_names)]. It is in eval mode and on the CPU.
+    logits [B, len(class_names)]; a network without a classifier (a backbone, a
+    self-supervised encoder) has no ``class_names`` (``[]``) and its output is not used.
+    It is in eval mode and on the CPU. ``layout`` / ``prefix_tokens``: how its layers'
+    outputs hold their grid (``auto``: probed; see :mod:`atlas.models._layouts`).
     """
 
     module: torch.nn.Module
@@ -33,7 +37,14 @@ class Network:
     class_names: list[str]
     weights_path: str | None = None
     weights_sha256: str | None = None
+    layout: str = "auto"
+    prefix_tokens: int | None = None
     _layer_cache: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def has_classifier(self) -> bool:
+        """True when the network's output is class logits (its ``class_names`` name them)."""
+        return bool(self.class_names)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images [B, S, S, 3] (RGB, already resized/cropped) -> float32 [B, 3, S, S], ``(x/255 - mean)/std``."""
@@ -67,7 +78,14 @@ def read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ModelError(f"cannot read weights file {path} for `{name}` ({e}); pass a PyTorch state dict (.pth) in model.weights") from None
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if pickled:  # torch.save(model): the file needs the class's code (and would run it) to load
+            raise ModelError(f"weights file {path} for `{name}` holds pickled Python objects ({pickled[1]}), such as a "
+                             "whole model saved with torch.save(model), not a state dict: save the weights with "
+                             "torch.save(model.state_dict(), PATH) and pass that file") from None
+        why = "not a file that torch.save wrote, or a damaged one" if "Weights only load failed" in str(e) else \
+            next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ModelError(f"cannot read weights file {path} for `{name}` ({why}); pass a PyTorch state dict (.pth) in model.weights") from None
     if not isinstance(state, dict):
         raise ModelError(f"weights file {path} for `{name}` holds a {type(state).__name__}, not a state dict; save model.state_dict() instead")
     return _unwrap(state)

@@ -5,7 +5,10 @@ directional derivative of the logits along the tangent t that equals a at
 (y_b, x_b) and 0 elsewhere: ``attr[b, k] = sum_c a_c * d logit_k / d h[b, c, y_b, x_b]``
 (Carter et al. 2019: activation times gradient at that position). It is computed
 for all classes in one forward-mode pass: the layer's forward hook turns its output
-into a dual tensor ``(h, t)`` and the logits' tangent is the attribution.
+into a dual tensor ``(h, t)`` and the logits' tangent is the attribution. After the
+layer, attention runs on kernels that support forward mode (the math backend of
+``scaled_dot_product_attention``, no fused MultiheadAttention); before it, on the
+usual ones, so the sampled vector is the one a plain forward pass computes.
 
 Without attribution, the forward pass stops right after the layer (a hook raises),
 so nothing after it runs. A network without a classifier samples without attribution
@@ -93,6 +96,21 @@ def _check_positions(positions: torch.Tensor, out: Any, spec: LayerSpec) -> None
     y, x = positions[:, 0], positions[:, 1]
     if bool(((y < 0) | (y >= h) | (x < 0) | (x >= w)).any()):
         raise ModelError(f"positions must be (y, x) on layer `{spec.name}`'s {h} x {w} grid, got values outside it: {positions.tolist()}")
+
+
+@contextlib.contextmanager
+def _forward_ad_kernels() -> Any:
+    """Attention kernels that support forward-mode AD: the math backend of scaled_dot_product_attention
+    and no fused MultiheadAttention fast path (the flash and fused kernels have no forward AD)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 _told_no_classifier: set[str] = set()
@@ -189,6 +207,7 @@ class LayerSampler:
     def _attributed(self, x: torch.Tensor, pos: torch.Tensor, cpu_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward-mode pass; vectors [B, C] and attribution [B, num_classes]."""
         captured: list[torch.Tensor] = []
+        after_layer = contextlib.ExitStack()
 
         def tap(name: str, out: Any) -> Any:
             if name != self.layer or captured:
@@ -196,11 +215,12 @@ class LayerSampler:
             _check_positions(cpu_positions, out, self.spec)
             a = self.spec.gather(out.detach(), pos)
             captured.append(a)
+            after_layer.enter_context(_forward_ad_kernels())  # the rest of the pass carries tangents
             with warnings.catch_warnings():  # the first make_dual scripts torch's jvp decompositions
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
                 return fwAD.make_dual(out, self.spec.spike(out, pos, a))
 
-        with fwAD.dual_level():
+        with fwAD.dual_level(), after_layer:
             logits = logits_of(run_tapped(self.module, x, tap, [self.layer]))
             tangent = fwAD.unpack_dual(logits).tangent
             attribution = torch.zeros_like(logits) if tangent is None else tangent.clone()

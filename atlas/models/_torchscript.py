@@ -43,12 +43,16 @@ def _check_sequential(module: torch.nn.Module, path: Path) -> None:
 
 
 def _num_classes(module: torch.nn.Module, input_size: int, path: Path) -> int:
+    """K for logits [1, K]; 0 for any other output (no classifier)."""
     with torch.no_grad():
         try:
             out = module(torch.zeros(1, 3, input_size, input_size))
         except Exception as e:  # noqa: BLE001 - report any failure with the input that caused it
             raise ModelError(f"TorchScript model {path} fails on an input [1, 3, {input_size}, {input_size}] ({e}); check model.input_size") from None
-    return int(logits_of(out).shape[1])
+    try:
+        return int(logits_of(out).shape[1])
+    except ModelError:
+        return 0
 
 
 def load_torchscript(model: ModelConfig) -> Network:

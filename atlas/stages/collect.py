@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import zarr
 
-from ..config import Config
+from ..config import Config, with_updates
 from ..ops.sampling import sample_positions
 from ..progress import progress
 from ..store import RunDir, atomic_save_npz, atomic_write_text, close_inherited_leases
@@ -134,6 +134,8 @@ def _open(job: Job) -> _Context:
     sampler = LayerSampler(net, cfg.model.layer, attribution=cfg.collect.attribution, top_k=cfg.collect.top_k,
                            device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda",
                            fold_bn=cfg.collect.fold_bn)
+    if cfg.collect.attribution and not sampler.attribution:  # a network without a classifier (the sampler said so)
+        cfg = with_updates(cfg, {"collect.attribution": False})
     return _Context(cfg, run, manifest, sampler, net, shape, len(manifest), log)
 
 

@@ -185,7 +185,8 @@ def _hand_network() -> Network:
         conv.weight.copy_(torch.eye(2, 3).view(2, 3, 1, 1))
         linear.weight.copy_(torch.arange(24.0).view(3, 8))
     module = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), linear).eval()
-    return Network(module, "hand", 2, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), class_names_for(3))
+    # [B, 2, 2, 2] outputs of a network that takes only 2 x 2 inputs: the layout cannot be probed, so it is given
+    return Network(module, "hand", 2, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), class_names_for(3), layout="nchw")
 
 
 def _hand_input() -> torch.Tensor:
