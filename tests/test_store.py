@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 import atlas.store
-from atlas.store import (DurableWriter, RunDir, StoreError, atomic_save_npz, atomic_write_bytes, atomic_write_text,
-                         explain_oserror)
+from atlas.store import (
+    DurableWriter,
+    RunDir,
+    StoreError,
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_text,
+    explain_oserror,
+)
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -29,7 +29,7 @@ def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str)
         reason, tail = error, []
     info: dict[str, Any] = {
         "stage": stage, "shard": f"{shard[0]}/{shard[1]}", "reason": reason, "host": socket.gethostname(),
-        "pid": os.getpid(), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(), "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "traceback": tail,
     }
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")

@@ -49,7 +49,7 @@ def _load_photo(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pyramid(k: int) -> tuple[Image.Image, ...]:
     """Photo ``k`` as RGB, then successive 2x box reductions down to ~32 px."""
     arr = _load_photo(DEMO_PHOTOS[k])

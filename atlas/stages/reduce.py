@@ -35,8 +35,18 @@ import zarr
 
 from ..config import Config, ReduceConfig
 from ..ops.knn import FaissKNN, set_faiss_threads
-from ..ops.layout import (apply_bounds, apply_pca, choose_init, default_n_neighbors, fit_pca, fit_umap,
-                          interpolate_positions, layout_bounds, trustworthiness, umap_transform)
+from ..ops.layout import (
+    apply_bounds,
+    apply_pca,
+    choose_init,
+    default_n_neighbors,
+    fit_pca,
+    fit_umap,
+    interpolate_positions,
+    layout_bounds,
+    trustworthiness,
+    umap_transform,
+)
 from ..progress import progress
 from ..store import RunDir, atomic_save_npz, read_rows
 from ._protocol import Job, Resources, StageBase

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.cluster.util import ATLAS, DEMO, ROOT, assert_runs_equal, env, kill, markers, sets, status, wait_for
 from tests.conftest import assert_groups_equal
-from tests.cluster.util import DEMO, ROOT, ATLAS, assert_runs_equal, env, kill, markers, sets, status, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.util import ATLAS, DEMO, ROOT, STAGES, assert_runs_equal, atlas, env, kill, sets, status, wait_for
 from tests.conftest import assert_groups_equal
-from tests.cluster.util import (ATLAS, DEMO, ROOT, STAGES, assert_runs_equal, atlas, env, kill, sets, status,
-                                wait_for)
 
 SCRIPTS = ROOT / "scripts" / "slurm"
 ARRAY = {"collect": 2, "render": 2, "tile": 2}
@@ -51,7 +50,8 @@ def test_array_tasks_killed_and_rerun_equal_in_process(whole_run: Path, tmp_path
             mine = _shard_units(whole_run, stage, 1, n)  # task 1's units, in the order it runs them
             assert len(mine) >= 2
             done = run_dir / "state" / stage / "done"
-            wait_for(lambda: (done / mine[0]).exists(), 600, f"{stage} task 1's first unit", procs)
+            first = done / mine[0]
+            wait_for(first.exists, 600, f"{stage} task 1's first unit", procs)
             kill(procs[1])
             _finish([procs[0]])
             assert not (done / mine[-1]).exists() and status(run_dir)[stage]["state"] == "partial"

@@ -138,7 +138,7 @@ def test_truncation_runs_nothing_after_the_layer(lite0: Network, photos: torch.T
         sampler = LayerSampler(lite0, "blocks.5", attribution=attribution)
         calls = dict.fromkeys([*after, "blocks.5"], 0)
         for name in calls:
-            sampler.module.get_submodule(name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+            sampler.module.get_submodule(name).register_forward_hook(lambda *_, n=name, c=calls: c.__setitem__(n, c[n] + 1))
         sampler(photos[:1], POSITIONS[:1])
         assert calls["blocks.5"] == 1
         assert all(calls[n] == expected_calls for n in after), calls

@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from atlas.config import ModelConfig
-from atlas.models import LayerSampler, ModelError, Network, class_names_for, imagenet_class_names, list_layers, load_network
+from atlas.models import (
+    LayerSampler,
+    ModelError,
+    Network,
+    class_names_for,
+    imagenet_class_names,
+    list_layers,
+    load_network,
+)
 
 SIZE = 16
 

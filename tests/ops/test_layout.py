@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas.ops.layout import (apply_bounds, apply_pca, choose_init, default_n_neighbors, fit_pca,
-                              interpolate_positions, layout_bounds, normalise_layout, trustworthiness,
-                              umap_transform)
+from atlas.ops.layout import (
+    apply_bounds,
+    apply_pca,
+    choose_init,
+    default_n_neighbors,
+    fit_pca,
+    interpolate_positions,
+    layout_bounds,
+    normalise_layout,
+    trustworthiness,
+    umap_transform,
+)
 
 
 def test_three_point_layout_normalised_exactly() -> None:
