@@ -70,13 +70,13 @@ def _baseline(image_dir: str, n: int, layer: str, workers: int, batch: int) -> d
 
 def _ours(image_dir: str, n: int, layer: str, workers: int, batch: int, run_dir: str) -> dict:
     from atlas.config import load_config
-    from atlas.stages import collect
+    from atlas.stages import get_stage, run_stage
 
     cfg = load_config(None, [f"run_dir={run_dir}", f"images.path={image_dir}", f"images.limit={n}",
                              f"model.layer={layer}", "collect.attribution=false", f"collect.workers={workers}",
                              f"collect.batch_size={batch}", "collect.chunk_rows=256"])
     t0 = time.perf_counter()
-    collect.run(cfg)
+    run_stage(get_stage("collect"), cfg)
     return {"seconds": time.perf_counter() - t0, "images": n}
 
 
@@ -138,7 +138,7 @@ def main() -> None:
               "speedup": ours["images_per_s"] / base["images_per_s"]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "collect.json").write_text(json.dumps(result, indent=2))
-    print(f"| method | N | images/s | peak RSS MB |\n|---|---|---|---|")
+    print("| method | N | images/s | peak RSS MB |\n|---|---|---|---|")
     for name, r in (("baseline", base), ("atlas collect", ours), ("atlas collect", ours_large)):
         print(f"| {name} | {r['images']} | {r['images_per_s']:.1f} | {r['peak_rss_mb']:.0f} |")
     print(f"\nspeed-up: {result['speedup']:.2f}x")

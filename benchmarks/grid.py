@@ -28,6 +28,7 @@ OUT = REPO / "benchmarks" / "out"
 
 
 def _prepare(n: int, c: int, chunk_rows: int) -> Path:
+    from atlas.store import RunDir
     from tests.synthetic_collect import make_collect, make_layout
 
     root = OUT / f"work-grid-{n}x{c}"
@@ -36,6 +37,10 @@ def _prepare(n: int, c: int, chunk_rows: int) -> Path:
         make_collect(root, n, c, chunk_rows=chunk_rows, seed=0, n_classes=1000, top_k=10, n_labels=100)
         make_layout(root, seed=0)
         (root / "state" / "collect" / "ready").write_text("")
+    # the grid runs only on finished inputs: the runner's final markers, chained by fingerprint
+    RunDir(root).mark_done("collect", "final", {"fingerprint": "synthetic-collect", "inputs": {}})
+    RunDir(root).mark_done("reduce", "final", {"fingerprint": "synthetic-reduce",
+                                               "inputs": {"collect": "synthetic-collect"}})
     return root
 
 
@@ -57,7 +62,7 @@ def _tree_rss_sampler(stop: threading.Event, peak: dict[str, float]) -> None:
 
 def worker(root: Path, workers: int, sizes: list[int]) -> dict[str, Any]:
     from atlas.config import config_from_dict
-    from atlas.stages import grid
+    from atlas.stages import get_stage, run_stage
 
     shutil.rmtree(root / "grid", ignore_errors=True)
     shutil.rmtree(root / "state" / "grid", ignore_errors=True)
@@ -66,7 +71,7 @@ def worker(root: Path, workers: int, sizes: list[int]) -> dict[str, Any]:
     th = threading.Thread(target=_tree_rss_sampler, args=(stop, peak), daemon=True)
     th.start()
     t0 = time.perf_counter()
-    grid.run(cfg)
+    run_stage(get_stage("grid"), cfg)
     wall = time.perf_counter() - t0
     stop.set()
     th.join()

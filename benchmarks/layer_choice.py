@@ -39,14 +39,14 @@ def measure(layer: str, size: int, n: int) -> dict:
     import zarr
 
     from atlas.config import load_config
-    from atlas.stages import collect
+    from atlas.stages import get_stage, run_stage
 
     run_dir = OUT / "layer-choice" / f"{layer}-{size}"
     cfg = load_config(ROOT / "pipelines" / "demo.yaml", [f"run_dir={run_dir}", f"images.demo_count={n}",
                                                          f"model.layer={layer}", f"model.input_size={size}",
                                                          "collect.attribution=false"])
     t0 = time.perf_counter()
-    collect.run(cfg)
+    run_stage(get_stage("collect"), cfg)
     g = zarr.open_group(str(run_dir / "collect"), mode="r")
     ok = g["status"][:] == 1
     x, labels = g["activations"][:][ok].astype(np.float32), g["labels"][:][ok]

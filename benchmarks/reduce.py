@@ -58,13 +58,13 @@ def _peak_rss_mib() -> float:
 def worker_ours(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Run the reduce stage from scratch on run_dir (its previous reduce output removed)."""
     from atlas.config import load_config
-    from atlas.stages import reduce
+    from atlas.stages import get_stage, run_stage
 
     shutil.rmtree(run_dir / "reduce", ignore_errors=True)
     shutil.rmtree(run_dir / "state" / "reduce", ignore_errors=True)
     cfg = load_config(None, [f"run_dir={run_dir}", *overrides])
     t0 = time.perf_counter()
-    reduce.run(cfg)
+    run_stage(get_stage("reduce"), cfg)
     wall = time.perf_counter() - t0
     steps = {u: json.loads((run_dir / "state" / "reduce" / "done" / u).read_text()).get("seconds")
              for u in ("knn", "fit")}
@@ -116,6 +116,7 @@ def _trust(run_dir: Path, layouts: dict[str, np.ndarray], sample_size: int, seed
 
 
 def _prepare_synthetic(n: int, c: int, seed: int, chunk_rows: int) -> Path:
+    from atlas.store import RunDir
     from tests.synthetic_collect import make_collect
 
     run_dir = OUT / f"work-synthetic-{n}x{c}-s{seed}"
@@ -126,6 +127,8 @@ def _prepare_synthetic(n: int, c: int, seed: int, chunk_rows: int) -> Path:
         make_collect(run_dir, n, c, chunk_rows=chunk_rows, seed=seed, n_classes=1000, top_k=5, bad_rows=bad.tolist())
         (run_dir / "state" / "collect" / "ready").write_text("")
         print(f"wrote synthetic collect {n}x{c} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    # reduce runs only on a finished collect: the runner's final marker
+    RunDir(run_dir).mark_done("collect", "final", {"fingerprint": "synthetic-collect", "inputs": {}})
     return run_dir
 
 

@@ -159,13 +159,16 @@ def _check_attempt(stage: Stage, job: Job, fp: str, settings: dict[str, Any], in
         return False
     if setup.get("fingerprint") == fp:
         return True
+    if setup.get("inputs") != inputs:  # the outputs are obsolete whatever the settings: always redo
+        job.log.warning("%s: its inputs were redone since the last attempt: redoing the stage", stage.name)
+        return False
     changed = _diff(setup.get("settings"), settings)
     if changed and stage.on_change == "refuse":
         raise StoreError(f"{job.run.stage_path(stage.output)} was made with other settings ({'; '.join(changed[:4])}"
                          f"{'; ...' if len(changed) > 4 else ''}): use a new run_dir, or delete "
                          f"{job.run.stage_path(stage.output)} and {job.run.state_path(stage.name)} to redo `{stage.name}`")
-    why = f"settings changed ({'; '.join(changed[:3])})" if changed else "its inputs were redone"
-    job.log.warning("%s: %s since the last attempt: redoing the stage", stage.name, why)
+    job.log.warning("%s: settings changed since the last attempt (%s): redoing the stage", stage.name,
+                    "; ".join(changed[:3]))
     return False
 
 

@@ -332,7 +332,7 @@ class ReduceStage(StageBase):
         done = run.done_units(NAME)
         if "knn" in done:
             info = run.read_json(f"state/{NAME}/done/knn")
-            out |= {"knn": info.get("method"), "knn_recall": info.get("recall")}
+            out |= {"knn_method": info.get("method"), "knn_recall": info.get("recall")}
         if "final" in done:
             out["trustworthiness"] = run.read_json(f"state/{NAME}/done/final").get("trustworthiness")
         return {k: v for k, v in out.items() if v is not None}

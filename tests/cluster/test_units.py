@@ -50,7 +50,7 @@ def test_parse_shard_slurm_reads_the_environment(monkeypatch: pytest.MonkeyPatch
 
 def test_sbatch_options_come_from_the_config(tmp_path: Path) -> None:
     cfg = load_config(DEMO, [f"run_dir={tmp_path}", "cluster.slurm.partition=gpu", "cluster.slurm.max_parallel=4",
-                             "cluster.slurm.extra=[--qos=long]", "cluster.slurm.render.tasks=8"])
+                             "cluster.slurm.extra=[--qos=long]", "cluster.slurm.stages.render.tasks=8"])
     logs = tmp_path.resolve() / "logs" / "slurm"
     assert sbatch_options(cfg, "render") == [
         "--job-name=atlas-render", "--time=08:00:00", "--cpus-per-task=8", "--mem=32G", "--array=0-7%4",
@@ -70,7 +70,7 @@ def test_slurm_plan_cli_lists_every_stage(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("override", "key"), [
     ("cluster.workers=0", "cluster.workers"),
-    ("cluster.slurm.grid.tasks=4", "cluster.slurm.grid.tasks"),
+    ("cluster.slurm.stages.grid.tasks=0", "cluster.slurm.stages.grid.tasks"),
     ("cluster.slurm.extra=['--qos long']", "cluster.slurm.extra"),
     ("cluster.engine=ray", "cluster.engine"),
 ])
@@ -79,9 +79,15 @@ def test_bad_cluster_settings_name_the_key(override: str, key: str) -> None:
         load_config(DEMO, [override])
 
 
+def test_a_single_job_stage_takes_no_tasks() -> None:
+    cfg = load_config(DEMO, ["cluster.slurm.stages.grid.tasks=4"])
+    with pytest.raises(ConfigError, match=r"cluster\.slurm\.stages\.grid\.tasks` must be 1"):
+        sbatch_options(cfg, "grid")
+
+
 def test_a_nested_override_keeps_the_other_per_stage_defaults() -> None:
-    render = load_config(DEMO, ["cluster.slurm.render.tasks=3"]).cluster.slurm.render
-    assert (render.tasks, render.time, render.gpus) == (3, "08:00:00", 1)
+    opts = sbatch_options(load_config(DEMO, ["cluster.slurm.stages.render.tasks=3"]), "render")
+    assert "--array=0-2" in opts and "--time=08:00:00" in opts and "--gres=gpu:1" in opts
 
 
 def test_expand_env(monkeypatch: pytest.MonkeyPatch) -> None:

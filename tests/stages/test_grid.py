@@ -1,14 +1,10 @@
 """grid stage on real on-disk Zarr: dask LocalCluster vs in-process, brute-force values,
-resume after SIGKILL, memory flat in N."""
+memory flat in N; the stage contract (rerun, resume after kill -9, shards, inputs) on the
+tiny demo atlas."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -17,14 +13,16 @@ import numpy as np
 import pytest
 import zarr
 
-from atlas.config import Config
+from atlas.config import Config, ConfigError, config_from_dict
 from atlas.ops.whitening import whitening_matrix
+from atlas.stages import get_stage, run_stage, stage_status
 from atlas.stages import grid as G
 from atlas.store import RunDir, StoreError
+from tests.stages.contract import StageContract, mark_finished
 from tests.synthetic_collect import make_collect, make_layout
 
-REPO = Path(__file__).resolve().parents[2]
 N, C, CHUNK, LABELS = 2000, 16, 256, 5
+STAGE = get_stage("grid")
 BAD = [5, 6, 1000]
 SIZES = [4, 8, 16]
 
@@ -32,6 +30,7 @@ SIZES = [4, 8, 16]
 def build(root: Path, n: int = N, chunk_rows: int = CHUNK) -> Path:
     make_collect(root, n, C, chunk_rows=chunk_rows, seed=0, n_classes=50, top_k=4, bad_rows=BAD, n_labels=LABELS)
     make_layout(root, seed=0)
+    mark_finished(root, "collect", "reduce")
     return root
 
 
@@ -42,13 +41,12 @@ def copy_inputs(src: Path, dst: Path) -> Path:
 
 
 def config(root: Path, **grid_kw: Any) -> Config:
-    cfg = Config(run_dir=str(root), seed=1)
-    cfg.grid.sizes = list(SIZES)
-    cfg.grid.examples = 3
-    cfg.grid.dask_workers = 0
-    for key, value in grid_kw.items():
-        setattr(cfg.grid, key, value)
-    return cfg
+    grid = {"sizes": list(SIZES), "examples": 3, "dask_workers": 0, **grid_kw}
+    return config_from_dict({"run_dir": str(root), "seed": 1, "grid": grid})
+
+
+def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
+    return run_stage(STAGE, cfg, shard)
 
 
 def grid_arrays(root: Path) -> dict[str, np.ndarray]:
@@ -83,13 +81,13 @@ def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def inproc(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_inputs(src, tmp_path_factory.mktemp("inproc"))
-    G.run(config(root))
+    run(config(root))
     return root
 
 
 def test_local_cluster_equals_in_process(inproc: Path, src: Path, tmp_path: Path, cluster: Any) -> None:
     root = copy_inputs(src, tmp_path / "dask")
-    G.run(config(root, scheduler=cluster.scheduler_address))
+    run(config(root, scheduler=cluster.scheduler_address))
     assert_identical(inproc, root)
 
 
@@ -151,38 +149,8 @@ def test_whitening_purity_and_attrs(inproc: Path) -> None:
         p, b = g.attrs["purity"][str(s)], g.attrs["purity_shuffled"][str(s)]
         assert 0.6 < p <= 1.0 and b < p - 0.2
         assert g[f"level-{s}"].attrs["purity"] == p
-    st = G.status(RunDir(inproc))
+    st = stage_status(STAGE, RunDir(inproc))
     assert st.state == "done" and st.total == 2 * 8 + 2 and st.detail["purity"] == g.attrs["purity"]
-
-
-def _grid_subprocess(root: Path) -> subprocess.Popen:
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from atlas.config import Config; "
-            f"from atlas.stages.grid import run; cfg = Config(run_dir={str(root)!r}, seed=1); "
-            f"cfg.grid.sizes = {SIZES!r}; cfg.grid.examples = 3; cfg.grid.dask_workers = 0; run(cfg)")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def test_sigkill_then_rerun_gives_identical_arrays(tmp_path: Path) -> None:
-    src = build(tmp_path / "src", n=3000, chunk_rows=40)  # 75 chunks: time to kill mid-way
-    killed = copy_inputs(src, tmp_path / "killed")
-    proc = _grid_subprocess(killed)
-    marker = killed / "state" / "grid" / "done" / "chunk-000001"
-    t0 = time.monotonic()
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() - t0 < 120
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not RunDir(killed).is_done("grid", "done")
-    G.run(config(killed))
-    clean = copy_inputs(src, tmp_path / "clean")
-    G.run(config(clean))
-    for s in SIZES:
-        a, b = zarr.open_group(str(killed / "grid"))[f"level-{s}"], zarr.open_group(str(clean / "grid"))[f"level-{s}"]
-        for k, v in a.arrays():
-            assert v[...].tobytes() == b[k][...].tobytes(), (s, k)
-    assert zarr.open_group(str(killed / "grid"))["whitening"][...].tobytes() == \
-        zarr.open_group(str(clean / "grid"))["whitening"][...].tobytes()
 
 
 def _peak_chunk_bytes(root: Path) -> int:
@@ -204,19 +172,19 @@ def test_chunk_kernel_memory_is_flat_in_n(tmp_path: Path) -> None:
 
 def test_errors(src: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one job"):
-        G.run(config(tmp_path), shard=(0, 2))
+        run(config(tmp_path), shard=(0, 2))
     root = tmp_path / "noreduce"
     for part in ("collect", "state/collect"):
         shutil.copytree(src / part, root / part)
-    with pytest.raises(StoreError, match="atlas reduce"):
-        G.run(config(root))
-    g = zarr.open_group(str(root / "collect"), mode="r+")
-    g.attrs.update({"ok_count": None})
-    del g["second_moment"]
-    with pytest.raises(StoreError, match="finish `atlas collect`"):
-        G.run(config(root))
-    with pytest.raises(ValueError, match="grid.sizes"):
-        G.run(config(copy_inputs(src, tmp_path / "badsizes"), sizes=[4, 12]))
+    with pytest.raises(StoreError, match=r"needs a finished `reduce`, which is not started .*`atlas reduce "):
+        run(config(root))
+    root = copy_inputs(src, tmp_path / "nocollect")
+    RunDir(root).clear_done("collect", "final")  # a collect killed before its last step
+    with pytest.raises(StoreError, match=r"needs a finished `collect`.*`atlas collect "):
+        run(config(root))
+    assert not (root / "grid").exists()
+    with pytest.raises(ConfigError, match=r"grid\.sizes"):
+        config(root, sizes=[4, 12])
 
 
 def test_without_labels_or_attribution(tmp_path: Path) -> None:
@@ -224,7 +192,15 @@ def test_without_labels_or_attribution(tmp_path: Path) -> None:
     make_collect(root, 600, C, chunk_rows=128, seed=2, n_classes=50, top_k=4, n_labels=0)
     zarr.open_group(str(root / "collect"), mode="r+").attrs.update({"attribution": False})
     make_layout(root, seed=2)
-    G.run(config(root, sizes=[2, 4]))
+    mark_finished(root, "collect", "reduce")
+    run(config(root, sizes=[2, 4]))
     g = zarr.open_group(str(root / "grid"), mode="r")
     assert sorted(k for k, _ in g["level-4"].arrays()) == ["count", "example_positions", "examples", "mean_activation"]
     assert g.attrs["purity"] == {} and g["level-2"]["count"][:].sum() == 600
+
+
+class TestGridContract(StageContract):
+    stage = "grid"
+    shardable = False
+    redo = ("collect", "collect.top_k=5")  # reduce becomes stale: grid refuses it
+    slow = ("test_refuses_unfinished_or_stale_inputs",)  # redoes collect, reduce and grid

@@ -1,14 +1,10 @@
 """reduce stage on a real on-disk synthetic collect: layout, determinism, sample + place,
-approximate kNN, resume after SIGKILL."""
+approximate kNN; the stage contract (rerun, resume after kill -9, shards, inputs) on the
+tiny demo atlas."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +12,14 @@ import numpy as np
 import pytest
 import zarr
 
-from atlas.config import Config
-from atlas.stages import reduce as R
+from atlas.config import Config, ConfigError, config_from_dict
+from atlas.stages import get_stage, run_stage, stage_status
 from atlas.store import RunDir, StoreError
+from tests.stages.contract import StageContract, mark_finished
 from tests.synthetic_collect import make_collect
 
-REPO = Path(__file__).resolve().parents[2]
 N, C, CHUNK = 2000, 32, 256
+STAGE = get_stage("reduce")
 BAD = [3, 7, 500, 1999]
 
 
@@ -30,6 +27,7 @@ BAD = [3, 7, 500, 1999]
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("collect-src")
     make_collect(root, N, C, chunk_rows=CHUNK, seed=0, bad_rows=BAD, n_labels=5)
+    mark_finished(root, "collect")
     return root
 
 
@@ -41,10 +39,11 @@ def fresh(src: Path, dst: Path) -> Path:
 
 
 def config(root: Path, **reduce_kw: Any) -> Config:
-    cfg = Config(run_dir=str(root), seed=3)
-    for key, value in reduce_kw.items():
-        setattr(cfg.reduce, key, value)
-    return cfg
+    return config_from_dict({"run_dir": str(root), "seed": 3, "reduce": reduce_kw})
+
+
+def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
+    return run_stage(STAGE, cfg, shard)
 
 
 def arrays(root: Path) -> dict[str, np.ndarray]:
@@ -64,7 +63,7 @@ def assert_identical(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def default_run(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = fresh(src, tmp_path_factory.mktemp("default"))
-    R.run(config(root))
+    run(config(root))
     return root
 
 
@@ -86,24 +85,21 @@ def test_layout_in_unit_square_nan_on_bad_rows(default_run: Path) -> None:
 
 
 def test_status_reports_units_and_quality(default_run: Path) -> None:
-    st = R.status(RunDir(default_run))
+    st = stage_status(STAGE, RunDir(default_run))
     assert st.state == "done" and st.total == N // CHUNK + 4 + (N % CHUNK > 0) and st.done == st.total
     assert st.detail["trustworthiness"] > 0.9 and st.detail["knn_method"] == "exact"
 
 
-def test_same_seed_bit_identical_and_rerun_is_a_noop(default_run: Path, src: Path, tmp_path: Path) -> None:
+def test_same_seed_bit_identical(default_run: Path, src: Path, tmp_path: Path) -> None:
     other = fresh(src, tmp_path / "again")
-    R.run(config(other))
+    run(config(other))
     assert_identical(default_run, other)
-    before = {p: p.stat().st_mtime_ns for p in (other / "reduce").rglob("*") if p.is_file()}
-    R.run(config(other))  # every step done: nothing rewritten
-    assert before == {p: p.stat().st_mtime_ns for p in (other / "reduce").rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("placement", ["interpolate", "transform"])
 def test_sample_place_and_approximate_knn(src: Path, tmp_path: Path, placement: str) -> None:
     root = fresh(src, tmp_path / placement)
-    R.run(config(root, fit_max=600, exact_knn_max=300, recall_queries=200, placement=placement,
+    run(config(root, fit_max=600, exact_knn_max=300, recall_queries=200, placement=placement,
                  pca=16 if placement == "interpolate" else None))
     x = arrays(root)
     attrs = zarr.open_group(str(root / "reduce"), mode="r").attrs
@@ -113,56 +109,32 @@ def test_sample_place_and_approximate_knn(src: Path, tmp_path: Path, placement: 
     ok = ~np.isin(np.arange(N), BAD)
     assert np.isfinite(x["coords"][ok]).all() and np.isnan(x["coords"][~ok]).all()
     assert attrs["trustworthiness"] > 0.85
-    assert R.status(RunDir(root)).detail["knn_recall"] == attrs["knn_recall"]
-
-
-def _run_in_subprocess(root: Path, reduce_kw: dict[str, Any]) -> subprocess.Popen:
-    sets = "".join(f"cfg.reduce.{k} = {v!r}; " for k, v in reduce_kw.items())
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from atlas.config import Config; "
-            f"from atlas.stages.reduce import run; cfg = Config(run_dir={str(root)!r}, seed=3); {sets}run(cfg)")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 120.0) -> None:
-    """SIGKILL the process as soon as ``marker`` exists."""
-    t0 = time.monotonic()
-    while not marker.exists():
-        assert proc.poll() is None, "the stage ended before the marker appeared"
-        assert time.monotonic() - t0 < timeout, f"{marker} never appeared"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def test_sigkill_mid_placement_then_rerun_gives_identical_arrays(src: Path, tmp_path: Path) -> None:
-    kw = {"fit_max": 600, "placement": "transform"}
-    killed = fresh(src, tmp_path / "killed")
-    proc = _run_in_subprocess(killed, kw)
-    kill_when(proc, killed / "state" / "reduce" / "done" / "place-chunk-000000")
-    assert not RunDir(killed).is_done("reduce", "done")
-    assert R.status(RunDir(killed)).state == "partial"
-    R.run(config(killed, **kw))
-    clean = fresh(src, tmp_path / "clean")
-    R.run(config(clean, **kw))
-    assert_identical(killed, clean)
+    assert stage_status(STAGE, RunDir(root)).detail["knn_recall"] == attrs["knn_recall"]
 
 
 def test_changed_parameters_start_over(default_run: Path, src: Path, tmp_path: Path) -> None:
     root = fresh(src, tmp_path / "changed")
-    R.run(config(root, fit_max=600, n_epochs=20))
-    R.run(config(root, fit_max=700, n_epochs=20))
+    run(config(root, fit_max=600, n_epochs=20))
+    run(config(root, fit_max=700, n_epochs=20))
     assert arrays(root)["fit_rows"].shape == (700,)
 
 
 def test_errors(src: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one job"):
-        R.run(config(tmp_path), shard=(1, 2))
+        run(config(tmp_path), shard=(1, 2))
     with pytest.raises(StoreError, match="atlas collect"):
-        R.run(config(tmp_path / "empty"))
+        run(config(tmp_path / "empty"))
     root = fresh(src, tmp_path / "incomplete")
-    g = zarr.open_group(str(root / "collect"), mode="r+")
-    del g["second_moment"]
-    with pytest.raises(StoreError, match="finish `atlas collect`"):
-        R.run(config(root))
-    with pytest.raises(ValueError, match="reduce.fit_max"):
-        R.run(config(fresh(src, tmp_path / "bad"), fit_max=0))
+    RunDir(root).clear_done("collect", "final")  # a collect killed before its last step
+    with pytest.raises(StoreError, match=r"needs a finished `collect`, which is .*`atlas collect "):
+        run(config(root))
+    assert not (root / "reduce").exists()
+    with pytest.raises(ConfigError, match=r"reduce\.fit_max"):
+        config(root, fit_max=0)
+
+
+class TestReduceContract(StageContract):
+    stage = "reduce"
+    shardable = False
+    redo = ("collect", "collect.top_k=5")
+    slow = ("test_refuses_unfinished_or_stale_inputs",)  # redoes collect, then reduce (UMAP's JIT) again

@@ -1,4 +1,5 @@
-"""render on the real bundled Lite0 (layer blocks.5), over a synthetic grid, in-process and through the CLI."""
+"""render on the real bundled Lite0 (layer blocks.5), over a synthetic grid, in-process; the
+stage contract (rerun, resume after kill -9, shards, inputs) through the CLI on the tiny demo atlas."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import pytest
 import torch
 import zarr
 
-from atlas.config import ModelConfig, RenderConfig, load_config
+from atlas.config import ConfigError, ModelConfig, RenderConfig, load_config
 from atlas.models import layer_output, load_network
 from atlas.models._activations import LayerActivations
 from atlas.ops.objectives import cosine
 from atlas.sources import demo_image
-from atlas.stages import render
+from atlas.stages import get_stage, render, run_stage, stage_status
 from atlas.store import RunDir, StoreError
-from tests.conftest import DEMO, assert_groups_equal
-from tests.stages import contract
+from tests.cluster.util import atlas
+from tests.conftest import DEMO
+from tests.stages.contract import FAST_RENDER, Runs, StageContract, mark_finished
 from tests.synthetic_grid import make_grid, non_empty_cells
 
+STAGE = get_stage("render")
 C = 192  # channels of Lite0 blocks.5
 SIZES = [2, 4]
 MIN_COUNT = 2
@@ -47,12 +50,19 @@ def real_vectors(real_maps) -> np.ndarray:
 
 
 def _ov(run_dir: Path, *more: str) -> list[str]:
-    return [f"run_dir={run_dir}", f"grid.min_count={MIN_COUNT}", "render.icon_size=32", "render.steps=4",
-            "render.batch_size=3", "render.restarts=2", "model.device=cpu", "render.threads=2", *more]
+    return [f"run_dir={run_dir}", f"grid.sizes={SIZES}", f"grid.min_count={MIN_COUNT}", "render.icon_size=32",
+            "render.steps=4", "render.batch_size=3", "render.restarts=2", "model.device=cpu", "render.threads=2", *more]
 
 
-def _grid(run_dir: Path, vectors: np.ndarray | None = None) -> None:
+def _grid(run_dir: Path, vectors: np.ndarray | None = None, finished: bool = True) -> None:
+    """A synthetic grid; ``finished``: with the runner's markers of a finished grid (and of its inputs)."""
     make_grid(run_dir, SIZES, C, seed=0, min_count=MIN_COUNT, vectors=vectors)
+    if finished:
+        mark_finished(run_dir, "collect", "reduce", "grid")
+
+
+def _run(cfg) -> bool:
+    return run_stage(STAGE, cfg)
 
 
 # --------------------------------------------------------------------------- activations
@@ -119,7 +129,7 @@ def test_render_writes_the_documented_group(tmp_path, real_vectors):
     run_dir = tmp_path / "run"
     _grid(run_dir, real_vectors)
     cfg = load_config(DEMO, _ov(run_dir))
-    render.run(cfg)
+    _run(cfg)
     g = zarr.open_group(str(run_dir / "render"), mode="r")
     total_units = 0
     for s in SIZES:
@@ -138,16 +148,16 @@ def test_render_writes_the_documented_group(tmp_path, real_vectors):
         assert f["p10"] <= f["median"] <= f["p90"]
         total_units += -(-n // 3)
     done = RunDir(run_dir).done_units("render")
-    assert len(done) == total_units and "level-0004-batch-000000" in done
+    assert len(done - {"final"}) == total_units and {"final", "level-0004-batch-000000"} <= done
     assert g.attrs["icon_size"] == 32 and g.attrs["restarts"] == 2 and g.attrs["sizes"] == SIZES
-    st = render.status(RunDir(run_dir))
-    assert st.state == "done" and st.done == st.total == total_units
+    st = stage_status(STAGE, RunDir(run_dir))
+    assert st.state == "done" and st.done == st.total == total_units + 1
     assert st.detail["median_cossim"]["4"] == pytest.approx(g.attrs["faithfulness"]["4"]["median"], abs=1e-6)
     log = (run_dir / "logs" / "render-0of1.log").read_text()
     assert "faithfulness cossim median" in log
     # other settings are refused, not mixed into the same arrays
-    with pytest.raises(StoreError, match="other settings"):
-        render.run(load_config(DEMO, _ov(run_dir, "render.steps=5")))
+    with pytest.raises(StoreError, match=r"other settings \(render\.steps: 4 -> 5\)"):
+        _run(load_config(DEMO, _ov(run_dir, "render.steps=5")))
 
 
 def test_levels_subset_and_whitening(tmp_path):
@@ -155,77 +165,47 @@ def test_levels_subset_and_whitening(tmp_path):
     _grid(run_dir)
     cfg = load_config(DEMO, _ov(run_dir, "render.levels=[2]", "render.whiten=true", "render.steps=1",
                                 "render.restarts=1"))
-    render.run(cfg)
-    st = render.status(RunDir(run_dir))
-    assert st.state == "partial" and st.detail["level_units"]["2"] == "2/2"
+    assert _run(cfg)  # the levels asked for are finished
+    st = stage_status(STAGE, RunDir(run_dir))
+    assert st.detail["level_units"]["2"] == "2/2"
     assert st.detail["level_units"]["4"].startswith("0/") and st.detail["median_cossim"]["4"] is None
     g = zarr.open_group(str(run_dir / "render"), mode="r")
     assert list(g.attrs["faithfulness"]) == ["2"] and g.attrs["whiten"] is True
-    with pytest.raises(ValueError, match="not grid levels"):
-        render.run(load_config(DEMO, _ov(run_dir, "render.levels=[64]", "render.whiten=true", "render.steps=1",
-                                         "render.restarts=1")))
+    with pytest.raises(ConfigError, match="not grid levels"):
+        load_config(DEMO, _ov(run_dir, "render.levels=[64]"))
 
 
 def test_missing_grid_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="atlas grid"):
-        render.run(load_config(DEMO, _ov(tmp_path / "run")))
-    assert render.status(RunDir(tmp_path / "run")).state == "not started"
+        _run(load_config(DEMO, _ov(tmp_path / "run")))
+    assert stage_status(STAGE, RunDir(tmp_path / "run")).state == "not started"
     _grid(tmp_path / "run")
-    shutil.rmtree(tmp_path / "run" / "grid" / "level-4" / "mean_activation")  # an unfinished grid
+    shutil.rmtree(tmp_path / "run" / "grid" / "level-4" / "mean_activation")  # a grid damaged after it finished
     with pytest.raises(StoreError, match="level-4/mean_activation"):
-        render.run(load_config(DEMO, _ov(tmp_path / "run")))
+        _run(load_config(DEMO, _ov(tmp_path / "run")))
 
 
-def test_grid_without_its_done_marker_is_refused(tmp_path):
-    _grid(tmp_path / "run")
-    RunDir(tmp_path / "run").clear_done("grid", "done")  # a grid killed before it finished
-    with pytest.raises(StoreError, match="unfinished"):
-        render.run(load_config(DEMO, _ov(tmp_path / "run")))
+def test_grid_without_its_final_marker_is_refused(tmp_path):
+    _grid(tmp_path / "run", finished=False)  # a grid killed before it finished
+    with pytest.raises(StoreError, match=r"needs a finished `grid`.*`atlas grid "):
+        _run(load_config(DEMO, _ov(tmp_path / "run")))
+    assert not (tmp_path / "run" / "render").exists()
 
 
 # --------------------------------------------------------------------------- contract, through the CLI
 
 
-def _cli_ov(run_dir: Path) -> list[str]:
-    return _ov(run_dir, "render.steps=6")
+class TestRenderContract(StageContract):
+    stage = "render"
+    overrides = FAST_RENDER
+    redo = ("reduce", "reduce.min_dist=0.3")  # the grid becomes stale: render refuses it
+    slow = ("test_resume_after_kill", "test_shards_match_single", "test_refuses_unfinished_or_stale_inputs")
 
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """One uninterrupted single-process render (in this process: the CLI runs below must match it bit for bit)."""
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    _grid(run_dir)
-    render.run(load_config(DEMO, _cli_ov(run_dir)))
-    return run_dir
-
-
-def test_rerun_of_a_finished_stage_changes_nothing(reference):
-    contract.check_idempotent("render", _cli_ov(reference), reference)
-
-
-def test_status_through_the_cli(reference):
-    rep = json.loads(contract.cli("status", str(reference), "--json").stdout)
-    st = next(s for s in rep["stages"] if s["stage"] == "render")
-    assert st["state"] == "done" and st["done"] == st["total"] > 1
-    assert set(st["median_cossim"]) == {"2", "4"}
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_gives_identical_arrays(tmp_path, reference):
-    run_dir = tmp_path / "run"
-    _grid(run_dir)
-    seen = contract.kill_when("render", _cli_ov(run_dir), run_dir, min_done=1)
-    total = render.status(RunDir(reference)).total
-    assert seen < total  # killed mid-stage
-    contract.run_stage("render", _cli_ov(run_dir))
-    assert_groups_equal(run_dir / "render", reference / "render")
-
-
-@pytest.mark.slow
-def test_two_shards_equal_one_run(tmp_path, reference):
-    run_dir = tmp_path / "run"
-    _grid(run_dir)
-    contract.check_shard_split("render", _cli_ov(run_dir), run_dir, reference, n=2)
+    def test_status_through_the_cli(self, runs: Runs) -> None:
+        rep = json.loads(atlas("status", str(runs.reference), "--json").stdout)
+        st = next(s for s in rep["stages"] if s["stage"] == "render")
+        assert st["state"] == "done" and st["done"] == st["total"] > 1
+        assert set(st["median_cossim"]) == {"4", "8"} and st["icons"] > 0 and st["icon_size"] == 16
 
 
 # --------------------------------------------------------------------------- CUDA (skipped without it)
@@ -252,6 +232,6 @@ def test_cuda_bf16_rendering_is_faithful(lite0, real_maps):
 def test_cuda_stage_run(tmp_path, real_vectors):
     run_dir = tmp_path / "run"
     _grid(run_dir, real_vectors)
-    render.run(load_config(DEMO, _ov(run_dir, "model.device=cuda")))
-    st = render.status(RunDir(run_dir))
+    _run(load_config(DEMO, _ov(run_dir, "model.device=cuda")))
+    st = stage_status(STAGE, RunDir(run_dir))
     assert st.state == "done" and all(v is not None for v in st.detail["median_cossim"].values())

@@ -1,5 +1,6 @@
 """The tile stage on synthetic atlases with known icons: pyramid rules, icon placement,
-metadata, example crops, resume after kill -9, idempotent rerun, shard split."""
+metadata, example crops, viewer files; the stage contract (rerun, resume after kill -9,
+shards, inputs) through the CLI on the tiny demo atlas."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,11 +19,23 @@ from atlas.config import load_config
 from atlas.ops.canvas import crop_box
 from atlas.ops.dzi import level_size, lod_grid_size, max_level, tile_bounds, tile_counts
 from atlas.sources import load_image
-from atlas.stages import tile
+from atlas.stages import get_stage, run_stage, stage_status, tile
 from atlas.store import RunDir, StoreError
-from tests.stages import contract
-from tests.synthetic_atlas import INPUT_SIZE, LAYER_HW, class_name, icon_colour, make_atlas
+from tests.cluster.util import status
+from tests.stages.contract import (
+    FAST_RENDER,
+    StageContract,
+    copy_run,
+    mark_finished,
+    one_line_error,
+    prepared_run,
+    run_killed,
+    stage_cli,
+)
+from tests.synthetic_atlas import INPUT_SIZE, LAYER_HW, class_name, icon_colour
+from tests.synthetic_atlas import make_atlas as _make_atlas
 
+STAGE = get_stage("tile")
 SIZES, ICON, TILE, OVERLAP = (2, 4), 16, 24, 1
 NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
@@ -32,8 +46,15 @@ def _overrides(run_dir: Path, *more: str) -> list[str]:
             *more]
 
 
-def _run(run_dir: Path, *more: str, shard: tuple[int, int] = (0, 1)) -> None:
-    tile.run(load_config(None, _overrides(run_dir, *more)), shard=shard)
+def _run(run_dir: Path, *more: str, shard: tuple[int, int] = (0, 1)) -> bool:
+    return run_stage(STAGE, load_config(None, _overrides(run_dir, *more)), shard)
+
+
+def make_atlas(run_dir: Path, **kw: Any) -> dict:
+    """A synthetic atlas whose collect, grid and render the runner takes as finished."""
+    info = _make_atlas(run_dir, **kw)
+    mark_finished(run_dir, "collect", "reduce", "grid", "render")
+    return info
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -224,32 +245,21 @@ def test_viewer_files_are_relative_and_complete(tiny):
 
 def test_status_reports_done(tiny):
     run_dir, _ = tiny
-    st = tile.status(RunDir(run_dir))
-    assert st.state == "done" and st.detail["complete"] is True and st.done == st.total
+    st = stage_status(STAGE, RunDir(run_dir))
+    assert st.state == "done" and st.done == st.total and st.detail["tiles"] > 0
+    assert st.detail["grids"] == list(SIZES) and st.detail["output"] == str(run_dir / "tiles")
 
 
-# --------------------------------------------------------------------------- contract
+# --------------------------------------------------------------------------- reruns, settings
 
 
-def test_rerun_of_a_finished_stage_changes_nothing(tiny):
-    run_dir, _ = tiny
-    files = [p for p in sorted((run_dir / "tiles").rglob("*")) + sorted((run_dir / "state" / "tile").rglob("*"))
-             if p.is_file() and "locks" not in p.parts]
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
-    _run(run_dir)
-    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
-    assert before == after
-    assert set(_tree(run_dir / "tiles")) == {str(p.relative_to(run_dir / "tiles")) for p in files
-                                             if (run_dir / "tiles") in p.parents}
-
-
-def test_two_shards_equal_one_run(tiny, tmp_path):
+def test_index_html_comes_last_and_viewer_files_are_refreshed(tiny, tmp_path):
     ref, _ = tiny
     run_dir = tmp_path / "run"
     make_atlas(run_dir, sizes=SIZES, icon=ICON)
-    _run(run_dir, shard=(0, 2))
+    assert not _run(run_dir, shard=(0, 2))
     assert not (run_dir / "tiles" / "index.html").exists()  # half the units: not finished
-    _run(run_dir, shard=(1, 2))
+    assert _run(run_dir, shard=(1, 2))
     assert _tree(run_dir / "tiles") == _tree(ref / "tiles")
     # a finished folder gets the installed viewer's files back when they differ (newer atlas)
     (run_dir / "tiles" / "viewer.css").write_text("/* old */")
@@ -300,32 +310,37 @@ def test_density_scale_shrinks_sparse_cells(tmp_path):
 
 
 def test_missing_inputs_and_missing_openseadragon_are_explained(tmp_path, monkeypatch):
-    with pytest.raises(StoreError, match="run `atlas collect` first"):
+    import atlas.viewer_assets as assets
+
+    with pytest.raises(StoreError, match=r"needs a finished `collect`, which is not started .*`atlas collect "):
         _run(tmp_path / "empty")
-    monkeypatch.setattr(tile, "_REPO", tmp_path)
+    make_atlas(tmp_path / "run", sizes=SIZES, icon=ICON)
+    monkeypatch.setattr(assets, "PACKAGED_OPENSEADRAGON", tmp_path / "nowhere")
+    monkeypatch.setattr(assets, "CHECKOUT_ROOT", tmp_path)
     monkeypatch.delenv("ATLAS_OPENSEADRAGON", raising=False)
     with pytest.raises(FileNotFoundError, match=r"make setup.*npm ci --prefix viewer"):
-        _run(tmp_path / "empty")
+        _run(tmp_path / "run")
+    assert not (tmp_path / "run" / "tiles").exists()  # refused before any work
 
 
-def test_resume_after_kill_gives_identical_files(tmp_path):
-    """kill -9 the real CLI mid-stage (polling RUN/state/tile/done), rerun: byte-identical output."""
-    sizes = (4, 8, 16)
-    over = [f"grid.sizes={list(sizes)}", "tile.tile_size=32", "tile.unit_tiles=1", "tile.examples_per_unit=8",
-            "tile.format=jpg"]
-    ref = tmp_path / "ref"
-    make_atlas(ref, sizes=sizes, icon=32, pattern="texture")
-    tile.run(load_config(None, [f"run_dir={ref}", *over]))
-    n_units = len(json.loads((ref / "state" / "tile" / "plan.json").read_text())["units"])
-    assert n_units >= 60
+# --------------------------------------------------------------------------- contract, through the CLI
 
-    run_dir = tmp_path / "run"
-    make_atlas(run_dir, sizes=sizes, icon=32, pattern="texture")
-    seen = contract.kill_when("tile", [f"run_dir={run_dir}", *over], run_dir, min_done=3)
-    done = RunDir(run_dir).done_units("tile")
-    assert 3 <= seen <= len(done) < n_units and "final" not in done  # killed mid-way
-    assert not (run_dir / "tiles" / "index.html").exists()
-    tile.run(load_config(None, [f"run_dir={run_dir}", *over]))  # resume
-    got, want = _tree(run_dir / "tiles"), _tree(ref / "tiles")
-    assert sorted(got) == sorted(want)  # no stray temporary files either
-    assert got == want
+
+class TestTileContract(StageContract):
+    stage = "tile"
+    overrides = FAST_RENDER  # the render contract's runs: its reference is this class's inputs
+    output_kind = "files"
+    redo = ("grid", "grid.top_classes=3")  # render becomes stale: tile refuses it
+    slow = ("test_refuses_unfinished_or_stale_inputs",)  # redoes grid, render and tile
+
+
+def test_a_render_killed_after_one_unit_is_refused(whole_run, tmp_path_factory, tmp_path):
+    """kill -9 render after its first unit: `atlas tile` says in one line to finish render first."""
+    run_dir = copy_run(prepared_run(whole_run, tmp_path_factory, "grid", FAST_RENDER), tmp_path / "run")
+    assert run_killed("render", run_dir, FAST_RENDER, after=1).returncode == -9
+    units = json.loads((run_dir / "state" / "render" / "units.json").read_text())
+    p = stage_cli("tile", run_dir, FAST_RENDER, check=False)
+    one_line_error(p, f"needs a finished `render`, which is 1/{len(units)} units done", "atlas render ")
+    states = status(run_dir)
+    assert states["render"]["state"] == "partial" and states["render"]["done"] == 1, states["render"]
+    assert states["tile"]["state"] == "not started" and not (run_dir / "tiles").exists(), states["tile"]
