@@ -79,10 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default=".", help="folder to write into, created if needed (default: .)")
     p.add_argument("--force", action="store_true", help="overwrite files that already exist")
 
-    p = sub.add_parser("layers", help="list a model's hookable layers with their output shapes")
-    p.add_argument("--model", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
-    p.add_argument("--weights", default=None, help="weights file (torchvision models, torchscript)")
+    p = sub.add_parser("layers", help="list a model's hookable layers: layout, grid (rows x cols x channels), output shape")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="model name as in model.name: a torchvision name, timm:<name>, or your own name with --factory "
+                        "(default: efficientnet_lite0)")
+    p.add_argument("--weights", default=None, help="weights file (a state_dict; the TorchScript file for torchscript)")
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+                   help="a function of your own code returning the network (as model.factory)")
+    p.add_argument("--layout", default="auto", choices=("auto", "nchw", "nhwc", "tokens"),
+                   help="read every layer in this layout (as model.layout; default: probed)")
+    p.add_argument("--prefix-tokens", type=int, default=None, metavar="N",
+                   help="class/register tokens before the patch grid of token layers (as model.prefix_tokens)")
 
     p = sub.add_parser("run", help="run the stages in order, skipping finished work")
     _add_config_args(p, shard=False)
@@ -127,7 +135,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"Next: read {os.path.join(args.dir, 'README.md')}, or run `atlas run demo`")
         return 0
     if args.command == "layers":
-        for spec in api.layers(args.model, weights=args.weights, input_size=args.input_size):
+        for spec in api.layers(args.model, weights=args.weights, input_size=args.input_size, layout=args.layout,
+                               prefix_tokens=args.prefix_tokens, factory=args.factory):
             print(api.format_layer(spec))
         return 0
     if args.command == "serve":

@@ -374,6 +374,17 @@ def test_cli_shows_ambiguous_layers(mynets: str) -> None:
     assert forced["mix"].split()[1:3] == ["nhwc", "8x8x8"]
 
 
+def test_layers_command_takes_factory_layout_and_prefix_flags(mynets: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from atlas.cli import main
+
+    assert main(["layers", "--model", "cube", "--factory", f"{mynets}:cube", "--input-size", "8"]) == 0
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert "ambiguous" in rows["mix"]
+    assert main(["layers", "--model", "cube", "--factory", f"{mynets}:cube", "--input-size", "8", "--layout", "nhwc"]) == 0
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert rows["mix"].split()[1:3] == ["nhwc", "8x8x8"]
+
+
 def test_unknown_name_mentions_the_new_sources() -> None:
     with pytest.raises(ModelError) as info:
         load_network(ModelConfig(name="my_own_net"))
