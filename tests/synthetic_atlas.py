@@ -7,18 +7,23 @@ render, manifest), with known icons, so tile / viewer tests need no network, mod
 What is written (the documented formats):
 
 ``RUN/manifest.tsv|json``  one PNG per row under ``RUN/source/`` (``write_images=False``: none)
-``RUN/collect``   attrs (class_names, layer_shape, input_size, model, layer, n_images, ok_count),
-                  ``positions`` [N, 2] int16, ``status`` [N] uint8 (all ok)
-``RUN/grid``      attrs sizes/min_count/class_names/complete; per size ``level-<s>``: ``count``,
-                  ``top_classes``/``top_values`` (or none with ``attribution=False``), ``examples``,
-                  ``example_positions``; marker ``state/grid/done/done``
-``RUN/render``    per size ``level-<s>``: ``icons`` [cells, icon, icon, 3] (cells = non-empty cells
-                  in row-major order), ``cells`` [cells, 2] int32, ``objective``, ``cossim``
+``RUN/collect``   attrs (class_names, label_names, layer_shape, input_size, model, layer, n_images,
+                  ok_count), ``positions`` [N, 2] int16, ``status`` [N] uint8 (all ok), ``labels`` [N]
+                  int32 (with ``n_labels``)
+``RUN/grid``      attrs sizes/min_count/class_names/label_names/complete; per size ``level-<s>``:
+                  ``count``, ``top_classes``/``top_values`` and ``class_attribution`` (none with
+                  ``attribution=False``; no ``class_attribution`` with ``class_attribution=False``),
+                  ``label_counts`` (with ``n_labels``), ``examples``, ``example_positions``; marker ``state/grid/done/done``
+``RUN/render``    per size ``level-<s>``: ``icons`` [cells, icon_s, icon_s, 3] (cells = non-empty cells
+                  in row-major order; ``icon_s = icon_sizes[s]``, else ``icon``), ``cells`` [cells, 2]
+                  int32, ``objective``, ``cossim``
 
 Layout: every row lands in one finest cell; the number of rows per finest cell is a blob
 field (so large atlases have empty regions) with cell (0, 0) forced empty and the last
 cell holding a single row (empty below ``min_count``). Coarser levels hold the union of
-their 2 x 2 children. Icons are solid :func:`icon_colour` squares (``pattern="solid"``) or
+their 2 x 2 children. ``class_attribution`` is a smooth field per class (two Gaussian blobs
+each, so a class heatmap is graded), raised to at least the ``top_values`` of each cell's
+``top_classes``; with ``n_labels``, row i's label depends on its cell's column. Icons are solid :func:`icon_colour` squares (``pattern="solid"``) or
 that colour with a smooth texture and a disc (``pattern="texture"``, for benchmarks and
 screenshots).
 """
@@ -34,7 +39,8 @@ import numpy as np
 import zarr
 from PIL import Image
 
-__all__ = ["make_atlas", "icon_colour", "icon_image", "class_name", "LAYER_HW", "INPUT_SIZE"]
+__all__ = ["make_atlas", "icon_colour", "icon_image", "class_name", "label_name", "class_field", "LAYER_HW",
+           "INPUT_SIZE"]
 
 LAYER_HW = (7, 7)
 INPUT_SIZE = 56
@@ -42,6 +48,27 @@ INPUT_SIZE = 56
 
 def class_name(k: int) -> str:
     return f"class-{k:03d}"
+
+
+def label_name(k: int) -> str:
+    return f"photo-{k}"
+
+
+def class_field(s: int, n_classes: int, seed: int, block: int = 64) -> np.ndarray:
+    """float32 [s, s, n_classes]: each class's smooth attribution field at the cell centres of
+    grid s (two seeded Gaussian blobs, minus a floor so each class covers part of the map);
+    computed ``block`` classes at a time."""
+    rng = np.random.default_rng([seed, 31])
+    centres = rng.uniform(0.1, 0.9, (n_classes, 2, 2))
+    widths = rng.uniform(0.12, 0.28, (n_classes, 2))
+    yy, xx = (np.mgrid[0:s, 0:s] + 0.5) / s
+    out = np.empty((s, s, n_classes), np.float32)
+    for k0 in range(0, n_classes, block):
+        c, w = centres[k0:k0 + block], widths[k0:k0 + block]
+        d2 = (yy[..., None, None] - c[None, None, :, :, 0]) ** 2 + (xx[..., None, None] - c[None, None, :, :, 1]) ** 2
+        field = np.exp(-d2 / (2 * w[None, None] ** 2)).sum(axis=3)
+        out[:, :, k0:k0 + block] = np.clip(2.5 * (field - 0.2), 0, None)
+    return out
 
 
 def icon_colour(s: int, r: int, c: int) -> tuple[int, int, int]:
@@ -116,9 +143,11 @@ def _write_images(run_root: Path, n: int, seed: int, size: int) -> list[str]:
 def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16, seed: int = 0,
                min_count: int = 2, n_classes: int = 20, top: int = 5, examples: int = 4,
                pattern: str = "solid", attribution: bool = True, write_images: bool = True,
-               image_size: int = 64, icon_chunk: int = 64) -> dict[str, Any]:
+               image_size: int = 64, icon_chunk: int = 64, icon_sizes: dict[int, int] | None = None,
+               class_attribution: bool = True, n_labels: int = 0) -> dict[str, Any]:
     """Write a complete synthetic run (see the module docstring); returns what tests need:
-    ``n`` rows, ``sizes``, ``icon``, per size ``count`` [s, s] and ``cells`` [k, 2]."""
+    ``n`` rows, ``sizes``, ``icon``, ``icon_sizes``, per size ``count`` [s, s], ``cells`` [k, 2],
+    ``examples``, ``top_classes``, ``class_attribution`` (float16, as stored), and ``labels`` [n]."""
     run_root = Path(run_root)
     run_root.mkdir(parents=True, exist_ok=True)
     sizes = sorted(int(s) for s in sizes)
@@ -139,17 +168,23 @@ def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16,
 
     # collect
     class_names = [class_name(k) for k in range(n_classes)]
+    label_names = [label_name(k) for k in range(n_labels)]
+    labels = ((fine % S) * n_labels // S).astype(np.int32) if n_labels else np.full(n, -1, np.int32)
     col = zarr.open_group(str(run_root / "collect"), mode="w", zarr_format=3)
     _put(col, "positions", positions, -1, (max(1, min(n, 4096)), 2))
     _put(col, "status", np.ones(n, np.uint8), 0, (max(1, min(n, 4096)),))
+    if n_labels:
+        _put(col, "labels", labels, -1, (max(1, min(n, 4096)),))
     col.attrs.update({"model": "synthetic-net", "layer": "blocks.5", "layer_shape": [16, lh, lw],
                       "input_size": INPUT_SIZE, "n_images": n, "ok_count": n, "class_names": class_names,
-                      "label_names": [], "chunk_rows": 4096, "attribution": attribution})
+                      "label_names": label_names, "chunk_rows": 4096, "attribution": attribution})
+    icon_of = {s: int((icon_sizes or {}).get(s, icon)) for s in sizes}
 
     grid = zarr.open_group(str(run_root / "grid"), mode="w", zarr_format=3)
     render = zarr.open_group(str(run_root / "render"), mode="w", zarr_format=3)
-    info: dict[str, Any] = {"n": n, "sizes": sizes, "icon": icon, "count": {}, "cells": {}, "examples": {},
-                            "top_classes": {}}
+    info: dict[str, Any] = {"n": n, "sizes": sizes, "icon": icon_of[S], "icon_sizes": icon_of, "count": {},
+                            "cells": {}, "examples": {}, "top_classes": {}, "class_attribution": {},
+                            "labels": labels}
     fr, fc = fine // S, fine % S
     for s in sizes:
         f = S // s
@@ -170,15 +205,29 @@ def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16,
             _put(g, "top_classes", cls, -1)
             _put(g, "top_values", val, np.nan)
             info["top_classes"][s] = cls
+            if class_attribution:
+                field = class_field(s, n_classes, seed)
+                rr, cc, jj = np.nonzero(cls >= 0)
+                kk = cls[rr, cc, jj].astype(np.int64)
+                field[rr, cc, kk] = np.maximum(field[rr, cc, kk], val[rr, cc, jj])
+                field[empty] = np.nan
+                ca = field.astype(np.float16)
+                _put(g, "class_attribution", ca, 0.0, (min(s, 64), min(s, 64), min(n_classes, 64)))
+                info["class_attribution"][s] = ca
+        if n_labels:
+            lc = np.zeros((s * s, n_labels), np.int32)
+            np.add.at(lc, (key, labels), 1)
+            _put(g, "label_counts", lc.reshape(s, s, n_labels), 0)
         _put(g, "examples", ex, -1)
         _put(g, "example_positions", ex_pos.astype(np.int16), -1)
         g.attrs.update({"size": s, "empty_cells": int(empty.sum())})
 
         cells = np.argwhere(~empty).astype(np.int32)  # row-major
-        icons = np.stack([icon_image(s, int(r), int(c), icon, pattern) for r, c in cells]) if len(cells) \
-            else np.zeros((0, icon, icon, 3), np.uint8)
+        px = icon_of[s]
+        icons = np.stack([icon_image(s, int(r), int(c), px, pattern) for r, c in cells]) if len(cells) \
+            else np.zeros((0, px, px, 3), np.uint8)
         rl = render.create_group(f"level-{s}")
-        rl.create_array("icons", shape=icons.shape, chunks=(max(1, min(icon_chunk, len(cells))), icon, icon, 3),
+        rl.create_array("icons", shape=icons.shape, chunks=(max(1, min(icon_chunk, len(cells))), px, px, 3),
                         dtype="uint8", fill_value=0)
         if len(cells):
             rl["icons"][...] = icons
@@ -188,8 +237,9 @@ def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16,
         _put(rl, "cossim", rng_o.uniform(0.3, 0.9, len(cells)).astype(np.float32), 0, (max(1, len(cells)),))
         info["count"][s], info["cells"][s], info["examples"][s] = count, cells, ex
     grid.attrs.update({"sizes": sizes, "min_count": min_count, "top_classes": top, "examples": examples,
-                       "class_names": class_names, "label_names": [], "complete": True})
-    render.attrs.update({"levels": sizes, "icon_size": icon, "complete": True})
+                       "class_names": class_names, "label_names": label_names, "complete": True})
+    render.attrs.update({"levels": sizes, "icon_size": icon_of[S], "icon_sizes": {str(s): v for s, v in icon_of.items()},
+                         "complete": True})
     for stage in ("grid", "render"):
         done = run_root / "state" / stage / "done"
         done.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from atlas.store import RunDir
-
 from atlas.ops.whitening import whitening_matrix
+from atlas.store import RunDir
 
 __all__ = ["make_grid", "non_empty_cells"]
 

@@ -159,7 +159,8 @@ def test_out_of_range_value_in_a_file_fails_at_load(tmp_path):
 def test_unknown_key_message_lists_the_keys_of_its_section():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["render.stepz=3"])
-    assert str(e.value) == ("unknown config key `render.stepz`; allowed keys in render: levels, icon_size, steps, "
+    assert str(e.value) == ("unknown config key `render.stepz`; allowed keys in render: levels, icon_size, icon_growth, "
+                            "icon_sizes, steps, "
                             "batch_size, restarts, lr, cossim_power, whiten, reduce, cossim_floor, decay_power, "
                             "init_sd, transforms, polish, threads")
     with pytest.raises(ConfigError, match=r"^unknown config key `cluster\.slurm\.stages\.tile\.cpu`; "

@@ -29,6 +29,7 @@ __all__ = [
     "level_means",
     "top_per_cell",
     "dense_from_keys",
+    "dense_cell_block",
     "purity",
     "unit_rows",
     "cell_similarity",
@@ -170,6 +171,23 @@ def dense_from_keys(keys: np.ndarray, values: np.ndarray, n_cells: int, n_classe
     """Sparse (cell, class) values -> dense [n_cells, n_classes] (zeros elsewhere)."""
     out: np.ndarray = np.zeros((n_cells, n_classes), dtype=dtype)
     out[keys // n_classes, keys % n_classes] = values
+    return out
+
+
+def dense_cell_block(keys: np.ndarray, values: np.ndarray, cell_lo: int, cell_hi: int,
+                     n_classes: int) -> np.ndarray:
+    """Rows ``cell_lo .. cell_hi - 1`` of the dense [n_cells, n_classes] matrix of sparse
+    (cell, class) values: float64 [cell_hi - cell_lo, n_classes], zeros elsewhere.
+
+    ``keys`` must be sorted (as :func:`key_sums` leaves them), so the block's keys are one
+    contiguous run found by binary search: a level is written block by block without ever
+    holding its whole dense matrix.
+    """
+    keys = np.asarray(keys, np.int64)
+    a, b = np.searchsorted(keys, [cell_lo * n_classes, cell_hi * n_classes], side="left")
+    out = np.zeros((cell_hi - cell_lo, n_classes), np.float64)
+    k = keys[a:b]
+    out[k // n_classes - cell_lo, k % n_classes] = np.asarray(values, np.float64)[a:b]
     return out
 
 

@@ -20,7 +20,8 @@ __all__ = ["parse_colour", "density_fraction", "paint_region", "resize_icon", "c
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
-# Icon side under ``density_scale``: MIN + (1 - MIN) * sqrt(count / max count of the level).
+# Icon side under ``density_scale`` (Distill): sqrt(count / mean count of the grid's non-empty
+# cells), clipped to [DENSITY_MIN, 1].
 DENSITY_MIN = 0.4
 
 
@@ -35,10 +36,11 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
 
 
-def density_fraction(count: np.ndarray, max_count: int) -> np.ndarray:
-    """Icon side as a fraction of its cell: ``0.4 + 0.6 * sqrt(count / max_count)`` in [0.4, 1]."""
+def density_fraction(count: np.ndarray, mean_count: float) -> np.ndarray:
+    """Icon side as a fraction of its cell, as in Distill's atlas: ``sqrt(count / mean_count)``
+    clipped to [0.4, 1] (``mean_count``: the mean count of the grid's non-empty cells)."""
     c = np.asarray(count, dtype=np.float64)
-    return DENSITY_MIN + (1.0 - DENSITY_MIN) * np.sqrt(np.clip(c / max(int(max_count), 1), 0.0, 1.0))
+    return np.clip(np.sqrt(c / max(float(mean_count), 1e-12)), DENSITY_MIN, 1.0)
 
 
 def inset_rect(x0: int, y0: int, x1: int, y1: int, fraction: float) -> tuple[int, int, int, int]:

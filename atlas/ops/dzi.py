@@ -12,8 +12,9 @@ OpenSeadragon's ``DziTileSource``):
   right/bottom edge are smaller;
 * files are ``<name>_files/<level>/<col>_<row>.<format>``.
 
-Grid cells. The atlas canvas is ``S * icon`` pixels wide for the finest grid size ``S``;
-cell ``(row, col)`` of a grid of size ``s`` covers canvas x in ``[col, col + 1) * W / s``.
+Grid cells. Each grid size ``s`` has its own pyramid, ``W = s * icon_s`` pixels wide for
+its icons of ``icon_s`` pixels (coarser grids have larger icons); cell ``(row, col)``
+covers x in ``[col, col + 1) * W / s`` of it (every pyramid spans the same atlas square).
 On a level drawn at scale ``num / den`` (a power of two, possibly times a supersampling
 factor) its edges are ``edge(k) = ceil(k * W * num / (s * den))``: a monotone integer
 partition of ``[0, ceil(W * num / den))``, so every cell lands in exactly one rectangle,
@@ -36,7 +37,8 @@ __all__ = [
     "descriptor_xml",
     "cell_edges",
     "cells_in_span",
-    "lod_grid_size",
+    "grid_for_zoom",
+    "grid_switch_px",
     "supersample",
 ]
 
@@ -128,23 +130,29 @@ def cells_in_span(edges: np.ndarray, start: int, stop: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, len(edges) - 1)
 
 
-def lod_grid_size(sizes: list[int] | tuple[int, ...], level: int, top: int, fraction: float = 1.0) -> int:
-    """The grid size a DZI level shows (level of detail rule).
+def grid_for_zoom(sizes: list[int] | tuple[int, ...], icon_sizes: dict[int, int], atlas_px: float,
+                  fraction: float = 1.0) -> int:
+    """The grid size shown when the atlas is ``atlas_px`` screen pixels wide (level of detail rule).
 
-    With ``S`` the finest size, a cell of grid ``s`` on level ``level`` is
-    ``icon * (S / s) * 2^(level - top)`` pixels wide. The level shows the *finest* grid
-    whose cells are at least ``fraction * icon`` pixels there, and the coarsest grid
-    when none is (the lowest, thumbnail levels). With ``fraction = 1`` the top level
-    shows the finest grid, each level below the next coarser one, every icon at its
-    native resolution; smaller fractions switch to finer grids earlier, downscaled.
+    Each grid ``s`` has its own icons, ``icon_sizes[s]`` pixels square, and its own pyramid of
+    ``s * icon_sizes[s]`` pixels, whose top level shows them at native resolution. A cell of
+    grid ``s`` is ``atlas_px / s`` screen pixels wide; the rule shows the *finest* grid whose
+    cells are at least ``fraction * icon_sizes[s]`` pixels (its icons at native size or larger,
+    for ``fraction = 1``) and the coarsest grid when none is (zoomed out). Zooming in, grid
+    ``s`` takes over at ``atlas_px = fraction * s * icon_sizes[s]`` (:func:`grid_switch_px`).
+    The viewer (``viewer.js``, ``gridForAtlasPx``) applies the same rule.
     """
     ordered = sorted(sizes)
-    finest = ordered[-1]
     for s in reversed(ordered):
-        # (finest / s) * 2^(level - top) >= fraction, in exact arithmetic
-        if finest * 2.0 ** (level - top) >= fraction * s:
+        if atlas_px >= fraction * s * icon_sizes[s]:
             return s
     return ordered[0]
+
+
+def grid_switch_px(sizes: list[int] | tuple[int, ...], icon_sizes: dict[int, int], fraction: float = 1.0) -> dict[int, float]:
+    """Atlas width in screen pixels at which each grid takes over when zooming in (the coarsest: 0)."""
+    ordered = sorted(sizes)
+    return {s: 0.0 if s == ordered[0] else fraction * s * icon_sizes[s] for s in ordered}
 
 
 def supersample(s: int, canvas: int, level: int, top: int) -> int:

@@ -25,10 +25,12 @@ to ``grid.scheduler`` or a LocalCluster of ``grid.dask_workers`` processes.
 Layout of ``RUN/grid``: root array ``whitening`` [C, C] float64; per size s a subgroup
 ``level-<s>`` with ``count`` [s, s] int64, ``mean_activation`` [s, s, C] float32,
 ``top_classes`` [s, s, T] int16 / ``top_values`` [s, s, T] float32 (mean attribution),
-``label_counts`` [s, s, L] int32 (when the source has labels), ``examples`` [s, s, E] int64
+``class_attribution`` [s, s, K] float16 (the mean attribution to every class: the class
+heatmap; written 64 cell rows at a time from the sparse (cell, class) sums), ``label_counts`` [s, s, L] int32 (when the source has labels), ``examples`` [s, s, E] int64
 collect rows and ``example_positions`` [s, s, E, 2] int16. Cell (r, c) holds the points
 with r = floor(y s), c = floor(x s) of the reduce coords (x, y). A cell is *empty* when
-``count < grid.min_count``: its mean is NaN, top classes -1 / NaN, examples -1.
+``count < grid.min_count``: its mean is NaN, top classes -1 / NaN, class attribution NaN,
+examples -1.
 """
 
 from __future__ import annotations
@@ -44,9 +46,24 @@ import numpy as np
 import zarr
 
 from ..config import Config, GridConfig
-from ..ops.binning import (add_partials, cell_ids, cell_similarity, chunk_partial, dense_from_keys, empty_accumulator,
-                           key_sums, level_means, parent_ids, purity, pyramid, rank_in_groups, top_per_cell,
-                           top_rows_per_cell, unit_rows)
+from ..ops.binning import (
+    add_partials,
+    cell_ids,
+    cell_similarity,
+    chunk_partial,
+    dense_cell_block,
+    dense_from_keys,
+    empty_accumulator,
+    key_sums,
+    level_means,
+    parent_ids,
+    purity,
+    pyramid,
+    rank_in_groups,
+    top_per_cell,
+    top_rows_per_cell,
+    unit_rows,
+)
 from ..ops.whitening import whitening_matrix
 from ..progress import progress
 from ..store import RunDir, atomic_save_npz, fingerprint
@@ -56,6 +73,8 @@ __all__ = ["STAGE", "GridStage", "GridPlan"]
 
 NAME = "grid"
 _COMBINE_BATCH = 32  # chunk partials merged into the totals at a time (fixed: part of the sum order)
+_CLASS_BLOCK = 64    # class_attribution: cell rows written at a time; chunk side in rows, columns, classes
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass(frozen=True)
@@ -309,6 +328,7 @@ def _write_level(g: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarra
         cls[empty], val[empty] = -1, np.nan
         _put(sub, "top_classes", cls.reshape(s, s, -1), -1, (*_RC, "top"))
         _put(sub, "top_values", val.reshape(s, s, -1), np.nan, (*_RC, "top"))
+        _write_class_attribution(sub, plan, s, lev)
     if plan.n_labels:
         lc = dense_from_keys(lev["label_keys"], lev["label_counts"], s * s, plan.n_labels, np.int32)
         _put(sub, "label_counts", lc.reshape(s, s, -1), 0, (*_RC, "label"))
@@ -316,6 +336,21 @@ def _write_level(g: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarra
     _put(sub, "examples", rows, -1, (*_RC, "example"))
     _put(sub, "example_positions", pos, -1, (*_RC, "example", "yx"))
     sub.attrs.update({"size": s, "empty_cells": int(empty.sum())})
+
+
+def _write_class_attribution(sub: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarray]) -> None:
+    """``class_attribution`` [s, s, K] float16: every class's mean attribution per cell (NaN in empty
+    cells), written ``_CLASS_BLOCK`` cell rows at a time from the sorted sparse sums, so the
+    level's dense float64 matrix is never held whole (a 256 x 256 x 1000 level would be 524 MB)."""
+    k, rows = plan.n_classes, min(s, _CLASS_BLOCK)
+    arr = sub.create_array("class_attribution", shape=(s, s, k), chunks=(rows, rows, min(k, _CLASS_BLOCK)),
+                           dtype="float16", fill_value=0.0, dimension_names=(*_RC, "class"))
+    for r0 in range(0, s, rows):
+        r1 = min(s, r0 + rows)
+        cnt = lev["count"][r0:r1].reshape(-1)
+        mean = dense_cell_block(lev["attr_keys"], lev["attr_sums"], r0 * s, r1 * s, k) / np.maximum(cnt, 1)[:, None]
+        mean[cnt < plan.min_count] = np.nan
+        arr[r0:r1] = np.clip(mean, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16).reshape(r1 - r0, s, k)
 
 
 def _write(plan: GridPlan, run: RunDir, log: Logger) -> None:
@@ -342,7 +377,8 @@ def _root_attrs(plan: GridPlan, col: zarr.Group, purities: dict[int, tuple[float
         "examples": plan.examples, "whiten_eps": plan.whiten_eps,
         "whitening": "S = inv(M + eps * trace(M)/C * I), M = second_moment / ok_count (eps relative to the mean eigenvalue)",
         "cells": "cell (r, c) at size s holds reduce coords (x, y) with r = floor(y*s), c = floor(x*s); 1.0 -> last cell",
-        "empty": "a cell is empty when count < min_count: mean_activation NaN, top_classes -1, examples -1",
+        "empty": "a cell is empty when count < min_count: mean_activation NaN, top_classes -1, class_attribution NaN, examples -1",
+        "class_attribution": "mean over the cell's activations of h . d logit_k / d h at the sampled position (logit units; 0 where class k was in no row's collected top-K)",
         "examples_rule": "collect rows of the cell with the highest cosine similarity to the cell's mean activation",
         "class_names": list(col.attrs.get("class_names") or []), "label_names": list(col.attrs.get("label_names") or []),
         "purity": {str(s): p for s, (p, _) in purities.items()},

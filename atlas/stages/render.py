@@ -51,14 +51,14 @@ from ..store import RunDir, StoreError
 from ._protocol import Job, Resources, StageBase
 
 __all__ = ["STAGE", "RenderStage", "plan_units", "unit_name", "unit_seed", "render_icons", "RenderResult",
-           "make_transforms", "faithfulness_summary"]
+           "make_transforms", "faithfulness_summary", "level_icon_sizes"]
 
 NAME = "render"
 GRID = "grid"
 
 # Settings that change an icon's pixels: a rerun with other values would mix two runs.
 _PIXEL_KEYS = ("icon_size", "steps", "batch_size", "restarts", "lr", "cossim_power", "whiten", "reduce",
-               "cossim_floor", "decay_power", "init_sd", "transforms", "polish")
+               "cossim_floor", "decay_power", "init_sd", "transforms", "polish", "icon_growth", "icon_sizes")
 
 
 # --------------------------------------------------------------------------- the renderer
@@ -235,17 +235,28 @@ class _Context:
 
 def _settings(cfg: Config) -> dict[str, Any]:
     model = cfg.model.model_dump(mode="json", exclude={"device"})
-    return {"seed": cfg.seed, "model": model, "render": {k: getattr(cfg.render, k) for k in _PIXEL_KEYS}}
+    return {"seed": cfg.seed, "model": model, "render": cfg.render.model_dump(mode="json", include=set(_PIXEL_KEYS))}
+
+
+def level_icon_sizes(cfg: Config, sizes: list[int]) -> dict[int, int]:
+    """Icon side per grid size: ``render.icon_size`` at the finest grid, larger on coarser ones
+    (``render.icon_growth``, ``render.icon_sizes``). Depends on the grid's sizes only, so levels
+    added later to ``render.levels`` get the size they would have had."""
+    unknown = sorted(set(cfg.render.icon_sizes or {}) - set(sizes))
+    if unknown:
+        raise ValueError(f"render.icon_sizes names grid sizes {unknown} that the grid does not have ({sorted(sizes)})")
+    return {s: cfg.render.level_icon_size(s, max(sizes)) for s in sorted(sizes)}
 
 
 def _create_group(ctx: _Context) -> None:
     cfg, run, grid = ctx.cfg, ctx.run, ctx.grid
-    r, s_px, bs = cfg.render, cfg.render.icon_size, cfg.render.batch_size
+    r, bs = cfg.render, cfg.render.batch_size
+    sides = level_icon_sizes(cfg, list(grid.levels))
     tmp = run.root / f".{NAME}.creating"
     shutil.rmtree(tmp, ignore_errors=True)
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for s, lvl in grid.levels.items():
-        n = len(lvl.cells)
+        n, s_px = len(lvl.cells), sides[s]
         sub = g.create_group(f"level-{s}")
         sub.create_array("icons", shape=(n, s_px, s_px, 3), chunks=(bs, s_px, s_px, 3), dtype="uint8", fill_value=0,
                          dimension_names=("icon", "y", "x", "rgb"))
@@ -255,11 +266,12 @@ def _create_group(ctx: _Context) -> None:
         sub.create_array("cossim", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
         if n:
             cells[...] = lvl.cells
-        sub.attrs.update({"grid_size": s, "n_cells": n, "n_units": -(-n // bs)})
+        sub.attrs.update({"grid_size": s, "n_cells": n, "n_units": -(-n // bs), "icon_size": s_px})
     g.attrs.update({
         "model": cfg.model.name, "layer": cfg.model.layer, "seed": cfg.seed, "sizes": list(grid.levels),
         "n_cells": {str(s): len(lvl.cells) for s, lvl in grid.levels.items()}, "channels": grid.channels,
-        **{k: getattr(r, k) for k in _PIXEL_KEYS}, "min_count": cfg.grid.min_count,
+        **{k: getattr(r, k) for k in _PIXEL_KEYS if k != "icon_sizes"}, "min_count": cfg.grid.min_count,
+        "icon_sizes": {str(s): px for s, px in sides.items()},
     })
     os.replace(tmp, run.stage_path(NAME))  # the group appears whole or not at all
 
@@ -306,8 +318,9 @@ def _run_unit(ctx: _Context, unit: _Unit, on_step: Callable[[int], None]) -> dic
     t0 = time.time()
     gen = torch.Generator().manual_seed(unit_seed(cfg.seed, unit.level, unit.batch))
     s = None if ctx.grid.whitening is None else torch.from_numpy(ctx.grid.whitening)
-    res = render_icons(ctx.acts, torch.from_numpy(lvl.targets[unit.lo:unit.hi]), cfg.render, generator=gen,
-                       whitening=s, on_step=on_step)
+    side = level_icon_sizes(cfg, list(ctx.grid.levels))[unit.level]
+    res = render_icons(ctx.acts, torch.from_numpy(lvl.targets[unit.lo:unit.hi]),
+                       cfg.render.model_copy(update={"icon_size": side}), generator=gen, whitening=s, on_step=on_step)
     sub = ctx.group[f"level-{unit.level}"]
     sub["icons"][unit.lo:unit.hi] = res.icons
     sub["objective"][unit.lo:unit.hi] = res.objective

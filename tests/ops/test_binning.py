@@ -8,10 +8,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from atlas.ops.binning import (add_partial, add_partials, cell_ids, cell_similarity, chunk_partial, dense_from_keys,
-                               empty_accumulator, key_sums, level_means, merge_key_sums, parent_ids, pool2x2,
-                               pool_keys, purity, pyramid, rank_in_groups, scatter_counts, scatter_sums,
-                               top_per_cell, top_rows_per_cell, unit_rows)
+from atlas.ops.binning import (
+    add_partial,
+    add_partials,
+    cell_ids,
+    cell_similarity,
+    chunk_partial,
+    dense_cell_block,
+    dense_from_keys,
+    empty_accumulator,
+    key_sums,
+    level_means,
+    merge_key_sums,
+    parent_ids,
+    pool2x2,
+    pool_keys,
+    purity,
+    pyramid,
+    rank_in_groups,
+    scatter_counts,
+    scatter_sums,
+    top_per_cell,
+    top_rows_per_cell,
+    unit_rows,
+)
 
 SIZES = [2, 4, 8]
 
@@ -193,3 +213,17 @@ def test_chunked_partials_equal_one_pass() -> None:
     for i in np.flatnonzero(ok & (lab >= 0)):
         dense_lab[ids[i], lab[i]] += 1
     np.testing.assert_array_equal(dense_from_keys(acc["label_keys"], acc["label_counts"], size * size, 4), dense_lab)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 35), st.integers(0, 6), st.floats(-5, 5, allow_nan=False)), max_size=80),
+       st.integers(1, 36))
+def test_dense_cell_blocks_make_the_dense_matrix(triples: list[tuple[int, int, float]], block: int) -> None:
+    """Blocks of cell rows cut from the sorted sparse sums, stacked, are the dense [cells, classes] matrix."""
+    n_cells, n_classes = 36, 7
+    keys, sums = key_sums(np.array([c * n_classes + k for c, k, _ in triples], np.int64),
+                          np.array([v for *_, v in triples], np.float64))
+    dense = dense_from_keys(keys, sums, n_cells, n_classes, np.float64)
+    blocks = [dense_cell_block(keys, sums, lo, min(n_cells, lo + block), n_classes) for lo in range(0, n_cells, block)]
+    np.testing.assert_array_equal(np.concatenate(blocks), dense)
+    assert dense_cell_block(keys, sums, 5, 5, n_classes).shape == (0, n_classes)

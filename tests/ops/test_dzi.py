@@ -10,9 +10,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atlas.config import RenderConfig
 from atlas.ops.canvas import crop_box, density_fraction, inset_rect, paint_region, parse_colour
-from atlas.ops.dzi import (cell_edges, cells_in_span, descriptor_xml, level_count, level_size, level_sizes,
-                           lod_grid_size, max_level, supersample, tile_bounds, tile_bounds_1d, tile_counts)
+from atlas.ops.dzi import (
+    cell_edges,
+    cells_in_span,
+    descriptor_xml,
+    grid_for_zoom,
+    grid_switch_px,
+    level_count,
+    level_size,
+    level_sizes,
+    max_level,
+    supersample,
+    tile_bounds,
+    tile_bounds_1d,
+    tile_counts,
+)
 
 FAST = settings(max_examples=150, deadline=None)
 SLOW = settings(max_examples=40, deadline=None)
@@ -125,28 +139,43 @@ def test_cells_in_span_returns_exactly_the_cells_that_meet_it(s, canvas, start, 
     assert got == meets
 
 
+@st.composite
+def icon_ladders(draw):
+    """(sizes, icon side per size): grids doubling, icons growing towards coarse grids by the render rule."""
+    base, n = draw(st.integers(1, 8)), draw(st.integers(1, 6))
+    sizes = [base * 2 ** i for i in range(n)]
+    cfg = RenderConfig(icon_size=draw(st.integers(8, 120)), icon_growth=draw(st.floats(0.0, 1.0)))
+    return sizes, {s: cfg.level_icon_size(s, sizes[-1]) for s in sizes}
+
+
 @FAST
-@given(atlases(), st.floats(0.05, 1.0), st.data())
-def test_lod_rule(atlas, fraction, data):
-    sizes, icon, canvas = atlas
-    top = max_level(canvas, canvas)
-    lv = data.draw(st.integers(0, top))
-    s = lod_grid_size(sizes, lv, top, fraction)
-    cell_px = lambda g: canvas / g * 2.0 ** (lv - top)  # noqa: E731
+@given(icon_ladders(), st.floats(0.05, 1.0), st.floats(1.0, 1e6))
+def test_lod_rule(ladder, fraction, atlas_px):
+    sizes, icons = ladder
+    s = grid_for_zoom(sizes, icons, atlas_px, fraction)
+    cell_px = atlas_px / s
     assert s in sizes
     if s != sizes[0]:
-        assert cell_px(s) >= fraction * icon - 1e-9  # big enough ...
+        assert cell_px >= fraction * icons[s] - 1e-9  # its cells are big enough on screen ...
     if s != sizes[-1]:
-        assert cell_px(2 * s) < fraction * icon + 1e-9  # ... and the next finer grid is not
-    if lv == top:
-        assert s == sizes[-1]  # the full-resolution level always shows the finest grid
+        assert atlas_px / (2 * s) < fraction * icons[2 * s] + 1e-9  # ... and the next finer grid's are not
+    assert grid_for_zoom(sizes, icons, atlas_px * 1.5, fraction) >= s  # zooming in never shows a coarser grid
+    switch = grid_switch_px(sizes, icons, fraction)
+    assert s == max(g for g in sizes if atlas_px >= switch[g])
 
 
 def test_lod_examples():
-    # sizes 4, 8, 16 and 48-px icons: canvas 768, levels 0..10
-    lods = [lod_grid_size([4, 8, 16], lv, 10, 1.0) for lv in range(11)]
-    assert lods[10] == 16 and lods[9] == 8 and lods[8] == 4 and lods[0] == 4
-    assert [lod_grid_size([4, 8, 16], lv, 10, 0.5) for lv in (10, 9, 8, 7)] == [16, 16, 8, 4]
+    # the demo's shape: grids 4, 8, 16 with 48-px finest icons grown by sqrt(2) per coarser grid
+    icons = {s: RenderConfig(icon_size=48).level_icon_size(s, 16) for s in (4, 8, 16)}
+    assert icons == {4: 96, 8: 68, 16: 48}
+    assert grid_switch_px([4, 8, 16], icons) == {4: 0.0, 8: 544.0, 16: 768.0}
+    assert [grid_for_zoom([4, 8, 16], icons, px) for px in (100, 543, 544, 767, 768, 4000)] == [4, 4, 8, 8, 16, 16]
+    assert grid_for_zoom([4, 8, 16], icons, 300, 0.5) == 8  # a smaller fraction: finer grids earlier
+    # one size for every grid (icon_growth 0): each zoom step of 2 doubles the grid, as in the first atlases
+    flat = {s: RenderConfig(icon_size=48, icon_growth=0).level_icon_size(s, 16) for s in (4, 8, 16)}
+    assert [grid_for_zoom([4, 8, 16], flat, px) for px in (383, 384, 767, 768)] == [4, 8, 8, 16]
+    # a per-level override
+    assert RenderConfig(icon_size=48, icon_sizes={4: 200}).level_icon_size(4, 16) == 200
 
 
 def _id_colour(i: int) -> np.ndarray:
@@ -200,8 +229,9 @@ def test_each_nonempty_cell_is_painted_once_per_level(atlas, tile, overlap, data
 
 
 def test_density_and_inset():
-    f = density_fraction(np.array([0, 25, 100]), 100)
-    np.testing.assert_allclose(f, [0.4, 0.7, 1.0])
+    # Distill: sqrt(count / mean count), clipped to [0.4, 1]
+    f = density_fraction(np.array([0, 9, 25, 100, 400]), 100)
+    np.testing.assert_allclose(f, [0.4, 0.4, 0.5, 1.0, 1.0])
     assert inset_rect(0, 0, 10, 10, 1.0) == (0, 0, 10, 10)
     assert inset_rect(0, 0, 10, 10, 0.5) == (2, 2, 7, 7)
 

@@ -132,12 +132,14 @@ def test_render_writes_the_documented_group(tmp_path, real_vectors):
     _run(cfg)
     g = zarr.open_group(str(run_dir / "render"), mode="r")
     total_units = 0
+    sides = {s: round(32 * (max(SIZES) / s) ** 0.5) for s in SIZES}  # render.icon_growth 0.5: coarser grids, larger icons
+    assert sides[max(SIZES)] == 32 and g.attrs["icon_sizes"] == {str(s): px for s, px in sides.items()}
     for s in SIZES:
         cells = non_empty_cells(run_dir, s, MIN_COUNT)
-        n = len(cells)
+        n, px = len(cells), sides[s]
         lvl = g[f"level-{s}"]
-        assert lvl["icons"].shape == (n, 32, 32, 3) and lvl["icons"].dtype == np.uint8
-        assert lvl["icons"].chunks == (3, 32, 32, 3)
+        assert lvl["icons"].shape == (n, px, px, 3) and lvl["icons"].dtype == np.uint8
+        assert lvl["icons"].chunks == (3, px, px, 3) and lvl.attrs["icon_size"] == px
         np.testing.assert_array_equal(lvl["cells"][...], cells)
         assert lvl["objective"].dtype == np.float32 and np.isfinite(lvl["objective"][...]).all()
         cs = lvl["cossim"][...]

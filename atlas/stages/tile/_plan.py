@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from ...config import Config
-from ...ops.dzi import level_size, lod_grid_size, max_level, tile_counts
+from ...ops.dzi import level_size, max_level, tile_counts
 from ...store import RunDir, atomic_save_npz, atomic_write_text
 from ...viewer_assets import openseadragon_dir
 from .._protocol import Job
-from ._context import ICONS_PER_SHEET, NAME, Context
+from ._context import BASE_PX, HEAT_BLOCK, NAME, Context, sheet_cols
 from ._inputs import Inputs, read_inputs
 
 
@@ -46,42 +46,61 @@ def example_rows(run: RunDir, inp: Inputs, ex_sizes: list[int]) -> tuple[np.ndar
 
 
 def make_plan(cfg: Config, run: RunDir, inp: Inputs) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """(plan, example rows, their positions). The plan's units, in order: ``tiles-<LL>-<RRRRRR>``
-    (top level first), ``icons-<SSSS>-<KKKK>``, ``examples-<KKKKKK>``."""
+    """(plan, example rows, their positions). The plan's units, in order: ``tiles-<SSSS>-<LL>-<RRRRRR>``
+    (grid s, its pyramid's level LL, first tile row; finest grid and top levels first; per grid the
+    last one paints its base level, the highest at most ``BASE_PX`` wide, and every level below),
+    ``icons-<SSSS>-<KKKK>``, ``heat-<SSSS>-<KKKK>``, ``examples-<KKKKKK>``."""
     t = cfg.tile
-    w, h = inp.width, inp.height
-    top = max_level(w, h)
-    lod = [lod_grid_size(inp.sizes, lv, top, t.lod_fraction) for lv in range(top + 1)]
     units: list[dict[str, Any]] = []
     n_tiles = 0
-    for lv in range(top, -1, -1):
-        lw, lh = level_size(w, h, lv)
-        cols, rows = tile_counts(lw, lh, t.tile_size)
-        n_tiles += cols * rows
-        per = max(1, t.unit_tiles // cols)
-        for r0 in range(0, rows, per):
-            units.append({"name": f"tiles-{lv:02d}-{r0:06d}", "level": lv, "rows": [r0, min(rows, r0 + per)]})
+    pyramids: dict[str, dict[str, int]] = {}
+    for s in reversed(inp.sizes):
+        w = inp.canvas(s)
+        top = max_level(w, w)
+        base = next(lv for lv in range(top, -1, -1) if level_size(w, w, lv)[0] <= BASE_PX)
+        pyramids[str(s)] = {"width": w, "height": w, "max_level": top, "icon_size": inp.icon_sizes[s], "base_level": base}
+        n_tiles += sum(tile_counts(*level_size(w, w, lv), t.tile_size)[0] * tile_counts(*level_size(w, w, lv), t.tile_size)[1]
+                       for lv in range(top + 1))
+        for lv in range(top, base, -1):
+            lw, lh = level_size(w, w, lv)
+            cols, rows = tile_counts(lw, lh, t.tile_size)
+            per = max(1, t.unit_tiles // cols)
+            for r0 in range(0, rows, per):
+                units.append({"name": f"tiles-{s:04d}-{lv:02d}-{r0:06d}", "size": s, "level": lv,
+                              "rows": [r0, min(rows, r0 + per)]})
+        _, rows = tile_counts(*level_size(w, w, base), t.tile_size)  # the base level and every level below it
+        units.append({"name": f"tiles-{s:04d}-{base:02d}-000000", "size": s, "level": base, "rows": [0, rows],
+                      "base": True})
     for s in inp.sizes:
         n_icons = int((inp.index[s] >= 0).sum())
-        for k in range(-(-n_icons // ICONS_PER_SHEET)):
+        for k in range(-(-n_icons // sheet_cols(inp.icon_sizes[s]) ** 2)):
             units.append({"name": f"icons-{s:04d}-{k:04d}", "size": s, "part": k})
+    for s in inp.sizes:
+        for k in range(-(-inp.n_classes // HEAT_BLOCK)):
+            units.append({"name": f"heat-{s:04d}-{k:04d}", "size": s, "part": k})
     ex_sizes = example_sizes(inp.sizes, t.example_levels)
     rows_ex, pos_ex = example_rows(run, inp, ex_sizes)
     for k in range(-(-len(rows_ex) // t.examples_per_unit)):
         units.append({"name": f"examples-{k:06d}", "part": k})
-    plan = {"width": w, "height": h, "max_level": top, "sizes": inp.sizes, "icon_size": inp.icon,
-            "lod": lod, "tiles": n_tiles, "example_sizes": ex_sizes, "n_examples": int(len(rows_ex)),
+    plan = {"width": inp.width, "height": inp.height, "sizes": inp.sizes, "icon_size": inp.icon,
+            "icon_sizes": {str(s): inp.icon_sizes[s] for s in inp.sizes}, "pyramids": pyramids,
+            "levels": sum(p["max_level"] + 1 for p in pyramids.values()), "tiles": n_tiles,
+            "class_kind": inp.class_kind, "n_classes": inp.n_classes, "heat_block": HEAT_BLOCK,
+            "example_sizes": ex_sizes, "n_examples": int(len(rows_ex)),
             "settings": output_settings(cfg), "units": units}
     return plan, rows_ex, pos_ex
 
 
 def unit_tile_count(plan: dict[str, Any], unit: dict[str, Any]) -> int:
-    """How many tiles a unit paints (0 for icon sheets and examples)."""
-    if "level" not in unit:
+    """How many tiles a unit paints (0 for icon sheets, heat and examples)."""
+    if not unit["name"].startswith("tiles-"):
         return 0
-    lw, lh = level_size(plan["width"], plan["height"], unit["level"])
-    cols, _ = tile_counts(lw, lh, plan["settings"]["tile_size"])
-    return (unit["rows"][1] - unit["rows"][0]) * cols
+    w, tile = plan["pyramids"][str(unit["size"])]["width"], plan["settings"]["tile_size"]
+    cols, _ = tile_counts(*level_size(w, w, unit["level"]), tile)
+    n = (unit["rows"][1] - unit["rows"][0]) * cols
+    if unit.get("base"):
+        n += sum(c * r for c, r in (tile_counts(*level_size(w, w, lv), tile) for lv in range(unit["level"])))
+    return n
 
 
 def plan_path(run: RunDir) -> Path:

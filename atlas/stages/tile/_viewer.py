@@ -1,4 +1,4 @@
-"""The tile stage's viewer: the Deep Zoom descriptor and the static files (OpenSeadragon,
+"""The tile stage's viewer: the Deep Zoom descriptors (one per grid) and the static files (OpenSeadragon,
 ``viewer.js``, ``viewer.css``, ``index.html`` last: its presence means the folder is complete),
 and their refresh in a finished folder."""
 
@@ -10,7 +10,7 @@ from ...ops.dzi import descriptor_xml
 from ...store import DurableWriter
 from ...viewer_assets import openseadragon_dir, viewer_source_dir
 from .._protocol import Job
-from ._context import DZI_NAME, OUTPUT, Context
+from ._context import OUTPUT, Context, dzi_name
 
 _VIEWER_FILES = ("index.html", "viewer.js", "viewer.css")
 
@@ -29,9 +29,11 @@ def static_files() -> dict[str, Path]:
 
 
 def write_viewer(ctx: Context, writer: DurableWriter) -> None:
-    """``atlas.dzi``, then the viewer's static files (index.html last)."""
+    """``grid-<s>.dzi`` for every grid, then the viewer's static files (index.html last)."""
     out, t, p = ctx.out, ctx.cfg.tile, ctx.plan
-    writer.put(out / f"{DZI_NAME}.dzi", descriptor_xml(p["width"], p["height"], t.tile_size, t.overlap, t.format).encode())
+    for s in p["sizes"]:
+        w = p["pyramids"][str(s)]["width"]
+        writer.put(out / f"{dzi_name(s)}.dzi", descriptor_xml(w, w, t.tile_size, t.overlap, t.format).encode())
     for rel, src in static_files().items():
         writer.put(out / rel, src.read_bytes())
 
