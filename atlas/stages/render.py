@@ -338,7 +338,7 @@ def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str,
     t0, icons = time.time(), 0
     for unit in todo:
         m = unit.size  # the bar advances by whole icons, spread over the steps
-        info = _run_unit(ctx, unit, lambda step: bar.update((step + 1) * m // steps - step * m // steps))
+        info = _run_unit(ctx, unit, lambda step, m=m: bar.update((step + 1) * m // steps - step * m // steps))
         icons += m
         ctx.log.info("%s done: %d icons, median cossim %.3f (%.2f icons/s)", unit.name, m,
                      info["median_cossim"], icons / max(time.time() - t0, 1e-9))
