@@ -1,6 +1,7 @@
-"""The tile stage on synthetic atlases with known icons: pyramid rules, icon placement,
-metadata, example crops, viewer files; the stage contract (rerun, resume after kill -9,
-shards, inputs) through the CLI on the tiny demo atlas."""
+"""The tile stage on synthetic atlases with known icons: pyramid rules (one Deep Zoom pyramid per
+grid, each with that grid's own icon size), icon placement, metadata, example crops, viewer files;
+the stage contract (rerun, resume after kill -9, shards, inputs) through the CLI on the tiny demo
+atlas."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 
 from atlas.config import load_config
 from atlas.ops.canvas import crop_box
-from atlas.ops.dzi import level_size, lod_grid_size, max_level, tile_bounds, tile_counts
+from atlas.ops.dzi import grid_for_zoom, grid_switch_px, level_size, max_level, tile_bounds, tile_counts
 from atlas.sources import load_image
 from atlas.stages import get_stage, run_stage, stage_status, tile
 from atlas.store import RunDir, StoreError
@@ -36,7 +38,10 @@ from tests.synthetic_atlas import INPUT_SIZE, LAYER_HW, class_name, icon_colour
 from tests.synthetic_atlas import make_atlas as _make_atlas
 
 STAGE = get_stage("tile")
-SIZES, ICON, TILE, OVERLAP = (2, 4), 16, 24, 1
+SIZES, TILE, OVERLAP = (2, 4), 24, 1
+# Each grid's own icon size, coarser grids larger: round(16 * (4 / 2) ** 0.5) = 23, render's default
+# icon_growth; 2 * 23 = 46 px is no multiple of the tile size and halves to odd level sizes.
+ICONS = {2: 23, 4: 16}
 NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
@@ -57,6 +62,10 @@ def make_atlas(run_dir: Path, **kw: Any) -> dict:
     return info
 
 
+def _tiny_atlas(run_dir: Path) -> dict:
+    return make_atlas(run_dir, sizes=SIZES, icon=ICONS[SIZES[-1]], icon_sizes=ICONS)
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -64,52 +73,61 @@ def _tree(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    info = make_atlas(run_dir, sizes=SIZES, icon=ICON)
+    info = _tiny_atlas(run_dir)
     _run(run_dir)
     return run_dir, info
 
 
-def _stitch(tiles: Path, level: int, w: int, h: int, fmt: str = "png") -> np.ndarray:
-    """The level reassembled from its tiles; overlapping pixels must agree."""
+def _files(tiles: Path, s: int) -> Path:
+    """Grid s's tile folder, ``grid-<s>_files``."""
+    return tiles / f"{tile.dzi_name(s)}_files"
+
+
+def _stitch(tiles: Path, s: int, level: int, w: int, h: int) -> np.ndarray:
+    """Level ``level`` of grid s's pyramid reassembled from its tiles; overlapping pixels must agree."""
     out = np.full((h, w, 3), -1, np.int64)
     cols, rows = tile_counts(w, h, TILE)
     for r in range(rows):
         for c in range(cols):
             x0, y0, x1, y1 = tile_bounds(c, r, w, h, TILE, OVERLAP)
-            arr = np.asarray(Image.open(tiles / "atlas_files" / str(level) / f"{c}_{r}.{fmt}").convert("RGB")).astype(np.int64)
-            assert arr.shape == (y1 - y0, x1 - x0, 3), (level, c, r)
+            arr = np.asarray(Image.open(_files(tiles, s) / str(level) / f"{c}_{r}.png").convert("RGB")).astype(np.int64)
+            assert arr.shape == (y1 - y0, x1 - x0, 3), (s, level, c, r)
             region = out[y0:y1, x0:x1]
             seen = region[..., 0] >= 0
-            assert (region[seen] == arr[seen]).all(), f"tiles disagree in their overlap at level {level}"
+            assert (region[seen] == arr[seen]).all(), f"tiles disagree in their overlap at level {level} of grid {s}"
             region[...] = arr
     assert (out >= 0).all()
     return out
 
 
-# --------------------------------------------------------------------------- pyramid
+# --------------------------------------------------------------------------- pyramids
 
 
-def test_pyramid_follows_the_dzi_rules(tiny):
+def test_every_grids_pyramid_follows_the_dzi_rules(tiny):
     run_dir, _ = tiny
     tiles = run_dir / "tiles"
-    root = ET.parse(tiles / "atlas.dzi").getroot()
-    assert root.attrib == {"Format": "png", "Overlap": str(OVERLAP), "TileSize": str(TILE)}
-    size = root.find(f"{NS}Size").attrib
-    w, h = int(size["Width"]), int(size["Height"])
-    assert (w, h) == (SIZES[-1] * ICON, SIZES[-1] * ICON)
-    top = max_level(w, h)
-    assert sorted(int(p.name) for p in (tiles / "atlas_files").iterdir()) == list(range(top + 1))
-    for lv in range(top + 1):
-        lw, lh = level_size(w, h, lv)
-        cols, rows = tile_counts(lw, lh, TILE)
-        names = {p.name for p in (tiles / "atlas_files" / str(lv)).iterdir()}
-        assert names == {f"{c}_{r}.png" for c in range(cols) for r in range(rows)}, lv
-        for c in range(cols):
-            for r in range(rows):
-                x0, y0, x1, y1 = tile_bounds(c, r, lw, lh, TILE, OVERLAP)
-                with Image.open(tiles / "atlas_files" / str(lv) / f"{c}_{r}.png") as im:
-                    assert im.size == (x1 - x0, y1 - y0)
-        _stitch(tiles, lv, lw, lh)  # overlaps agree on every level
+    # one pyramid per grid and nothing else: no single atlas.dzi any more
+    assert sorted(p.name for p in tiles.glob("*.dzi")) == sorted(f"{tile.dzi_name(s)}.dzi" for s in SIZES)
+    assert sorted(p.name for p in tiles.glob("*_files")) == sorted(_files(tiles, s).name for s in SIZES)
+    for s in SIZES:
+        root = ET.parse(tiles / f"{tile.dzi_name(s)}.dzi").getroot()
+        assert root.attrib == {"Format": "png", "Overlap": str(OVERLAP), "TileSize": str(TILE)}
+        size = root.find(f"{NS}Size").attrib
+        w, h = int(size["Width"]), int(size["Height"])
+        assert (w, h) == (s * ICONS[s], s * ICONS[s])  # the grid's icons at native size
+        top = max_level(w, h)
+        assert sorted(int(p.name) for p in _files(tiles, s).iterdir()) == list(range(top + 1))
+        for lv in range(top + 1):
+            lw, lh = level_size(w, h, lv)
+            cols, rows = tile_counts(lw, lh, TILE)
+            names = {p.name for p in (_files(tiles, s) / str(lv)).iterdir()}
+            assert names == {f"{c}_{r}.png" for c in range(cols) for r in range(rows)}, (s, lv)
+            for c in range(cols):
+                for r in range(rows):
+                    x0, y0, x1, y1 = tile_bounds(c, r, lw, lh, TILE, OVERLAP)
+                    with Image.open(_files(tiles, s) / str(lv) / f"{c}_{r}.png") as im:
+                        assert im.size == (x1 - x0, y1 - y0), (s, lv, c, r)
+            _stitch(tiles, s, lv, lw, lh)  # overlaps agree on every level
 
 
 def _expected_level(info: dict, s: int, cell: int, background=(255, 255, 255)) -> np.ndarray:
@@ -124,33 +142,53 @@ def _expected_level(info: dict, s: int, cell: int, background=(255, 255, 255)) -
 
 def test_every_icon_lands_at_its_grid_position_and_empty_cells_are_blank(tiny):
     run_dir, info = tiny
-    tiles, w = run_dir / "tiles", SIZES[-1] * ICON
-    top = max_level(w, w)
+    tiles = run_dir / "tiles"
     count = info["count"][SIZES[-1]]
     assert (count < 2).any() and (count >= 2).any()  # the fixture has empty and non-empty cells
     assert ((count > 0) & (count < 2)).any()  # ... including one below min_count
-    full = _stitch(tiles, top, w, w)
-    np.testing.assert_array_equal(full, _expected_level(info, SIZES[-1], ICON))
-    # one level down the coarser grid is shown at the icons' native size (lod_fraction 1)
-    assert lod_grid_size(list(SIZES), top - 1, top) == SIZES[0]
-    half = _stitch(tiles, top - 1, w // 2, w // 2)
-    np.testing.assert_array_equal(half, _expected_level(info, SIZES[0], ICON))
     atlas = json.loads((tiles / "atlas.json").read_text())
-    assert atlas["lod"] == [lod_grid_size(list(SIZES), lv, top) for lv in range(top + 1)]
+    grids = {g["size"]: g for g in atlas["grids"]}
+    assert [g["size"] for g in atlas["grids"]] == list(SIZES)
+    for s in SIZES:
+        # the top level of grid s's own pyramid: each icon at its native size at its cell
+        w = s * ICONS[s]
+        top = max_level(w, w)
+        full = _stitch(tiles, s, top, w, w)
+        np.testing.assert_array_equal(full, _expected_level(info, s, ICONS[s]))
+        # the grids table describes that pyramid: icon size, canvas, levels, files
+        g = grids[s]
+        assert (g["icon_size"], g["width"], g["height"], g["max_level"]) == (ICONS[s], w, w, top)
+        assert (tiles / g["dzi"]).is_file() and (tiles / g["dzi"]).name == f"{tile.dzi_name(s)}.dzi"
+        assert (tiles / g["tiles_url"]).resolve() == _files(tiles, s).resolve()
+        assert (tiles / g["cells"]).is_file() and g["cell_count"] == int((info["count"][s] >= 2).sum())
+    # the zoom range of each grid: it is shown from the zoom where its pyramid's top level is at
+    # native size (lod_fraction 1) until the next finer grid's is; the home view shows the coarsest
+    icons = {g["size"]: g["icon_size"] for g in atlas["grids"]}
+    frac = atlas["lod_fraction"]
+    switch = grid_switch_px(atlas["sizes"], icons, frac)
+    assert [switch[s] for s in SIZES] == sorted(switch.values()) and len(set(switch.values())) == len(SIZES)
+    assert grid_for_zoom(atlas["sizes"], icons, 1.0, frac) == SIZES[0]
+    for s in SIZES:
+        assert grid_for_zoom(atlas["sizes"], icons, frac * grids[s]["width"], frac) == s
+    finest = grids[SIZES[-1]]
+    assert finest["width"] == atlas["width"] and finest["icon_size"] == atlas["icon_size"]
+    assert grid_for_zoom(atlas["sizes"], icons, atlas["max_zoom"] * finest["width"], frac) == SIZES[-1]
 
 
-def test_lower_levels_are_shrunk_coarsest_grids(tiny):
+def test_lower_levels_of_each_pyramid_are_its_grid_shrunk(tiny):
     run_dir, info = tiny
-    tiles, w = run_dir / "tiles", SIZES[-1] * ICON
-    top = max_level(w, w)
-    for lv in range(top - 1):  # below the coarsest grid's native level: the same picture, smaller
-        lw, _ = level_size(w, w, lv)
-        arr = _stitch(tiles, lv, lw, lw)
-        want = np.asarray(Image.fromarray(_expected_level(info, SIZES[0], ICON).astype(np.uint8)).resize(
-            (lw, lw), Image.Resampling.BOX)).astype(np.int64)
-        assert np.abs(arr - want).mean() < 12, lv
-    one = np.asarray(Image.open(tiles / "atlas_files" / "0" / "0_0.png").convert("RGB"))
-    assert one.shape == (1, 1, 3)
+    tiles = run_dir / "tiles"
+    for s in SIZES:
+        w = s * ICONS[s]
+        top = max_level(w, w)
+        grid_px = _expected_level(info, s, ICONS[s]).astype(np.uint8)
+        for lv in range(top):  # every level below the top: the same picture, smaller
+            lw, _ = level_size(w, w, lv)
+            arr = _stitch(tiles, s, lv, lw, lw)
+            want = np.asarray(Image.fromarray(grid_px).resize((lw, lw), Image.Resampling.BOX)).astype(np.int64)
+            assert np.abs(arr - want).mean() < 12, (s, lv)
+        one = np.asarray(Image.open(_files(tiles, s) / "0" / "0_0.png").convert("RGB"))
+        assert one.shape == (1, 1, 3)
 
 
 # --------------------------------------------------------------------------- metadata, icons, examples
@@ -178,8 +216,10 @@ def test_cell_metadata_matches_the_grid_arrays(tiny):
             assert cell["examples"] == [e for e in info["examples"][s][r, c].tolist() if e >= 0]
             assert cell["icon"] is not None and 0.3 <= cell["cossim"] <= 0.9
     atlas = json.loads((tiles / "atlas.json").read_text())
+    assert atlas["format"] == 2
     assert atlas["model"] == "synthetic-net" and atlas["layer"] == "blocks.5"
-    assert atlas["n_images"] == info["n"] and atlas["sizes"] == list(SIZES) and atlas["icon_size"] == ICON
+    assert atlas["n_images"] == info["n"] and atlas["sizes"] == list(SIZES)
+    assert atlas["icon_size"] == ICONS[SIZES[-1]] and atlas["icon_sizes"] == {str(s): ICONS[s] for s in SIZES}
     assert atlas["class_names"][:3] == [class_name(0), class_name(1), class_name(2)]
     present = {t["class"] for s in SIZES for c in json.loads((tiles / f"cells-{s}.json").read_text())["cells"]
                for t in c["top"]}
@@ -192,17 +232,22 @@ def test_icon_sheets_hold_each_cells_icon_at_full_size(tiny):
     run_dir, info = tiny
     for s in SIZES:
         doc = json.loads((run_dir / "tiles" / f"cells-{s}.json").read_text())
+        icon, cols = ICONS[s], tile.sheet_cols(ICONS[s])
+        per_sheet = cols ** 2
         cells = info["cells"][s]  # row-major non-empty cells = sheet slot order
-        n_sheets = -(-len(cells) // tile.ICONS_PER_SHEET)
+        n_sheets = -(-len(cells) // per_sheet)
         assert {p.name for p in (run_dir / "tiles" / "icons" / str(s)).iterdir()} == {f"{k}.png" for k in range(n_sheets)}
         sheets = {k: np.asarray(Image.open(run_dir / "tiles" / "icons" / str(s) / f"{k}.png")) for k in range(n_sheets)}
-        assert doc["icon_size"] == ICON and doc["icon_sheet_cols"] == tile.SHEET_COLS
+        assert doc["icon_size"] == icon and doc["icon_sheet_cols"] == cols
+        assert doc["icon_url"] == f"icons/{s}/{{sheet}}.png"
         by_cell = {(c["row"], c["col"]): c["icon"] for c in doc["cells"]}
         for j, (r, c) in enumerate(cells.tolist()):
             sheet, slot = by_cell[(r, c)]
-            assert (sheet, slot) == divmod(j, tile.ICONS_PER_SHEET)
-            y, x = (slot // tile.SHEET_COLS) * ICON, (slot % tile.SHEET_COLS) * ICON
-            assert (sheets[sheet][y:y + ICON, x:x + ICON] == icon_colour(s, r, c)).all()
+            assert (sheet, slot) == divmod(j, per_sheet)
+            y, x = (slot // cols) * icon, (slot % cols) * icon
+            assert (sheets[sheet][y:y + icon, x:x + icon] == icon_colour(s, r, c)).all()
+        last = sheets[n_sheets - 1]  # as many slot rows as the last sheet needs, at this grid's icon size
+        assert last.shape[0] % icon == 0 and last.shape[1] == cols * icon
 
 
 def test_example_crops_are_the_image_regions_around_the_sampled_positions(tiny):
@@ -216,7 +261,6 @@ def test_example_crops_are_the_image_regions_around_the_sampled_positions(tiny):
         want_rows |= {int(e) for e in ex.ravel() if e >= 0}
     files = {p.name for p in (run_dir / "tiles" / "examples").iterdir()}
     assert files == {f"{r}.jpg" for r in want_rows}  # one per collect row, deduplicated across cells
-    import zarr
 
     pos = zarr.open_group(str(run_dir / "collect"), mode="r")["positions"][:]
     for row in sorted(want_rows)[:12]:
@@ -228,11 +272,16 @@ def test_example_crops_are_the_image_regions_around_the_sampled_positions(tiny):
         assert np.abs(got - want).mean() < 6
 
 
+def _relative(ref: str) -> bool:
+    return not re.match(r"^(/|[a-z]+:)", ref)
+
+
 def test_viewer_files_are_relative_and_complete(tiny):
     run_dir, _ = tiny
     tiles = run_dir / "tiles"
     for name in ("index.html", "viewer.js", "viewer.css", "atlas.js", "openseadragon/openseadragon.min.js",
-                 "openseadragon/images/zoomin_rest.png", "openseadragon/LICENSE.txt"):
+                 "openseadragon/images/zoomin_rest.png", "openseadragon/LICENSE.txt",
+                 *(f"{tile.dzi_name(s)}.dzi" for s in SIZES), *(f"cells-{s}.js" for s in SIZES)):
         assert (tiles / name).is_file(), name
     html = (tiles / "index.html").read_text()
     refs = re.findall(r'(?:src|href)="([^"]+)"', html)
@@ -241,6 +290,22 @@ def test_viewer_files_are_relative_and_complete(tiny):
         if not r.startswith("data:"):
             assert (tiles / r).is_file(), r
     assert "http://" not in (tiles / "viewer.js").read_text().replace("http://schemas.microsoft.com", "")
+    # everything atlas.json points the viewer at is relative and there: pyramids, cells, icons, heat, examples
+    atlas = json.loads((tiles / "atlas.json").read_text())
+    for g in atlas["grids"]:
+        s = g["size"]
+        for ref in (g["dzi"], g["tiles_url"], g["cells"]):
+            assert _relative(ref) and (tiles / ref).exists(), ref
+        doc = json.loads((tiles / f"cells-{s}.json").read_text())
+        assert _relative(doc["icon_url"]) and _relative(doc["example_url"])
+        for cell in doc["cells"]:
+            assert (tiles / doc["icon_url"].format(sheet=cell["icon"][0])).is_file()
+            for row in cell["examples"]:
+                assert (tiles / doc["example_url"].format(row=row)).is_file()
+        for i, k in enumerate(atlas["search_classes"]):
+            path = tiles / atlas["heat_url"].format(size=s, **{"class": k})
+            assert path.is_file() == (atlas["class_cells"][str(s)][i] > 0), path
+    assert _relative(atlas["heat_url"])
 
 
 def test_status_reports_done(tiny):
@@ -248,6 +313,13 @@ def test_status_reports_done(tiny):
     st = stage_status(STAGE, RunDir(run_dir))
     assert st.state == "done" and st.done == st.total and st.detail["tiles"] > 0
     assert st.detail["grids"] == list(SIZES) and st.detail["output"] == str(run_dir / "tiles")
+    assert st.detail["icon_sizes"] == {str(s): ICONS[s] for s in SIZES}
+    w = SIZES[-1] * ICONS[SIZES[-1]]
+    assert st.detail["size"] == f"{w}x{w}"  # the finest grid's pyramid
+    # the counts are those of every grid's pyramid
+    tiles = run_dir / "tiles"
+    assert st.detail["tiles"] == sum(1 for s in SIZES for p in _files(tiles, s).rglob("*.png"))
+    assert st.detail["levels"] == sum(max_level(s * ICONS[s], s * ICONS[s]) + 1 for s in SIZES)
 
 
 # --------------------------------------------------------------------------- reruns, settings
@@ -256,9 +328,10 @@ def test_status_reports_done(tiny):
 def test_index_html_comes_last_and_viewer_files_are_refreshed(tiny, tmp_path):
     ref, _ = tiny
     run_dir = tmp_path / "run"
-    make_atlas(run_dir, sizes=SIZES, icon=ICON)
+    _tiny_atlas(run_dir)
     assert not _run(run_dir, shard=(0, 2))
     assert not (run_dir / "tiles" / "index.html").exists()  # half the units: not finished
+    assert not (run_dir / "tiles" / "atlas.json").exists()
     assert _run(run_dir, shard=(1, 2))
     assert _tree(run_dir / "tiles") == _tree(ref / "tiles")
     # a finished folder gets the installed viewer's files back when they differ (newer atlas)
@@ -267,45 +340,89 @@ def test_index_html_comes_last_and_viewer_files_are_refreshed(tiny, tmp_path):
     assert _tree(run_dir / "tiles") == _tree(ref / "tiles")
 
 
-def test_other_settings_start_over(tiny, tmp_path):
+def test_other_settings_start_over(tmp_path):
     run_dir = tmp_path / "run"
-    make_atlas(run_dir, sizes=SIZES, icon=ICON)
+    info = _tiny_atlas(run_dir)
     _run(run_dir)
     _run(run_dir, "tile.tile_size=40", "tile.format=jpg")
     tiles = run_dir / "tiles"
-    assert 'TileSize="40"' in (tiles / "atlas.dzi").read_text()
     assert not list(tiles.rglob("*.png")) or all("openseadragon" in str(p) for p in tiles.rglob("*.png"))
-    assert {p.name for p in (tiles / "atlas_files" / "6").iterdir()} == {"0_0.jpg", "0_1.jpg", "1_0.jpg", "1_1.jpg"}
+    atlas = json.loads((tiles / "atlas.json").read_text())
+    assert atlas["dzi"] == {"format": "jpg", "tile_size": 40, "overlap": OVERLAP}
+    for s in SIZES:
+        root = ET.parse(tiles / f"{tile.dzi_name(s)}.dzi").getroot()
+        assert (root.attrib["TileSize"], root.attrib["Format"]) == ("40", "jpg")
+        w = s * ICONS[s]
+        top = max_level(w, w)
+        assert sorted(int(p.name) for p in _files(tiles, s).iterdir()) == list(range(top + 1))
+        cols, rows = tile_counts(w, w, 40)
+        assert (cols, rows) == (2, 2)  # 46 and 64 px: 2 x 2 tiles of 40 (4 x 4 and 3 x 3 of 24 before)
+        assert {p.name for p in (_files(tiles, s) / str(top)).iterdir()} == \
+            {f"{c}_{r}.jpg" for c in range(cols) for r in range(rows)}
+        assert {p.name for p in (tiles / "icons" / str(s)).iterdir()} == {"0.jpg"}
+        want = _expected_level(info, s, ICONS[s])
+        for c in range(cols):  # each new tile: its bounds under the new tile size, the grid's pixels there
+            for r in range(rows):
+                x0, y0, x1, y1 = tile_bounds(c, r, w, w, 40, OVERLAP)
+                got = np.asarray(Image.open(_files(tiles, s) / str(top) / f"{c}_{r}.jpg").convert("RGB")).astype(np.int64)
+                assert got.shape == (y1 - y0, x1 - x0, 3), (s, c, r)
+                assert np.abs(got - want[y0:y1, x0:x1]).mean() < 8, (s, c, r)  # jpg: close, not exact
 
 
 def test_only_rendered_levels_are_tiled(tmp_path):
     run_dir = tmp_path / "run"
-    info = make_atlas(run_dir, sizes=(2, 4, 8), icon=8)
+    info = make_atlas(run_dir, sizes=(2, 4, 8), icon=8, icon_sizes={2: 16, 4: 11, 8: 8})
     shutil.rmtree(run_dir / "render" / "level-4")  # as with render.levels: [2, 8]
     _run(run_dir, "grid.sizes=[2, 4, 8]", "tile.example_levels=1")
     tiles = run_dir / "tiles"
     atlas = json.loads((tiles / "atlas.json").read_text())
-    assert atlas["sizes"] == [2, 8] and set(atlas["lod"]) == {2, 8} and atlas["width"] == 64
+    assert atlas["sizes"] == [2, 8] and atlas["width"] == 64
+    assert [(g["size"], g["icon_size"], g["width"]) for g in atlas["grids"]] == [(2, 16, 32), (8, 8, 64)]
+    assert atlas["icon_sizes"] == {"2": 16, "8": 8} and set(atlas["cells"]) == set(atlas["class_cells"]) == {"2", "8"}
+    assert sorted(p.name for p in tiles.glob("*.dzi")) == ["grid-2.dzi", "grid-8.dzi"]
+    assert not (tiles / "grid-4_files").exists() and not (tiles / "heat" / "4").exists()
     assert not (tiles / "cells-4.json").exists() and not (tiles / "icons" / "4").exists()
     assert json.loads((tiles / "cells-2.json").read_text())["cells"][0]["examples"] == []  # finest level only
     want = {int(e) for e in info["examples"][8][info["count"][8] >= 2].ravel() if e >= 0}
     assert {p.name for p in (tiles / "examples").iterdir()} == {f"{r}.jpg" for r in want}
 
 
+def _lit_box(cell: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) of the non-black pixels of a cell (the icon on a black background)."""
+    ys, xs = np.nonzero(cell.sum(axis=2) > 0)
+    return (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if ys.size else None
+
+
 def test_density_scale_shrinks_sparse_cells(tmp_path):
     run_dir = tmp_path / "run"
-    info = make_atlas(run_dir, sizes=SIZES, icon=ICON)
+    info = _tiny_atlas(run_dir)
+    # one very dense cell raises grid 4's mean count so far that its sparsest cells reach the 0.4 floor
+    cnt = zarr.open_group(str(run_dir / "grid"), mode="r+")["level-4/count"]
+    count4 = np.asarray(cnt[...])
+    count4[1, 1] = 200
+    cnt[...] = count4
+    info["count"][4] = count4
     _run(run_dir, "tile.density_scale=true", "tile.background='#000000'", "tile.example_levels=0")
-    w = SIZES[-1] * ICON
-    full = _stitch(run_dir / "tiles", max_level(w, w), w, w)
-    count = info["count"][SIZES[-1]]
-    dense = np.unravel_index(np.argmax(count), count.shape)
-    sparse = min((tuple(rc) for rc in np.argwhere(count >= 2)), key=lambda rc: count[rc])
-    r, c = dense
-    assert (full[r * ICON:(r + 1) * ICON, c * ICON:(c + 1) * ICON] == icon_colour(SIZES[-1], r, c)).all()
-    r, c = sparse
-    block = full[r * ICON:(r + 1) * ICON, c * ICON:(c + 1) * ICON]
-    assert (block[0, 0] == 0).all() and (block[ICON // 2, ICON // 2] == icon_colour(SIZES[-1], r, c)).all()
+    seen = set()
+    for s in SIZES:
+        icon, w = ICONS[s], s * ICONS[s]
+        full = _stitch(run_dir / "tiles", s, max_level(w, w), w, w)
+        count = info["count"][s]
+        mean = count[count >= 2].mean()  # the mean over the grid's non-empty cells
+        for r, c in np.argwhere(count >= 2).tolist():
+            block = full[r * icon:(r + 1) * icon, c * icon:(c + 1) * icon]
+            ratio = np.sqrt(count[r, c] / mean)
+            side = icon * min(max(ratio, 0.4), 1.0)
+            seen.add("full" if ratio >= 1 else "floor" if ratio < 0.4 else "sqrt")
+            y0, x0, y1, x1 = _lit_box(block)
+            assert abs((x1 - x0) - side) <= 1 and abs((y1 - y0) - side) <= 1, (s, r, c, (y0, x0, y1, x1), side)
+            assert abs(x0 - (icon - x1)) <= 1 and abs(y0 - (icon - y1)) <= 1, (s, r, c)  # centred in its cell
+            assert (block[y0:y1, x0:x1] == icon_colour(s, r, c)).all(), (s, r, c)  # the icon, whole
+            if side <= icon - 1:  # a sparse cell: a whole pixel smaller, background around
+                assert (block[0, 0] == 0).all() and (block[-1, -1] == 0).all() and x1 - x0 < icon, (s, r, c)
+        for r, c in np.argwhere(count < 2).tolist():
+            assert (full[r * icon:(r + 1) * icon, c * icon:(c + 1) * icon] == 0).all()  # empty cells stay blank
+    assert seen == {"full", "sqrt", "floor"}
     assert not (run_dir / "tiles" / "examples").exists()
 
 
@@ -314,13 +431,18 @@ def test_missing_inputs_and_missing_openseadragon_are_explained(tmp_path, monkey
 
     with pytest.raises(StoreError, match=r"needs a finished `collect`, which is not started .*`atlas collect "):
         _run(tmp_path / "empty")
-    make_atlas(tmp_path / "run", sizes=SIZES, icon=ICON)
-    monkeypatch.setattr(assets, "PACKAGED_OPENSEADRAGON", tmp_path / "nowhere")
-    monkeypatch.setattr(assets, "CHECKOUT_ROOT", tmp_path)
+    _tiny_atlas(tmp_path / "run")
+    for name in ("packaged", "checkout"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(assets, "PACKAGED_OPENSEADRAGON", tmp_path / "packaged")
+    monkeypatch.setattr(assets, "CHECKOUT_ROOT", tmp_path / "checkout")
     monkeypatch.delenv("ATLAS_OPENSEADRAGON", raising=False)
-    with pytest.raises(FileNotFoundError, match=r"make setup.*npm ci --prefix viewer"):
+    with pytest.raises(assets.ViewerAssetsMissing, match=r"make setup.*npm ci --prefix viewer.*reinstall") as e:
         _run(tmp_path / "run")
+    assert str(tmp_path / "packaged") in str(e.value) and str(tmp_path / "checkout") in str(e.value)  # where it looked
     assert not (tmp_path / "run" / "tiles").exists()  # refused before any work
+    state = tmp_path / "run" / "state" / "tile"
+    assert not (state / "done").exists() and not (state / "plan.json").exists()
 
 
 # --------------------------------------------------------------------------- contract, through the CLI
