@@ -1,22 +1,32 @@
-"""Benchmark: icons/s of batched icon rendering against rendering one icon at a time.
+"""Benchmark: icon quality per step and per second, and the speed of the render loop.
 
-Both modes run in the same invocation, on the same device, with the same network
-(bundled Lite0, layer blocks.5 by default), steps, icon size and settings, on targets
-that are real activations (the inner positions of demo photos at 224 px, cycled):
+Quality (``quality``, the default mode): every non-empty cell of every level of a real
+grid (default: the demo at 2,000 images, EfficientNet-Lite0 ``blocks.5``, grids 4/8/16;
+built once with ``atlas run demo --stages collect,reduce,grid`` when missing) is rendered
+with :func:`atlas.ops.inversion.render_icons`, once per idea and step budget, batched per
+level as the render stage does. Each icon is measured twice:
 
-* batched: ``atlas.stages.render.render_icons`` on ``--batch`` icons at a time (the
-  render stage's unit of work), over ``--count`` icons;
-* one at a time: the same function with one icon per call, over the first
-  ``--single-count`` icons (rendering thousands one by one would take hours; the rate
-  per icon is what is compared).
+* faithfulness: cosine between the final icon's reduced activation and its cell's target;
+* distinctness: the rank of its own cell among all cell targets of its level by cosine
+  to the icon's activation (:func:`atlas.ops.objectives.own_rank`); retrieval@1 and @5
+  are the shares of icons whose own cell ranks first / in the first five.
 
-Each mode also reports the median faithfulness (cosine of the final icon's activation
-to its target), so a speed-up that costs quality would show. Results go to
-``benchmarks/out/render.json`` and are printed as a markdown table.
+An idea is a set of render settings on top of the preset's (``IDEAS``); ``baseline`` is
+today's renderer. Seconds are wall time of the rendering only (model loaded, targets
+read), so ideas are compared as ratios within one invocation.
 
-    python benchmarks/render.py                                   # CPU: 32 icons of 64 px, 16 steps
-    python benchmarks/render.py --preset gpu                      # CUDA: 10,000 icons of 80 px, 512 steps
-    python benchmarks/render.py --device cuda --count 2000 --steps 128 --batch 500
+Speed (``--mode speed``): seconds per optimisation step (forward + backward + Adam) of one
+batch, with the network as the render stage builds it today (BatchNorm folded, NCHW on
+the CPU) against channels_last, unfolded, and ``torch.compile``; and batched against one
+icon at a time.
+
+    python benchmarks/render.py --preset demo --ideas baseline,tuned --steps 32,64,128
+    python benchmarks/render.py --preset full --ideas baseline,tuned --every 3
+    python benchmarks/render.py --mode speed --preset demo
+    python benchmarks/render.py --preset gpu                      # CUDA: every idea, full settings
+
+Results are merged into ``benchmarks/out/render-<preset>.json`` (one record per idea and
+step budget; a rerun replaces its records) and printed as markdown tables.
 """
 
 from __future__ import annotations
@@ -24,7 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +47,148 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
+DEFAULT_RUN = Path("/tmp/bench-render/demo")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the demo's render settings (pipelines/demo.yaml)
+    "demo": {"device": "cpu", "render": {"icon_size": 48, "steps": 128, "batch_size": 64}, "steps": [32, 64, 128, 256]},
+    # RenderConfig's defaults
+    "full": {"device": "cpu", "render": {"icon_size": 80, "steps": 512, "batch_size": 100}, "steps": [128, 256, 512]},
+    # the same on a GPU, every idea, more steps
+    "gpu": {"device": "cuda", "render": {"icon_size": 80, "steps": 512, "batch_size": 100},
+            "steps": [64, 128, 256, 512, 1024]},
+}
+
+# Each idea: render settings on top of the preset's (names of RenderConfig + atlas.ops.inversion.DEFAULTS).
+IDEAS: dict[str, dict[str, Any]] = {
+    "baseline": {},                                                   # today's renderer
+    "icon-tf": {"transforms": "icon"},                                # transforms that keep the icon's size
+    "no-tf": {"transforms": "none"},
+    "cosine": {"schedule": "cosine", "warmup": 0.05},                 # warm-up + cosine decay per phase, lr 0.05
+    "cosine-lr.1": {"schedule": "cosine", "warmup": 0.05, "lr": 0.1},
+    "cosine-lr.2": {"schedule": "cosine", "warmup": 0.05, "lr": 0.2},
+    "nadam": {"optimizer": "nadam"},
+    "radam": {"optimizer": "radam"},
+    "maco": {"param": "maco", "lr": 0.2},                             # phase only, 1/f magnitude
+    "maco-lr1": {"param": "maco", "lr": 1.0},
+    "maco-photo": {"param": "maco", "lr": 0.2, "magnitude": "photos"},  # magnitude of the demo photos
+    "pyramid": {"param": "pyramid"},
+    "coarse": {"coarse": 0.5},                                        # first half at 24 px, then 48 px
+    "coarse.75": {"coarse": 0.75},
+    "whiten": {"whiten": True},
+    "whiten.5": {"whiten": True, "whiten_mix": 0.5},                  # halfway between v and S v
+    "whiten.25": {"whiten": True, "whiten_mix": 0.25},
+    "example-init": {"init": "example"},                              # from the cell's nearest dataset patch
+    "k2-objective": {"restarts": 2},                                  # best of 2 by the objective
+    "k2-cossim": {"restarts": 2, "select": "cossim"},                 # best of 2 by faithfulness
+    "polish.0": {"polish": 0.0},
+    "polish.2": {"polish": 0.2},
+    "polish.3": {"polish": 0.3},
+    "polish.5": {"polish": 0.5},
+    "power2": {"cossim_power": 2.0},
+    "power8": {"cossim_power": 8.0},
+    "lr.1": {"lr": 0.1},
+    "center": {"reduce": "center"},                                   # Lucid's direction_neuron: the centre position
+    "power16": {"cossim_power": 16.0},
+    "mean-reduce": {"reduce": "mean"},
+    "no-coarse": {"coarse": 0.0},
+    "standard-tf": {"transforms": "standard"},
+    "polish.1": {"polish": 0.1},
+    "power4": {"cossim_power": 4.0},
+    "80px": {"icon_size": 80},
+    "48px": {"icon_size": 48},
+    # the combination the measurements chose (atlas.ops.inversion.DEFAULTS + the RenderConfig changes reported)
+    "tuned": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0},
+    "tuned+coarse": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0, "coarse": 0.5},
+    "chosen": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0, "coarse": 0.5, "reduce": "center"},
+}
 
 
-def _targets(net: Any, layer: str, n: int, device: torch.device) -> torch.Tensor:
-    """n real layer vectors float32 [n, C]: the inner 5x5 positions of demo photos (cycled if needed)."""
-    from atlas.models import layer_output
+# The curves in docs/benchmarks.md: today's renderer, the chosen settings, and each idea changed on top of them.
+CURVES = ["baseline", "chosen", "chosen+mean-reduce", "chosen+no-coarse", "chosen+standard-tf+polish.1",
+          "chosen+power4", "chosen+cosine", "chosen+nadam", "chosen+maco", "chosen+pyramid", "chosen+whiten",
+          "chosen+whiten.5", "chosen+example-init", "chosen+k2-objective", "chosen+k2-cossim"]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _ensure_run(run: Path) -> None:
+    """Build the demo run's collect, reduce and grid stages once, if the grid is missing."""
+    if (run / "grid").is_dir() and (run / "state" / "grid" / "done").exists():
+        return
+    atlas = Path(sys.executable).with_name("atlas")
+    cmd = [str(atlas), "run", "demo", "--set", f"run_dir={run}", "--stages", "collect,reduce,grid"]
+    print("building the benchmark's grid:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _levels(run: Path) -> tuple[dict[int, dict[str, np.ndarray]], np.ndarray]:
+    """Per level: cells [n, 2], targets float32 [n, C], example rows [n], example positions [n, 2]
+    of the non-empty cells (as the render stage picks them, row-major); and the whitening [C, C]."""
+    import zarr
+
+    cfg = json.loads(json.dumps(_config(run)))
+    g = zarr.open_group(str(run / "grid"), mode="r")
+    out = {}
+    for s in sorted(int(v) for v in g.attrs["sizes"]):
+        count = np.asarray(g[f"level-{s}/count"][...])
+        mean = np.asarray(g[f"level-{s}/mean_activation"][...], dtype=np.float32)
+        keep = (count >= cfg["min_count"]) & np.isfinite(mean).all(axis=2) & (np.abs(mean).sum(axis=2) > 0)
+        rows, cols = np.nonzero(keep)
+        ex = np.asarray(g[f"level-{s}/examples"][...])[rows, cols, 0]
+        pos = np.asarray(g[f"level-{s}/example_positions"][...])[rows, cols, 0]
+        out[s] = {"cells": np.stack([rows, cols], 1), "targets": mean[rows, cols], "example": ex, "position": pos}
+    return out, np.asarray(g["whitening"][...], dtype=np.float64)
+
+
+def _config(run: Path) -> dict[str, Any]:
+    import zarr
+
+    g = zarr.open_group(str(run / "grid"), mode="r")
+    return {"min_count": int(g.attrs["min_count"])}
+
+
+def _example_patches(run: Path, rows: np.ndarray, positions: np.ndarray, size: int, window: float = 3.0) -> torch.Tensor:
+    """The dataset-example patch of each cell (its best example row, cropped as the tile stage crops
+    it: ``window`` layer cells around the sampled position), resized to ``size``: float32 [n, 3, size, size]."""
+    import zarr
+    from PIL import Image
+
+    from atlas.config import ImagesConfig
+    from atlas.ops.canvas import crop_box
+    from atlas.sources import load_image, read_manifest
+
+    c = zarr.open_group(str(run / "collect"), mode="r")
+    _, lh, lw = (int(v) for v in c.attrs["layer_shape"])
+    in_size = int(c.attrs["input_size"])
+    manifest, images = read_manifest(run), ImagesConfig()
+    out = []
+    for row, (y, x) in zip(rows.tolist(), positions.tolist()):
+        img = load_image(manifest.locations[row], size=in_size, max_pixels=images.max_pixels, min_side=images.min_side)
+        top, left, bottom, right = crop_box(y, x, lh, lw, in_size, window)
+        patch = Image.fromarray(img[top:bottom, left:right]).resize((size, size), Image.Resampling.BOX)
+        out.append(np.asarray(patch, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def _photo_magnitude(size: int, n: int = 64) -> torch.Tensor:
+    """Mean spectrum magnitude of ``n`` demo crops at ``size`` px: [3, size, size // 2 + 1] (MACO's natural magnitude)."""
+    from atlas.ops.param import spectrum_magnitude
     from atlas.sources import demo_image
 
-    n_img = min(max(1, -(-n // 25)), 64)
-    imgs = np.stack([np.asarray(demo_image(i, 224)) for i in range(n_img)])
-    vecs = []
-    with torch.no_grad():
-        for s in range(0, n_img, 16):
-            x = net.preprocess(torch.from_numpy(imgs[s:s + 16]))
-            h = layer_output(net, layer, x)
-            vecs.append(h[:, :, 1:6, 1:6].permute(0, 2, 3, 1).reshape(-1, h.shape[1]))
-    v = torch.cat(vecs)
-    return v[torch.arange(n) % len(v)].contiguous()
+    imgs = np.stack([np.asarray(demo_image(i, size), dtype=np.float32) / 255.0 for i in range(n)])
+    return spectrum_magnitude(torch.from_numpy(imgs).permute(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def _settings(base: dict[str, Any], idea: dict[str, Any], steps: int) -> types.SimpleNamespace:
+    from atlas.config import RenderConfig
+
+    merged = {**RenderConfig().model_dump(), **base, **idea, "steps": steps}
+    return types.SimpleNamespace(**merged)
 
 
 def _sync(device: torch.device) -> None:
@@ -57,71 +196,286 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _mode(acts: Any, targets: torch.Tensor, settings: Any, batch: int, seed: int) -> dict[str, Any]:
-    from atlas.stages.render import render_icons
+def _render_all(acts: Any, run: Path, levels: dict[int, dict[str, np.ndarray]], whitening: np.ndarray,
+                settings: types.SimpleNamespace, every: int, seed: int, save_icons: Path | None = None) -> dict[str, Any]:
+    """Render the (every ``every``-th) cells of every level; faithfulness and distinctness per level."""
+    from atlas.ops.inversion import render_icons
+    from atlas.ops.objectives import cosine, own_rank, retrieval_at
 
-    cos = []
-    _sync(acts.device)
-    t0 = time.perf_counter()
-    for k, s in enumerate(range(0, len(targets), batch)):
-        res = render_icons(acts, targets[s:s + batch], settings, generator=torch.Generator().manual_seed(seed + k))
-        cos.append(res.cossim)
-    _sync(acts.device)
-    dt = time.perf_counter() - t0
-    c = np.concatenate(cos)
-    return {"icons": len(targets), "batch": batch, "seconds": round(dt, 3), "icons_per_s": len(targets) / dt,
-            "median_cossim": float(np.median(c)), "p10_cossim": float(np.percentile(c, 10))}
+    device = acts.device
+    s_mat = torch.from_numpy(whitening) if getattr(settings, "whiten", False) else None
+    magnitude = _photo_magnitude(settings.icon_size) if getattr(settings, "magnitude", None) == "photos" else None
+    per_level, seconds, cpu, all_cos, all_ranks = {}, 0.0, 0.0, [], []
+    all_both: dict[str, list[np.ndarray]] = {"mean": [], "center": []}
+    for s, lvl in levels.items():
+        idx = np.arange(0, len(lvl["targets"]), every)
+        targets = torch.from_numpy(lvl["targets"])
+        init_all = None
+        if getattr(settings, "init", "noise") == "example":
+            init_all = _example_patches(run, lvl["example"][idx], lvl["position"][idx], settings.icon_size)
+        acts_out, cos, icons = [], [], []
+        both: dict[str, list[np.ndarray]] = {"mean": [], "center": []}
+        for b, lo in enumerate(range(0, len(idx), settings.batch_size)):
+            sel = idx[lo:lo + settings.batch_size]
+            init = None if init_all is None else init_all[lo:lo + settings.batch_size]
+            gen = torch.Generator().manual_seed(seed + 1000 * s + b)
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = render_icons(acts, targets[sel], settings, generator=gen, whitening=s_mat, init_images=init,
+                               magnitude=magnitude)
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            acts_out.append(res.activation)
+            cos.append(res.cossim)
+            icons.append(res.icons)
+            with torch.no_grad():  # the stored icon's cosine under both reductions, whatever was optimised
+                x = torch.from_numpy(res.icons).to(device).permute(0, 3, 1, 2).float() / 255.0
+                h = acts(acts.normalize(x)).float()
+                t = targets[sel].to(device)
+                both["mean"].append(cosine(h, t, "mean").cpu().numpy())
+                both["center"].append(cosine(h, t, "center").cpu().numpy())
+        c = np.concatenate(cos)
+        ranks = own_rank(torch.from_numpy(np.concatenate(acts_out)), targets, torch.from_numpy(idx)).numpy()
+        per_level[str(s)] = {"icons": len(idx), "cells": len(targets), "median_cossim": float(np.median(c)),
+                             "p10_cossim": float(np.percentile(c, 10)),
+                             "retrieval@1": retrieval_at(torch.from_numpy(ranks), 1),
+                             "retrieval@5": retrieval_at(torch.from_numpy(ranks), 5),
+                             "median_rank": float(np.median(ranks)),
+                             **{f"median_cossim_{k}_reduce": float(np.median(np.concatenate(v))) for k, v in both.items()}}
+        for k, v in both.items():
+            all_both[k].append(np.concatenate(v))
+        all_cos.append(c)
+        all_ranks.append(ranks)
+        if save_icons is not None:
+            from PIL import Image
+
+            from atlas.ops.canvas import icon_mosaic
+
+            mosaic = icon_mosaic(np.concatenate(icons), lvl["cells"][idx], s)
+            save_icons.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mosaic).save(save_icons.with_name(f"{save_icons.name}-level{s}.png"))
+    c, ranks = np.concatenate(all_cos), np.concatenate(all_ranks)
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "icons": len(c), "median_cossim": float(np.median(c)),
+            "p10_cossim": float(np.percentile(c, 10)), "retrieval@1": float((ranks <= 1).mean()),
+            "retrieval@5": float((ranks <= 5).mean()),
+            **{f"median_cossim_{k}_reduce": float(np.median(np.concatenate(v))) for k, v in all_both.items()},
+            "levels": per_level}
+
+
+def _quality(args: argparse.Namespace, preset: dict[str, Any], acts: Any,
+             save: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    run = Path(args.run)
+    _ensure_run(run)
+    levels, whitening = _levels(run)
+    base = {**preset["render"], **json.loads(args.set or "{}")}
+    steps_list = [int(v) for v in args.steps.split(",")] if args.steps else preset["steps"]
+    ideas = {"all": list(IDEAS), "curves": CURVES}.get(args.ideas) or args.ideas.split(";" if ";" in args.ideas else ",")
+    records = []
+    # warm the network and allocator once, outside every timing
+    _render_all(acts, run, {s: {k: v[:2] for k, v in lv.items()} for s, lv in list(levels.items())[:1]}, whitening,
+                _settings(base, {}, 2), 1, 0)
+    for steps in steps_list:
+        for name in ideas:
+            idea = _parse_idea(name)
+            stem = None
+            if args.save_icons:
+                stem = OUT / "icons" / f"{args.preset}-{name}-{steps}".replace("/", "_").replace('"', "").replace(" ", "")
+            res = _render_all(acts, run, levels, whitening, _settings(base, idea, steps), args.every, args.seed, stem)
+            rec = {"idea": name, "settings": idea, "steps": steps, "every": args.every, **res}
+            records.append(rec)
+            save(rec)
+            lv = " ".join(f"{s}:{v['median_cossim']:.2f}/{v['retrieval@1']:.2f}" for s, v in res["levels"].items())
+            print(f"{name:>16} {steps:5d} steps {res['seconds']:7.1f} s {res['cpu_seconds']:7.1f} cpu-s  cossim {res['median_cossim']:.3f}  "
+                  f"r@1 {res['retrieval@1']:.3f}  r@5 {res['retrieval@5']:.3f}  (mean/center reduce: "
+                  f"{res['median_cossim_mean_reduce']:.3f}/{res['median_cossim_center_reduce']:.3f})  [{lv}]", flush=True)
+    return records
+
+
+def _parse_idea(name: str) -> dict[str, Any]:
+    """An idea by name, or ``a+b`` (merged, later wins), or ``{json}`` / ``name={json}`` for ad-hoc settings."""
+    if "=" in name and name.split("=", 1)[1].startswith("{"):
+        head, js = name.split("=", 1)
+        return {**_parse_idea(head), **json.loads(js)} if head else json.loads(js)
+    out: dict[str, Any] = {}
+    for part in name.split("+"):
+        if part not in IDEAS:
+            raise SystemExit(f"unknown idea {part!r}; ideas: {', '.join(IDEAS)}")
+        out.update(IDEAS[part])
+    return out
+
+
+# --------------------------------------------------------------------------- speed
+
+
+class _Loop:
+    """One optimisation step of ``batch`` icons (parameterisation -> transforms -> network -> objective
+    -> backward -> Adam), as :func:`atlas.ops.inversion.render_icons` runs it."""
+
+    def __init__(self, acts: Any, size: int, batch: int, *, param: str = "fft", transforms: str = "standard",
+                 call: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        from atlas.ops.inversion import make_param, resolve
+        from atlas.ops.transforms import named_transforms
+
+        self.acts, self.call = acts, call or acts
+        self.gen = torch.Generator().manual_seed(0)
+        r = resolve(types.SimpleNamespace(param=param, icon_size=size))
+        self.params, self.image_fn = make_param(r, batch, size, generator=self.gen, device=acts.device)
+        self.v = torch.randn(batch, acts.shape[0], generator=self.gen).to(acts.device)
+        self.opt = torch.optim.Adam(self.params, lr=0.05)
+        self.tf = named_transforms(transforms, size)
+
+    def step(self) -> float:
+        from atlas.ops.objectives import direction_cossim
+
+        _sync(self.acts.device)
+        t0 = time.perf_counter()
+        self.opt.zero_grad()
+        h = self.call(self.acts.normalize(self.tf(self.image_fn(), self.gen))).float()
+        (-direction_cossim(h, self.v, power=4.0).sum()).backward()
+        self.opt.step()
+        _sync(self.acts.device)
+        return time.perf_counter() - t0
+
+
+def _interleaved(loops: dict[str, _Loop], rounds: int) -> dict[str, dict[str, float]]:
+    """Time every loop once per round, in turn (2 untimed warm-up rounds): min and median seconds per step."""
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    for r in range(rounds + 2):
+        for k, loop in loops.items():
+            t = loop.step()
+            if r >= 2:
+                times[k].append(t)
+    return {k: {"min": float(np.min(v)), "median": float(np.median(v))} for k, v in times.items()}
+
+
+def _speed(args: argparse.Namespace, preset: dict[str, Any], net: Any, device: torch.device) -> dict[str, Any]:
+    """Seconds per step of the network variants (interleaved, so load hits all alike), of the
+    parameterisations and transform sets, batched against one at a time; torch.compile apart."""
+    from atlas.models._activations import LayerActivations
+    from atlas.ops.inversion import fit_batch_size
+
+    base = {**preset["render"], **json.loads(args.set or "{}")}
+    size, batch = int(base["icon_size"]), min(int(base["batch_size"]), args.speed_batch)
+    cl = device.type == "cuda"
+    nets = {
+        "folded BN, NCHW (render stage today on CPU)": LayerActivations(net, args.layer, device, channels_last=False),
+        "folded BN, channels_last (collect's setting)": LayerActivations(net, args.layer, device, channels_last=True),
+        "unfolded BN, NCHW": LayerActivations(net, args.layer, device, fold_bn=False, channels_last=False),
+    }
+    stage = LayerActivations(net, args.layer, device, channels_last=cl)
+    half = max(8, size // 2)
+    loops = {f"network: {k}": _Loop(a, size, batch) for k, a in nets.items()}
+    loops.update({
+        f"fft {size} px, standard transforms": _Loop(stage, size, batch),
+        f"fft {size} px, icon transforms": _Loop(stage, size, batch, transforms="icon"),
+        f"fft {half} px, icon transforms (coarse phase)": _Loop(stage, half, batch, transforms="icon"),
+        f"fft {size} px, no transforms (polish)": _Loop(stage, size, batch, transforms="none"),
+        f"maco {size} px, icon transforms": _Loop(stage, size, batch, param="maco", transforms="icon"),
+        f"pyramid {size} px, icon transforms": _Loop(stage, size, batch, param="pyramid", transforms="icon"),
+        f"fft {size} px, standard, one icon": _Loop(stage, size, 1),
+    })
+    res = _interleaved(loops, args.repeats)
+    out: dict[str, Any] = {"icon_size": size, "batch": batch, "rounds": args.repeats, "per_step": res}
+    for k, v in res.items():
+        print(f"{k:>58}: {v['min'] * 1000:8.1f} ms/step min, {v['median'] * 1000:8.1f} median", flush=True)
+    one = res[f"fft {size} px, standard, one icon"]["min"]
+    out["batched speed-up (per icon-step, min)"] = one * batch / res[f"fft {size} px, standard transforms"]["min"]
+    print(f"batched vs one at a time: {out['batched speed-up (per icon-step, min)']:.2f}x per icon", flush=True)
+    if args.compile:
+        t0 = time.perf_counter()
+        try:
+            compiled = torch.compile(stage.__call__, dynamic=False)
+            loop = _Loop(stage, size, batch, call=compiled)
+            for _ in range(2):
+                loop.step()
+            out["compile_seconds"] = time.perf_counter() - t0
+            ref = _Loop(stage, size, batch)
+            both = _interleaved({"eager": ref, "compiled": loop}, args.repeats)
+            out["torch.compile"] = both
+            print(f"torch.compile: {both['compiled']['min'] * 1000:.1f} ms/step against eager "
+                  f"{both['eager']['min'] * 1000:.1f} (compiling: {out['compile_seconds']:.0f} s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
+            out["torch.compile"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+            print("torch.compile failed:", out["torch.compile"], flush=True)
+    out["fit_batch_size"] = fit_batch_size(stage, size)
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    lines = ["| idea | steps | seconds | CPU seconds | median cossim | p10 | retrieval@1 | retrieval@5 | per level (cossim / r@1) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lv = ", ".join(f"{s}: {v['median_cossim']:.2f} / {v['retrieval@1']:.2f}" for s, v in r["levels"].items())
+        lines.append(f"| {r['idea']} | {r['steps']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['median_cossim']:.3f} | "
+                     f"{r['p10_cossim']:.3f} | {r['retrieval@1']:.3f} | {r['retrieval@5']:.3f} | {lv} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=("gpu",), default=None,
-                    help="gpu: --device cuda --count 10000 --size 80 --steps 512 --batch 100 --single-count 8")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    ap.add_argument("--count", type=int, default=32, help="icons rendered in batched mode")
-    ap.add_argument("--batch", type=int, default=None, help="icons per batch (default: min(count, 100))")
-    ap.add_argument("--single-count", type=int, default=8, help="icons rendered one at a time")
-    ap.add_argument("--size", type=int, default=64, help="icon side in pixels")
-    ap.add_argument("--steps", type=int, default=16, help="optimisation steps per icon")
+    ap.add_argument("--preset", choices=tuple(PRESETS), default="demo")
+    ap.add_argument("--mode", choices=("quality", "speed"), default="quality")
+    ap.add_argument("--ideas", default="baseline", help=f"comma- (or, with JSON, semicolon-) separated ideas, `all`, `curves` (CURVES), `a+b` (merged) or "
+                    f"`name={{json}}`: {', '.join(IDEAS)}")
+    ap.add_argument("--steps", default=None, help="comma-separated step budgets (default: the preset's)")
+    ap.add_argument("--set", default=None, help='JSON of render settings over the preset\'s, e.g. \'{"batch_size": 32}\'')
+    ap.add_argument("--every", type=int, default=1, help="render every n-th cell of each level (ranks still use every target)")
+    ap.add_argument("--run", default=str(DEFAULT_RUN), help="run dir with a finished grid (built when missing)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: the preset's)")
     ap.add_argument("--layer", default="blocks.5")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--out", default=str(OUT / "render.json"))
+    ap.add_argument("--save-icons", action="store_true", help="quality mode: write each level's icons as a mosaic "
+                    "PNG under benchmarks/out/icons/")
+    ap.add_argument("--channels-last", action="store_true", help="quality mode: run the network channels_last")
+    ap.add_argument("--compile", action="store_true", help="speed mode: also time torch.compile")
+    ap.add_argument("--repeats", type=int, default=8, help="speed mode: timed rounds (each variant once per round)")
+    ap.add_argument("--speed-batch", type=int, default=64, help="speed mode: icons per batch")
+    ap.add_argument("--out", default=None, help="JSON file (default benchmarks/out/render-<preset>.json)")
     args = ap.parse_args()
-    if args.preset == "gpu":
-        args.device, args.count, args.size, args.steps, args.batch, args.single_count = "cuda", 10_000, 80, 512, 100, 8
+    preset = PRESETS[args.preset]
+    if args.preset == "gpu" and args.ideas == "baseline":
+        args.ideas = "curves"
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from atlas.config import ModelConfig, RenderConfig
+    from atlas.config import ModelConfig
     from atlas.models import load_network, resolve_device
     from atlas.models._activations import LayerActivations
-    from atlas.stages.render import render_icons
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or preset["device"])
     net = load_network(ModelConfig(layer=args.layer))
-    acts = LayerActivations(net, args.layer, device)
-    settings = RenderConfig(icon_size=args.size, steps=args.steps, restarts=1)
-    batch = args.batch or min(args.count, 100)
-    targets = _targets(net, args.layer, max(args.count, args.single_count), device)
-    render_icons(acts, targets[:2], settings.model_copy(update={"steps": 2}), generator=torch.Generator().manual_seed(0))
-    single = _mode(acts, targets[:args.single_count], settings, 1, 1000)
-    batched = _mode(acts, targets[:args.count], settings, batch, 0)
-    result = {
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "layer": args.layer, "layer_shape": list(acts.shape), "icon_size": args.size,
-        "steps": args.steps, "bn_folded": acts.folded, "autocast_bf16": acts.autocast, "settings": settings.model_dump(),
-        "one_at_a_time": single, "batched": batched, "speedup": batched["icons_per_s"] / single["icons_per_s"],
-    }
+    info = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "layer": args.layer,
+            "preset": args.preset, "render": preset["render"]}
+    print(f"device {info['device']} ({info['device_name']}), {info['threads']} threads, layer {args.layer}, "
+          f"preset {args.preset}: {preset['render']}", flush=True)
+    out_path = Path(args.out or OUT / f"render-{args.preset}{'-speed' if args.mode == 'speed' else ''}.json")
+    if args.mode == "speed":
+        result = {**info, **_speed(args, preset, net, device)}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+        return
+    acts = LayerActivations(net, args.layer, device, channels_last=args.channels_last or device.type == "cuda")
+    records = _quality(args, preset, acts, lambda rec: _save(out_path, info, rec, device))
+    print()
+    print(_table(records))
+
+
+def _save(path: Path, info: dict[str, Any], rec: dict[str, Any], device: torch.device) -> None:
+    """Merge one record into the JSON file (replacing an older record of the same idea, steps and every)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()).get("records", []) if path.exists() else []
+    key = (rec["idea"], rec["steps"], rec.get("every", 1))
+    merged = [r for r in old if (r["idea"], r["steps"], r.get("every", 1)) != key] + [rec]
+    payload: dict[str, Any] = {**info, "records": merged}
     if device.type == "cuda":
-        result["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"device {result['device']} ({result['device_name']}), {result['threads']} threads, layer {args.layer}, "
-          f"{args.size} px, {args.steps} steps\n")
-    print("| mode | icons | batch | seconds | icons/s | median cossim |\n|---|---|---|---|---|---|")
-    for name, r in (("one at a time", single), ("batched", batched)):
-        print(f"| {name} | {r['icons']} | {r['batch']} | {r['seconds']:.1f} | {r['icons_per_s']:.3f} | {r['median_cossim']:.3f} |")
-    print(f"\nspeed-up: {result['speedup']:.2f}x")
+        payload["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ the angle to it::
     objective_b = dot(h_b, v_b) * max(cos(h_b, v_b), floor) ** power
 
 With whitening, ``v_b`` is replaced by ``S v_b`` (:func:`whiten`) before scoring.
-Pure torch, no I/O.
+
+Distinctness (:func:`own_rank`): an icon is its cell's when its activation is closer (by
+cosine) to its own cell's target than to any other target of the level; the rank of the
+own target among all of them is 1 then, and retrieval@k is the share of icons with rank
+<= k (:func:`retrieval_at`). Pure torch, no I/O.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["REDUCTIONS", "Objective", "reduce_positions", "cosine", "direction_cossim", "whiten",
-           "direction_cossim_objective"]
+           "direction_cossim_objective", "cosine_matrix", "own_rank", "retrieval_at"]
 
 REDUCTIONS = ("mean", "center")
 _EPS = 1e-8
@@ -101,3 +105,45 @@ def direction_cossim_objective(targets: torch.Tensor, *, power: float = 2.0, red
     v = targets if whitening is None else whiten(targets, whitening)
     name = f"direction_cossim(power={power:g}, reduce={reduce}{', whitened' if whitening is not None else ''})"
     return Objective(name, lambda acts: direction_cossim(acts, v, power=power, reduce=reduce, floor=floor))
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of every row of a [n, C] with every row of b [m, C] -> float32 [n, m] (0 for zero rows)."""
+    a64, b64 = a.double(), b.double()
+    an = a64 / a64.norm(dim=1, keepdim=True).clamp(min=_EPS)
+    bn = b64 / b64.norm(dim=1, keepdim=True).clamp(min=_EPS)
+    out: torch.Tensor = (an @ bn.T).float()
+    return out
+
+
+def own_rank(activations: torch.Tensor, targets: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Rank of each icon's own target among all targets by cosine to its activation (1 = first).
+
+    activations [n, C] (icons' reduced activations), targets [m, C] (every cell target of
+    the level), own int [n] (the row of targets that icon i was rendered for) -> int64 [n]:
+    ``1 + #{j : cos(a_i, t_j) > cos(a_i, t_own_i)}`` (ties count for the icon; cosines in
+    float64).
+    """
+    if activations.ndim != 2 or targets.ndim != 2 or activations.shape[1] != targets.shape[1]:
+        raise ValueError(f"activations [n, C] and targets [m, C] must share C, got {list(activations.shape)} "
+                         f"and {list(targets.shape)}")
+    own = own.to(torch.int64)
+    if own.shape != (activations.shape[0],):
+        raise ValueError(f"own must be [n] = [{activations.shape[0]}], got {list(own.shape)}")
+    if own.numel() and (int(own.min()) < 0 or int(own.max()) >= targets.shape[0]):
+        raise ValueError(f"own rows must lie in [0, {targets.shape[0]}), got {own.tolist()}")
+    a = activations.double()
+    t = targets.double().to(a.device)
+    an = a / a.norm(dim=1, keepdim=True).clamp(min=_EPS)
+    tn = t / t.norm(dim=1, keepdim=True).clamp(min=_EPS)
+    sims = an @ tn.T  # [n, m]
+    mine = sims.gather(1, own.to(a.device)[:, None])  # [n, 1]
+    ranks: torch.Tensor = (sims > mine).sum(dim=1) + 1
+    return ranks
+
+
+def retrieval_at(ranks: torch.Tensor, k: int) -> float:
+    """Share of icons whose own target ranks within the first ``k``: ranks int [n] -> float (NaN if n = 0)."""
+    if ranks.numel() == 0:
+        return float("nan")
+    return float((ranks <= k).double().mean())

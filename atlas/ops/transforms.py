@@ -20,11 +20,13 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Transform", "pad", "jitter", "jitter_offsets", "random_scale", "random_rotate", "compose",
-           "standard_transforms", "STANDARD_SCALES", "STANDARD_ANGLES"]
+__all__ = ["Transform", "TRANSFORM_SETS", "pad", "jitter", "jitter_offsets", "random_translate", "random_scale",
+           "random_rotate", "compose", "standard_transforms", "icon_transforms", "named_transforms",
+           "STANDARD_SCALES", "STANDARD_ANGLES"]
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
+TRANSFORM_SETS = ("standard", "icon", "none")
 STANDARD_SCALES: tuple[float, ...] = tuple(1 + (i - 5) / 50.0 for i in range(11))
 STANDARD_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-10, 11))
 
@@ -70,6 +72,18 @@ def jitter(d: int) -> Transform:
         bi = torch.arange(b, device=images.device)[:, None, None]
         out = images.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # [B, H-d, W-d, 3]
         return out.permute(0, 3, 1, 2)
+
+    return apply
+
+
+def random_translate(d: int, mode: str = "reflect", value: float = 0.5) -> Transform:
+    """Shift each image by its own integer offset in [-d, d]^2, keeping its size: :func:`pad`
+    by d, then :func:`jitter` by 2d. [B,3,H,W] -> [B,3,H,W]; ``out[b, :, y, x] =
+    padded[b, :, y + dy, x + dx]`` with (dy, dx) from :func:`jitter_offsets` (B, 2d)."""
+    chain = compose([pad(d, mode=mode, value=value), jitter(2 * d)])
+
+    def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return images if d == 0 else chain(images, generator)
 
     return apply
 
@@ -136,3 +150,28 @@ def standard_transforms(*, pad_width: int = 12, pad_mode: str = "constant", pad_
         random_rotate(angles_deg),
         jitter(final_jitter),
     ]
+
+
+def icon_transforms(size: int, *, translate: float = 1 / 16, pad_mode: str = "reflect",
+                    scales: Sequence[float] = STANDARD_SCALES,
+                    angles_deg: Sequence[float] = STANDARD_ANGLES) -> list[Transform]:
+    """Transformation robustness that keeps the icon's size: a shift of up to
+    ``round(translate * size)`` pixels (reflect padding), Lucid's random scale and rotation.
+
+    [B,3,S,S] -> [B,3,S,S], so the network sees during optimisation the same layer grid
+    as when the final icon is scored (Lucid's standard set grows a 48-pixel icon to 60 px
+    of which a fifth is grey padding, and crops it by up to 12 px).
+    """
+    return [random_translate(max(0, round(translate * size)), mode=pad_mode), random_scale(scales),
+            random_rotate(angles_deg)]
+
+
+def named_transforms(name: str, size: int) -> Transform:
+    """The transform set ``name`` (one of :data:`TRANSFORM_SETS`) for icons of side ``size``, composed."""
+    if name == "standard":
+        return compose(standard_transforms())
+    if name == "icon":
+        return compose(icon_transforms(size))
+    if name == "none":
+        return compose([])
+    raise ValueError(f"transforms must be one of {', '.join(TRANSFORM_SETS)}, got {name!r}")

@@ -10,9 +10,12 @@ import torch
 from atlas.ops.objectives import (
     Objective,
     cosine,
+    cosine_matrix,
     direction_cossim,
     direction_cossim_objective,
+    own_rank,
     reduce_positions,
+    retrieval_at,
     whiten,
 )
 from atlas.ops.param import fft_image
@@ -109,3 +112,56 @@ def test_gradient_ascent_increases_the_objective_on_a_tiny_model():
         cos_after = cosine(net(image_fn()), targets)
     assert (after > before).all(), (before, after)
     assert (cos_after > cos_before).all() and cos_after.min() > 0.4, cos_after
+
+
+# --------------------------------------------------------------------------- distinctness
+
+
+def test_own_rank_hand_computed():
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    acts = torch.tensor([[2.0, 0.1],    # closest to t0 (cos 0.999), then t2 (0.75), t1, t3
+                         [1.0, 0.9],    # closest to t2, then t0, then t1
+                         [0.0, 3.0],    # t1 first
+                         [-1.0, -1.0]])  # t3 (0.707) ahead of t0 (-0.707), t1 (-0.707), t2 (-1)
+    own = torch.tensor([0, 0, 2, 1])
+    # icon 0: own t0 is first; icon 1: t2 beats t0 -> 2; icon 2: t1 (1.0) beats t2 (0.707) -> 2;
+    # icon 3: own t1 at -0.707 is beaten only by t3 (0.707); t0 ties at -0.707 and counts for the icon -> 2
+    assert own_rank(acts, targets, own).tolist() == [1, 2, 2, 2]
+    assert own_rank(acts, targets, torch.tensor([0, 2, 1, 3])).tolist() == [1, 1, 1, 1]
+    # icon 2 = (0, 3) against t3: cos 0, beaten by t1 and t2, tied with t0 -> 3
+    assert own_rank(acts, targets, torch.tensor([3, 3, 3, 2])).tolist() == [4, 4, 3, 4]
+
+
+def test_own_rank_is_scale_invariant_and_dtype_exact():
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(30, 16, generator=g)
+    acts = targets[[3, 7, 11]] * torch.tensor([[2.0], [0.5], [9.0]]) + 0.01 * torch.randn(3, 16, generator=g)
+    own = torch.tensor([3, 7, 11])
+    ranks = own_rank(acts, targets, own)
+    assert ranks.dtype == torch.int64 and ranks.tolist() == [1, 1, 1]
+    assert own_rank(acts, 5.0 * targets, own).tolist() == [1, 1, 1]
+    sims = cosine_matrix(acts, targets)
+    assert sims.shape == (3, 30)
+    torch.testing.assert_close(sims[0, 3], torch.nn.functional.cosine_similarity(acts[0], targets[3], dim=0))
+    want = (sims > sims.gather(1, own[:, None])).sum(1) + 1
+    assert torch.equal(own_rank(acts, targets, torch.tensor([0, 1, 2])), (sims > sims[:, :3].diagonal()[:, None]).sum(1) + 1)
+    assert torch.equal(ranks, want)
+
+
+def test_own_rank_rejects_bad_shapes_and_rows():
+    a, t = torch.zeros(2, 3), torch.ones(4, 3)
+    with pytest.raises(ValueError, match="share C"):
+        own_rank(a, torch.ones(4, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="own must be"):
+        own_rank(a, t, torch.tensor([0]))
+    with pytest.raises(ValueError, match="own rows"):
+        own_rank(a, t, torch.tensor([0, 4]))
+    assert own_rank(torch.zeros(0, 3), t, torch.zeros(0, dtype=torch.int64)).tolist() == []
+
+
+def test_retrieval_at():
+    ranks = torch.tensor([1, 2, 1, 6, 5])
+    assert retrieval_at(ranks, 1) == pytest.approx(0.4)
+    assert retrieval_at(ranks, 5) == pytest.approx(0.8)
+    assert retrieval_at(ranks, 6) == 1.0
+    assert math.isnan(retrieval_at(torch.zeros(0, dtype=torch.int64), 1))

@@ -9,12 +9,16 @@ import torch
 from atlas.ops.transforms import (
     STANDARD_ANGLES,
     STANDARD_SCALES,
+    TRANSFORM_SETS,
     compose,
+    icon_transforms,
     jitter,
     jitter_offsets,
+    named_transforms,
     pad,
     random_rotate,
     random_scale,
+    random_translate,
     standard_transforms,
 )
 
@@ -101,3 +105,44 @@ def test_compose_applies_in_order():
     x = _images(1, 4, 4)
     out = compose([pad(1, mode="constant", value=0.0), pad(1, mode="constant", value=1.0)])(x, _gen())
     assert out.shape == (1, 3, 8, 8) and out[0, 0, 0, 0] == 1.0 and out[0, 0, 1, 1] == 0.0
+
+
+def test_random_translate_keeps_the_size_and_shifts_exactly():
+    x = _images(6, 10, 12)
+    out = random_translate(2, mode="constant", value=0.5)(x, _gen(3))
+    assert out.shape == x.shape
+    padded = pad(2, mode="constant", value=0.5)(x, _gen())
+    off = jitter_offsets(6, 4, _gen(3))  # the draws random_translate makes: jitter by 2d
+    for b, (dy, dx) in enumerate(off.tolist()):
+        assert torch.equal(out[b], padded[b, :, dy:dy + 10, dx:dx + 12])
+    assert random_translate(0)(x, _gen()) is x
+
+
+def test_icon_transforms_keep_the_icon_size_and_scale_with_it():
+    for size in (24, 48, 80):
+        x = _images(3, size, size).requires_grad_(True)
+        out = compose(icon_transforms(size))(x, _gen())
+        assert out.shape == x.shape
+        out.sum().backward()
+        assert x.grad is not None and (x.grad.abs().sum(dim=(1, 2, 3)) > 0).all()
+    # the shift is round(size / 16) pixels at most: at 48 px, 3 (reflect padding)
+    x = _images(1, 48, 48).expand(64, 3, 48, 48).contiguous()
+    shifted = icon_transforms(48, scales=[1.0], angles_deg=[0.0])[0](x, _gen(1))
+    ref = pad(3, mode="reflect")(x, _gen())
+    found = set()
+    for b in range(64):
+        hits = [(dy, dx) for dy in range(7) for dx in range(7) if torch.equal(shifted[b], ref[b, :, dy:dy + 48, dx:dx + 48])]
+        assert hits
+        found.add(hits[0])
+    assert len(found) > 10
+
+
+def test_named_transforms():
+    x = _images(2, 32, 32)
+    assert named_transforms("none", 32)(x, _gen()) is x
+    assert named_transforms("icon", 32)(x, _gen()).shape == x.shape
+    assert named_transforms("standard", 32)(x, _gen()).shape == (2, 3, 44, 44)
+    torch.testing.assert_close(named_transforms("standard", 32)(x, _gen(4)), compose(standard_transforms())(x, _gen(4)))
+    assert TRANSFORM_SETS == ("standard", "icon", "none")
+    with pytest.raises(ValueError, match="transforms must be one of"):
+        named_transforms("lucid", 32)
