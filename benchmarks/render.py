@@ -1,32 +1,40 @@
 """Benchmark: icon quality per step and per second, and the speed of the render loop.
 
-Quality (``quality``, the default mode): every non-empty cell of every level of a real
-grid (default: the demo at 2,000 images, EfficientNet-Lite0 ``blocks.5``, grids 4/8/16;
-built once with ``atlas run demo --stages collect,reduce,grid`` when missing) is rendered
-with :func:`atlas.ops.inversion.render_icons`, once per idea and step budget, batched per
-level as the render stage does. Each icon is measured twice:
+Quality (the default mode): every non-empty cell of every level of a real grid (default:
+the demo at 2,000 images, EfficientNet-Lite0 ``blocks.5``, grids 4/8/16, in
+``/tmp/bench-render/demo``; built once with ``atlas run demo --stages collect,reduce,grid``
+when missing) is rendered with :func:`atlas.ops.inversion.render_icons`, once per idea and
+step budget, batched per level as the render stage does. Each icon is measured twice:
 
-* faithfulness: cosine between the final icon's reduced activation and its cell's target;
+* faithfulness: cosine between the final icon's reduced activation and its cell's target
+  (also reported under both reductions, ``mean`` and ``center``, whatever was optimised);
 * distinctness: the rank of its own cell among all cell targets of its level by cosine
   to the icon's activation (:func:`atlas.ops.objectives.own_rank`); retrieval@1 and @5
   are the shares of icons whose own cell ranks first / in the first five.
 
-An idea is a set of render settings on top of the preset's (``IDEAS``); ``baseline`` is
-today's renderer. Seconds are wall time of the rendering only (model loaded, targets
-read), so ideas are compared as ratios within one invocation.
+An idea is a set of render settings on top of the preset's (``IDEAS``; ``a+b`` merges,
+``name={json}`` adds settings, an idea may fix its own ``steps``); ``baseline`` is today's
+renderer, ``chosen`` the settings the measurements chose, ``CURVES`` the curves in
+docs/benchmarks.md. Seconds are the wall time of the rendering only; the machine is
+shared, so compare settings alternated within one invocation (set
+``OMP_WAIT_POLICY=PASSIVE`` on a loaded CPU: spinning OpenMP threads inflate every time).
 
-Speed (``--mode speed``): seconds per optimisation step (forward + backward + Adam) of one
-batch, with the network as the render stage builds it today (BatchNorm folded, NCHW on
-the CPU) against channels_last, unfolded, and ``torch.compile``; and batched against one
-icon at a time.
+Speed (``--mode speed``): milliseconds per optimisation step (parameterisation, transforms,
+network forward + backward, Adam) of one batch, every variant once per round in turn: the
+network as the render stage builds it (BatchNorm folded, NCHW on the CPU) against
+channels_last and unfolded; each parameterisation and transform set; one icon at a time;
+``torch.compile`` with ``--compile``; and on CUDA the batch size that fits the free memory.
 
-    python benchmarks/render.py --preset demo --ideas baseline,tuned --steps 32,64,128
-    python benchmarks/render.py --preset full --ideas baseline,tuned --every 3
-    python benchmarks/render.py --mode speed --preset demo
-    python benchmarks/render.py --preset gpu                      # CUDA: every idea, full settings
+    python benchmarks/render.py --preset demo --set '{"icon_size": 80}' --ideas curves --steps 32,64,128 --every 2
+    python benchmarks/render.py --preset demo --set '{"icon_size": 80}' --steps 1 \
+        --ideas 'baseline={"icon_size":48,"steps":128};chosen={"steps":72};baseline={"icon_size":48,"steps":128}'
+    python benchmarks/render.py --preset full --ideas baseline,chosen --every 3
+    python benchmarks/render.py --mode speed --preset demo --set '{"icon_size": 80}' --compile
+    python benchmarks/render.py --preset gpu                      # CUDA: the curves at 80 px, 64 to 1,024 steps
+    python benchmarks/render.py --report benchmarks/out/render-demo.json   # the curves as a table
 
-Results are merged into ``benchmarks/out/render-<preset>.json`` (one record per idea and
-step budget; a rerun replaces its records) and printed as markdown tables.
+Results are merged into ``benchmarks/out/render-<preset>.json`` (one record per idea, step
+budget and ``--every``; a rerun replaces its records) and printed as markdown tables.
 """
 
 from __future__ import annotations
@@ -50,18 +58,18 @@ OUT = ROOT / "benchmarks" / "out"
 DEFAULT_RUN = Path("/tmp/bench-render/demo")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the demo's render settings (pipelines/demo.yaml)
+    # the demo's render settings today (pipelines/demo.yaml); the chosen demo: --set '{"icon_size": 80}', 72 steps
     "demo": {"device": "cpu", "render": {"icon_size": 48, "steps": 128, "batch_size": 64}, "steps": [32, 64, 128, 256]},
     # RenderConfig's defaults
     "full": {"device": "cpu", "render": {"icon_size": 80, "steps": 512, "batch_size": 100}, "steps": [128, 256, 512]},
-    # the same on a GPU, every idea, more steps
+    # the same on a GPU: the curves (CURVES), more steps
     "gpu": {"device": "cuda", "render": {"icon_size": 80, "steps": 512, "batch_size": 100},
             "steps": [64, 128, 256, 512, 1024]},
 }
 
 # Each idea: render settings on top of the preset's (names of RenderConfig + atlas.ops.inversion.DEFAULTS).
 IDEAS: dict[str, dict[str, Any]] = {
-    "baseline": {},                                                   # today's renderer
+    "baseline": {"coarse": 0.0},                                      # today's renderer (RenderConfig as it is)
     "icon-tf": {"transforms": "icon"},                                # transforms that keep the icon's size
     "no-tf": {"transforms": "none"},
     "cosine": {"schedule": "cosine", "warmup": 0.05},                 # warm-up + cosine decay per phase, lr 0.05
@@ -73,9 +81,9 @@ IDEAS: dict[str, dict[str, Any]] = {
     "maco-lr1": {"param": "maco", "lr": 1.0},
     "maco-photo": {"param": "maco", "lr": 0.2, "magnitude": "photos"},  # magnitude of the demo photos
     "pyramid": {"param": "pyramid"},
-    "coarse": {"coarse": 0.5},                                        # first half at 24 px, then 48 px
+    "coarse": {"coarse": 0.5},                                        # first half at half the side
     "coarse.75": {"coarse": 0.75},
-    "whiten": {"whiten": True},
+    "whiten": {"whiten": True, "whiten_mix": 1.0},                    # S v (Distill)
     "whiten.5": {"whiten": True, "whiten_mix": 0.5},                  # halfway between v and S v
     "whiten.25": {"whiten": True, "whiten_mix": 0.25},
     "example-init": {"init": "example"},                              # from the cell's nearest dataset patch
@@ -97,17 +105,17 @@ IDEAS: dict[str, dict[str, Any]] = {
     "power4": {"cossim_power": 4.0},
     "80px": {"icon_size": 80},
     "48px": {"icon_size": 48},
-    # the combination the measurements chose (atlas.ops.inversion.DEFAULTS + the RenderConfig changes reported)
+    # steps towards the settings the measurements chose; "chosen" is them (atlas.ops.inversion DEFAULTS / _BASE)
     "tuned": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0},
-    "tuned+coarse": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0, "coarse": 0.5},
-    "chosen": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0, "coarse": 0.5, "reduce": "center"},
+    "chosen": {"transforms": "icon", "polish": 0.5, "cossim_power": 8.0, "coarse": 0.5},
 }
 
 
 # The curves in docs/benchmarks.md: today's renderer, the chosen settings, and each idea changed on top of them.
-CURVES = ["baseline", "chosen", "chosen+mean-reduce", "chosen+no-coarse", "chosen+standard-tf+polish.1",
-          "chosen+power4", "chosen+cosine", "chosen+nadam", "chosen+maco", "chosen+pyramid", "chosen+whiten",
-          "chosen+whiten.5", "chosen+example-init", "chosen+k2-objective", "chosen+k2-cossim"]
+CURVES = ["baseline", "chosen", "baseline+48px", "chosen+48px", "chosen+center", "chosen+no-coarse",
+          "chosen+standard-tf+polish.1", "chosen+power4", "chosen+cosine", "chosen+nadam", "chosen+maco",
+          "chosen+pyramid", "chosen+whiten", "chosen+whiten.5", "chosen+whiten.25", "chosen+example-init", "chosen+k2-objective",
+          "chosen+k2-cossim"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -128,25 +136,18 @@ def _levels(run: Path) -> tuple[dict[int, dict[str, np.ndarray]], np.ndarray]:
     of the non-empty cells (as the render stage picks them, row-major); and the whitening [C, C]."""
     import zarr
 
-    cfg = json.loads(json.dumps(_config(run)))
     g = zarr.open_group(str(run / "grid"), mode="r")
+    min_count = int(g.attrs["min_count"])
     out = {}
     for s in sorted(int(v) for v in g.attrs["sizes"]):
         count = np.asarray(g[f"level-{s}/count"][...])
         mean = np.asarray(g[f"level-{s}/mean_activation"][...], dtype=np.float32)
-        keep = (count >= cfg["min_count"]) & np.isfinite(mean).all(axis=2) & (np.abs(mean).sum(axis=2) > 0)
+        keep = (count >= min_count) & np.isfinite(mean).all(axis=2) & (np.abs(mean).sum(axis=2) > 0)
         rows, cols = np.nonzero(keep)
         ex = np.asarray(g[f"level-{s}/examples"][...])[rows, cols, 0]
         pos = np.asarray(g[f"level-{s}/example_positions"][...])[rows, cols, 0]
         out[s] = {"cells": np.stack([rows, cols], 1), "targets": mean[rows, cols], "example": ex, "position": pos}
     return out, np.asarray(g["whitening"][...], dtype=np.float64)
-
-
-def _config(run: Path) -> dict[str, Any]:
-    import zarr
-
-    g = zarr.open_group(str(run / "grid"), mode="r")
-    return {"min_count": int(g.attrs["min_count"])}
 
 
 def _example_patches(run: Path, rows: np.ndarray, positions: np.ndarray, size: int, window: float = 3.0) -> torch.Tensor:
@@ -187,7 +188,7 @@ def _photo_magnitude(size: int, n: int = 64) -> torch.Tensor:
 def _settings(base: dict[str, Any], idea: dict[str, Any], steps: int) -> types.SimpleNamespace:
     from atlas.config import RenderConfig
 
-    merged = {**RenderConfig().model_dump(), **base, **idea, "steps": steps}
+    merged = {**RenderConfig().model_dump(), **base, "steps": steps, **idea}  # an idea may fix its own steps
     return types.SimpleNamespace(**merged)
 
 
@@ -282,11 +283,11 @@ def _quality(args: argparse.Namespace, preset: dict[str, Any], acts: Any,
             if args.save_icons:
                 stem = OUT / "icons" / f"{args.preset}-{name}-{steps}".replace("/", "_").replace('"', "").replace(" ", "")
             res = _render_all(acts, run, levels, whitening, _settings(base, idea, steps), args.every, args.seed, stem)
-            rec = {"idea": name, "settings": idea, "steps": steps, "every": args.every, **res}
+            rec = {"idea": name, "settings": idea, "steps": int(idea.get("steps", steps)), "every": args.every, **res}
             records.append(rec)
             save(rec)
             lv = " ".join(f"{s}:{v['median_cossim']:.2f}/{v['retrieval@1']:.2f}" for s, v in res["levels"].items())
-            print(f"{name:>16} {steps:5d} steps {res['seconds']:7.1f} s {res['cpu_seconds']:7.1f} cpu-s  cossim {res['median_cossim']:.3f}  "
+            print(f"{name:>16} {rec['steps']:5d} steps {res['seconds']:7.1f} s {res['cpu_seconds']:7.1f} cpu-s  cossim {res['median_cossim']:.3f}  "
                   f"r@1 {res['retrieval@1']:.3f}  r@5 {res['retrieval@5']:.3f}  (mean/center reduce: "
                   f"{res['median_cossim_mean_reduce']:.3f}/{res['median_cossim_center_reduce']:.3f})  [{lv}]", flush=True)
     return records
@@ -415,6 +416,22 @@ def _table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _pivot(records: list[dict[str, Any]]) -> str:
+    """Curves as a markdown table: one row per idea, per step budget ``median cossim / retrieval@1 (seconds)``."""
+    steps = sorted({r["steps"] for r in records})
+    ideas = list(dict.fromkeys(r["idea"] for r in records))
+    by = {(r["idea"], r["steps"]): r for r in records}
+    head = "| idea | " + " | ".join(f"{s} steps: cossim / r@1 (s)" for s in steps) + " |"
+    lines = [head, "|---|" + "---|" * len(steps)]
+    for i in ideas:
+        cells = []
+        for s in steps:
+            r = by.get((i, s))
+            cells.append("" if r is None else f"{r['median_cossim']:.3f} / {r['retrieval@1']:.2f} ({r['seconds']:.0f})")
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=tuple(PRESETS), default="demo")
@@ -436,7 +453,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8, help="speed mode: timed rounds (each variant once per round)")
     ap.add_argument("--speed-batch", type=int, default=64, help="speed mode: icons per batch")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/out/render-<preset>.json)")
+    ap.add_argument("--report", default=None, help="print the curves of this JSON file as a markdown table and exit")
     args = ap.parse_args()
+    if args.report:
+        print(_pivot(json.loads(Path(args.report).read_text())["records"]))
+        return
     preset = PRESETS[args.preset]
     if args.preset == "gpu" and args.ideas == "baseline":
         args.ideas = "curves"

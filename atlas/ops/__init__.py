@@ -7,11 +7,13 @@ Submodules are imported on use (some pull in faiss, umap or torch):
 - ``knn``         faiss kNN graphs (exact / HNSW) with measured recall
 - ``layout``      UMAP fit, placement of unfitted rows, layout normalisation, trustworthiness
 - ``whitening``   S = inv(A^T A / N + eps I)
-- ``param``       FFT image parameterisation with decorrelated colour
-- ``transforms``  transformation robustness (pad, jitter, scale, rotate)
-- ``objectives``  the batched direction x cosine objective
+- ``param``       image parameterisations: FFT (Lucid), MACO (phase only), Laplacian pyramid; coarse-to-fine upsampling
+- ``transforms``  transformation robustness (pad, jitter, translate, scale, rotate; Lucid's set and the icon-size set)
+- ``objectives``  the batched direction x cosine objective; distinctness (own-cell rank, retrieval@k)
+- ``inversion``   the icon renderer: parameterisation + transforms + objective + schedule, best of k
 - ``dzi``         Deep Zoom pyramid maths and level of detail
 - ``canvas``      painting icons into tiles
 """
 
-__all__ = ["binning", "canvas", "dzi", "knn", "layout", "objectives", "param", "sampling", "transforms", "whitening"]
+__all__ = ["binning", "canvas", "dzi", "inversion", "knn", "layout", "objectives", "param", "sampling", "transforms",
+           "whitening"]

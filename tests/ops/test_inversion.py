@@ -55,7 +55,7 @@ class TinyActs:
 def _settings(**kw):
     base = {"icon_size": 24, "steps": 6, "restarts": 1, "lr": 0.05, "cossim_power": 4.0, "whiten": False,
             "reduce": "mean", "cossim_floor": 0.1, "decay_power": 1.0, "init_sd": 0.01, "transforms": "standard",
-            "polish": 0.1}
+            "polish": 0.1, "coarse": 0.0}
     return types.SimpleNamespace(**{**base, **kw})
 
 
@@ -98,6 +98,8 @@ def test_directions_unit_and_whitened():
 def test_resolve_reads_what_is_there_and_defaults_the_rest():
     r = resolve(_settings())
     assert r.param == DEFAULTS["param"] and r.schedule == DEFAULTS["schedule"] and r.coarse_steps == 0
+    r = resolve(types.SimpleNamespace(steps=10, icon_size=48))  # today's RenderConfig has no `coarse`
+    assert (r.coarse, r.coarse_steps, r.transforms, r.polish, r.cossim_power) == (0.5, 5, "icon", 0.5, 8.0)
     r = resolve(_settings(param="fft", coarse=0.5, steps=10, icon_size=48))
     assert (r.coarse_steps, r.coarse_size, r.plain_from) == (5, 24, 9)
     assert resolve(_settings(param="maco", coarse=0.5)).coarse_steps == 0  # coarse-to-fine is fft only
@@ -163,8 +165,6 @@ def test_best_of_k_by_objective_or_by_cossim():
     by_cos = render_icons(acts, t, _settings(restarts=3, steps=4, select="cossim"), generator=_gen(1))
     assert (by_cos.cossim >= by_obj.cossim - 1e-6).all()  # the same images, chosen differently
     assert (by_obj.objective >= by_cos.objective - 1e-6).all()
-    assert (by_cos.cossim > by_obj.cossim + 1e-6).any() or (by_obj.objective > by_cos.objective + 1e-6).any() or \
-        np.array_equal(by_cos.icons, by_obj.icons)
 
 
 def test_render_improves_with_steps_for_every_option():
