@@ -102,19 +102,16 @@ def finished(stage: Stage, cfg: Config) -> bool:
         inputs = check_inputs(stage, run)
     except StoreError:
         return False
-    final = final_info(run, stage.name)
-    return final is not None and final.get("fingerprint") == _fingerprint(stage, cfg, inputs) \
-        and final.get("scope") == _scope(stage, cfg)
+    return _is_current(final_info(run, stage.name), _fingerprint(stage, stage.settings(cfg), inputs), stage.scope(cfg))
 
 
-def _fingerprint(stage: Stage, cfg: Config, inputs: dict[str, str]) -> str:
-    return fingerprint({"stage": stage.name, "settings": stage.settings(cfg), "inputs": inputs})
+def _fingerprint(stage: Stage, settings: dict[str, Any], inputs: dict[str, str]) -> str:
+    return fingerprint({"stage": stage.name, "settings": settings, "inputs": inputs})
 
 
-def _scope(stage: Stage, cfg: Config) -> Any:
-    """What part of the stage this config asks for, when that can grow without a redo (render's levels)."""
-    scope = getattr(stage, "scope", None)
-    return scope(cfg) if scope is not None else None
+def _is_current(final: dict[str, Any] | None, fp: str, scope: Any) -> bool:
+    """A ``final`` marker that holds this fingerprint and covers this scope."""
+    return final is not None and final.get("fingerprint") == fp and final.get("scope") == scope
 
 
 # --------------------------------------------------------------------------- attempts
@@ -240,9 +237,8 @@ def _maybe_finish(stage: Stage, job: Job, ctx: Any, units: list[str], fp: str, i
             job.log.info("%d units still to do (by other shards, or rerun to resume); the last one finishes the "
                          "stage", len(missing))
             return False
-        final = final_info(run, stage.name)
-        scope = _scope(stage, job.cfg)
-        if final is not None and final.get("fingerprint") == fp and final.get("scope") == scope:
+        scope = stage.scope(job.cfg)
+        if _is_current(final_info(run, stage.name), fp, scope):
             return True
         info = stage.finish(ctx)
         run.mark_done(stage.name, FINAL, {**info, "fingerprint": fp, "inputs": inputs, "scope": scope,
@@ -262,10 +258,9 @@ def run_stage(stage: Stage, cfg: Config, shard: tuple[int, int] = (0, 1), client
     run = RunDir(cfg.run_dir)
     inputs = check_inputs(stage, run)
     settings = stage.settings(cfg)
-    fp = _fingerprint(stage, cfg, inputs)
+    fp = _fingerprint(stage, settings, inputs)
     job = Job(cfg, run, tuple(shard), stage_logger(run.root, stage.name, shard), client)  # type: ignore[arg-type]
-    final = final_info(run, stage.name)
-    if final is not None and final.get("fingerprint") == fp and final.get("scope") == _scope(stage, cfg):
+    if _is_current(final_info(run, stage.name), fp, stage.scope(cfg)):
         job.log.info("%s is already complete in %s with these settings: nothing to do", stage.name, run.root)
         stage.refresh(job)
         return True
