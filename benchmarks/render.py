@@ -58,7 +58,8 @@ OUT = ROOT / "benchmarks" / "out"
 DEFAULT_RUN = Path("/tmp/bench-render/demo")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the demo's render settings today (pipelines/demo.yaml); the chosen demo: --set '{"icon_size": 80}', 72 steps
+    # the demo's render settings before the measurements (48 px, 128 steps); pipelines/demo.yaml now has
+    # 80 px at 72 steps: --set '{"icon_size": 80}' with the idea chosen={"steps":72}
     "demo": {"device": "cpu", "render": {"icon_size": 48, "steps": 128, "batch_size": 64}, "steps": [32, 64, 128, 256]},
     # RenderConfig's defaults
     "full": {"device": "cpu", "render": {"icon_size": 80, "steps": 512, "batch_size": 100}, "steps": [128, 256, 512]},
@@ -69,7 +70,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Each idea: render settings on top of the preset's (names of RenderConfig + atlas.ops.inversion.DEFAULTS).
 IDEAS: dict[str, dict[str, Any]] = {
-    "baseline": {"coarse": 0.0},                                      # today's renderer (RenderConfig as it is)
+    # the renderer before the measurements (RenderConfig's defaults then)
+    "baseline": {"coarse": 0.0, "transforms": "standard", "polish": 0.1, "cossim_power": 4.0},
     "icon-tf": {"transforms": "icon"},                                # transforms that keep the icon's size
     "no-tf": {"transforms": "none"},
     "cosine": {"schedule": "cosine", "warmup": 0.05},                 # warm-up + cosine decay per phase, lr 0.05
@@ -151,26 +153,15 @@ def _levels(run: Path) -> tuple[dict[int, dict[str, np.ndarray]], np.ndarray]:
 
 
 def _example_patches(run: Path, rows: np.ndarray, positions: np.ndarray, size: int, window: float = 3.0) -> torch.Tensor:
-    """The dataset-example patch of each cell (its best example row, cropped as the tile stage crops
-    it: ``window`` layer cells around the sampled position), resized to ``size``: float32 [n, 3, size, size]."""
-    import zarr
-    from PIL import Image
-
+    """The dataset-example patch of each cell, as the render stage's ``render.init: example`` makes it."""
     from atlas.config import ImagesConfig
-    from atlas.ops.canvas import crop_box
-    from atlas.sources import load_image, read_manifest
+    from atlas.stages.render import example_patches
+    from atlas.store import RunDir
 
-    c = zarr.open_group(str(run / "collect"), mode="r")
-    _, lh, lw = (int(v) for v in c.attrs["layer_shape"])
-    in_size = int(c.attrs["input_size"])
-    manifest, images = read_manifest(run), ImagesConfig()
-    out = []
-    for row, (y, x) in zip(rows.tolist(), positions.tolist()):
-        img = load_image(manifest.locations[row], size=in_size, max_pixels=images.max_pixels, min_side=images.min_side)
-        top, left, bottom, right = crop_box(y, x, lh, lw, in_size, window)
-        patch = Image.fromarray(img[top:bottom, left:right]).resize((size, size), Image.Resampling.BOX)
-        out.append(np.asarray(patch, dtype=np.float32) / 255.0)
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+    images = ImagesConfig()
+    patches, _ = example_patches(RunDir(run), rows, positions, size, window=window, max_pixels=images.max_pixels,
+                                 min_side=images.min_side)
+    return patches
 
 
 def _photo_magnitude(size: int, n: int = 64) -> torch.Tensor:

@@ -16,7 +16,7 @@ What is written (the documented formats):
                   ``label_counts`` (with ``n_labels``), ``examples``, ``example_positions``; marker ``state/grid/done/done``
 ``RUN/render``    per size ``level-<s>``: ``icons`` [cells, icon_s, icon_s, 3] (cells = non-empty cells
                   in row-major order; ``icon_s = icon_sizes[s]``, else ``icon``), ``cells`` [cells, 2]
-                  int32, ``objective``, ``cossim``
+                  int32, ``objective``, ``cossim``, ``rank``
 
 Layout: every row lands in one finest cell; the number of rows per finest cell is a blob
 field (so large atlases have empty regions) with cell (0, 0) forced empty and the last
@@ -235,6 +235,7 @@ def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16,
         rng_o = np.random.default_rng([seed, 5, s])
         _put(rl, "objective", rng_o.uniform(1, 10, len(cells)).astype(np.float32), 0, (max(1, len(cells)),))
         _put(rl, "cossim", rng_o.uniform(0.3, 0.9, len(cells)).astype(np.float32), 0, (max(1, len(cells)),))
+        _put(rl, "rank", rng_o.integers(1, max(2, len(cells) + 1), len(cells)).astype(np.int32), 0, (max(1, len(cells)),))
         info["count"][s], info["cells"][s], info["examples"][s] = count, cells, ex
     grid.attrs.update({"sizes": sizes, "min_count": min_count, "top_classes": top, "examples": examples,
                        "class_names": class_names, "label_names": label_names, "complete": True})

@@ -161,8 +161,9 @@ def test_unknown_key_message_lists_the_keys_of_its_section():
         load_config(None, ["render.stepz=3"])
     assert str(e.value) == ("unknown config key `render.stepz`; allowed keys in render: levels, icon_size, icon_growth, "
                             "icon_sizes, steps, "
-                            "batch_size, restarts, lr, cossim_power, whiten, reduce, cossim_floor, decay_power, "
-                            "init_sd, transforms, polish, threads")
+                            "batch_size, restarts, lr, optimizer, schedule, warmup, cossim_power, whiten, whiten_mix, "
+                            "reduce, cossim_floor, param, coarse, coarse_scale, pyramid_levels, decay_power, init_sd, "
+                            "init, transforms, polish, select, threads")
     with pytest.raises(ConfigError, match=r"^unknown config key `cluster\.slurm\.stages\.tile\.cpu`; "
                                           r"allowed keys in cluster\.slurm\.stages\.tile: tasks, time, cpus, mem, gpus$"):
         load_config(None, ["cluster.slurm.stages.tile.cpu=4"])

@@ -356,6 +356,11 @@ def test_hover_card_click_panel_and_double_click(browser, url, atlas_run):
         panel_text = page.locator("#panel").inner_text()
         assert f"Cell ({cell['row']}, {cell['col']})" in panel_text and f"average of {cell['count']} activations" in panel_text
         assert "logit units" in panel_text and "Attribution:" in panel_text
+        # the icon measured twice: faithfulness and distinctness (its own cell's rank among the grid's icons)
+        assert page.locator("#panel-faithfulness").inner_text().startswith("faithfulness 0.")
+        n_icons = page.evaluate(f"window.atlasViewer.state.cells[{s}].doc.n_icons")
+        rank_text = page.locator("#panel-distinctness").inner_text()
+        assert cell["rank"] >= 1 and f" of {n_icons}" in rank_text and rank_text.split("ranks ")[1].startswith(str(cell["rank"]))
         assert page.evaluate("window.atlasViewer.state.selected")["row"] == cell["row"]
         _shot(page, "panel")
         page.keyboard.press("Escape")

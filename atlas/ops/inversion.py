@@ -54,7 +54,7 @@ OPTIMIZERS = ("adam", "nadam", "radam", "sgd")
 SCHEDULES = ("constant", "cosine")
 SELECTIONS = ("objective", "cossim")
 
-# Settings this module reads beyond today's RenderConfig, with the defaults the measurements chose.
+# The settings the measurements chose (docs/benchmarks.md, "Icons: quality per step"), as RenderConfig has them.
 DEFAULTS: dict[str, Any] = {
     "param": "fft",            # image parameterisation: fft (Lucid), maco (phase only), pyramid (Laplacian)
     "optimizer": "adam",       # adam, nadam, radam, sgd (momentum 0.9, Nesterov)
@@ -67,8 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "whiten_mix": 0.25,        # with whitening: push along unit((1 - m) v^ + m (S v)^); 1 = S v (Distill)
 }
 
-# RenderConfig's own settings, for settings objects that lack one: its defaults, except the three
-# the measurements changed (transforms "standard" -> "icon", polish 0.1 -> 0.5, cossim_power 4 -> 8).
+# The other settings, for settings objects that lack one (e.g. a SimpleNamespace in a benchmark):
+# RenderConfig's defaults (atlas.ops imports nothing of the project; a test checks that they agree).
 _BASE: dict[str, Any] = {
     "icon_size": 80, "steps": 512, "restarts": 1, "lr": 0.05, "cossim_power": 8.0, "reduce": "mean",
     "cossim_floor": 0.1, "decay_power": 1.0, "init_sd": 0.01, "transforms": "icon", "polish": 0.5,

@@ -1,31 +1,39 @@
 """Stage 4, render: one feature-visualisation icon per non-empty grid cell.
 
 Each icon is optimised so that the layer's activation of it points along its cell's
-mean activation v (Carter et al. 2019): Lucid's spectral, colour-decorrelated image
-parameterisation (:mod:`atlas.ops.param`), Lucid's random transforms
-(:mod:`atlas.ops.transforms`) and the objective ``dot(h, v) * max(cos(h, v), 0.1)^p``
-(:mod:`atlas.ops.objectives`), maximised with Adam for all icons of a batch at once.
-The last ``render.polish`` fraction of the steps runs without transforms, so the icon
-is finally optimised as it is stored and scored (faithfulness 0.70 -> 0.77 at 256
-steps on real Lite0 targets, with no visible change to the picture).
+mean activation v (Carter et al. 2019), by the kernel :func:`atlas.ops.inversion.render_icons`:
+Lucid's decorrelated spectral parameterisation, first at a lower resolution
+(``render.coarse``) then upsampled, random transforms that keep the icon's size, the
+objective ``dot(h, v) * max(cos(h, v), 0.1)^p`` (p = 8), Adam for all icons of a batch at
+once, and a final ``render.polish`` fraction of the steps without transforms (the icon is
+optimised as it is stored and scored). These defaults are the measured winners of
+``benchmarks/render.py`` (docs/benchmarks.md, "Icons: quality per step").
 
 Unit of work: one batch of ``render.batch_size`` cells of one level,
 ``level-0016-batch-000003``; ``--shard i/n`` owns units ``i, i+n, ...`` of the list of
-all units (levels in increasing size, batches in order). A unit optimises
-``batch_size * restarts`` images together and keeps, per icon, the restart with the
-best final objective. Its random numbers (initial spectra, transform draws) come from
-a generator seeded by ``(seed, level, batch)``, so a rerun after ``kill -9`` or any
-shard split gives the same pixels (on the same machine and device). The unit writes
-its rows (one chunk of each array); the runner then writes its done marker. Other
-settings on an existing render are refused (icons are the expensive part of an atlas); a
-redone grid makes the render stale, and ``atlas run`` renders again. ``render.levels`` may
-grow between runs: the new levels' units are added to the finished ones.
+all units (levels in increasing size, batches in order). ``batch_size: auto`` is resolved
+once, when the render group is created (from the free GPU memory), and recorded in it, so
+every process plans the same units. A unit optimises ``batch_size * restarts`` images
+together and keeps, per icon, the best restart. Its random numbers (initial spectra,
+transform draws) come from a generator seeded by ``(seed, level, batch)``, so a rerun
+after ``kill -9`` or any shard split gives the same pixels (on the same machine and
+device). The unit writes its rows (one chunk of each array); the runner then writes its
+done marker. Other settings on an existing render are refused (icons are the expensive
+part of an atlas); a redone grid makes the render stale, and ``atlas run`` renders again.
+``render.levels`` may grow between runs: the new levels' units are added to the finished ones.
 
 A cell is rendered when its count is at least ``grid.min_count`` and its mean activation
 is finite and not zero; cells are taken row-major, level by level.
 
-``faithfulness``: the cosine between the activation of the final, quantised icon (no
-transforms, reduced as configured) and its cell's (unwhitened) mean activation.
+Every icon is measured twice:
+
+* ``cossim`` (faithfulness): the cosine between the activation of the final, quantised
+  icon (no transforms, reduced as configured) and its cell's (unwhitened) mean activation;
+* ``rank`` (distinctness): the rank of its own cell among all cell targets of its level by
+  cosine to the icon's activation (1 = its own cell is the closest); retrieval@k = share
+  of icons with rank <= k, per level in the log, the group's attributes and ``atlas status``.
+
+``activation`` keeps each icon's reduced activation, so both can be recomputed.
 """
 
 from __future__ import annotations
@@ -42,98 +50,25 @@ import numpy as np
 import torch
 import zarr
 
-from ..config import Config, RenderConfig
-from ..ops.objectives import cosine, direction_cossim, whiten
-from ..ops.param import fft_image
-from ..ops.transforms import Transform, compose, standard_transforms
+from ..config import Config
+from ..ops.inversion import RenderResult, fit_batch_size, render_icons
+from ..ops.objectives import own_rank, retrieval_at
 from ..progress import progress
 from ..store import RunDir, StoreError
 from ._protocol import Job, Resources, StageBase
 
-__all__ = ["STAGE", "RenderStage", "plan_units", "unit_name", "unit_seed", "render_icons", "RenderResult",
-           "make_transforms", "faithfulness_summary", "level_icon_sizes"]
+__all__ = ["STAGE", "RenderStage", "plan_units", "unit_name", "unit_seed", "faithfulness_summary",
+           "distinctness_summary", "level_icon_sizes", "example_patches", "RenderResult"]
 
 NAME = "render"
 GRID = "grid"
+CPU_BATCH = 100  # `batch_size: auto` off CUDA
 
 # Settings that change an icon's pixels: a rerun with other values would mix two runs.
-_PIXEL_KEYS = ("icon_size", "steps", "batch_size", "restarts", "lr", "cossim_power", "whiten", "reduce",
-               "cossim_floor", "decay_power", "init_sd", "transforms", "polish", "icon_growth", "icon_sizes")
-
-
-# --------------------------------------------------------------------------- the renderer
-
-
-@dataclass
-class RenderResult:
-    """Icons of one batch: icons uint8 [n, S, S, 3], objective float32 [n], cossim float32 [n]."""
-
-    icons: np.ndarray
-    objective: np.ndarray
-    cossim: np.ndarray
-
-
-def make_transforms(settings: RenderConfig) -> Transform:
-    """The per-step random transforms that ``render.transforms`` names."""
-    return compose(standard_transforms() if settings.transforms == "standard" else [])
-
-
-def _directions(targets: torch.Tensor, whitening: torch.Tensor | None) -> torch.Tensor:
-    """Unit-length directions the objective pushes along: targets [n, C] (whitened: S v) -> [n, C]."""
-    v = targets if whitening is None else whiten(targets, whitening)
-    return v / v.norm(dim=1, keepdim=True).clamp(min=1e-12)
-
-
-def _score(acts: Any, images: torch.Tensor, v: torch.Tensor, raw: torch.Tensor,
-           settings: RenderConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Untransformed images [m, 3, S, S] -> (objective [m], cosine to the raw targets [m])."""
-    h = acts(acts.normalize(images)).float()
-    obj = direction_cossim(h, v, power=settings.cossim_power, reduce=settings.reduce, floor=settings.cossim_floor)
-    return obj, cosine(h, raw, settings.reduce)
-
-
-def _optimise(acts: Any, params: list[torch.Tensor], image_fn: Callable[[], torch.Tensor], v: torch.Tensor,
-              settings: RenderConfig, generator: torch.Generator, on_step: Callable[[int], None] | None) -> None:
-    """Adam on the image parameters, maximising the summed objective against directions v [m, C]."""
-    opt = torch.optim.Adam(params, lr=settings.lr)
-    transform = make_transforms(settings)
-    plain_from = settings.steps - round(settings.polish * settings.steps)  # last steps: no transforms
-    for step in range(settings.steps):
-        opt.zero_grad(set_to_none=True)
-        img = image_fn()
-        h = acts(acts.normalize(transform(img, generator) if step < plain_from else img)).float()
-        obj = direction_cossim(h, v, power=settings.cossim_power, reduce=settings.reduce, floor=settings.cossim_floor)
-        (-obj.sum()).backward()
-        opt.step()
-        if on_step is not None:
-            on_step(step)
-
-
-def render_icons(acts: Any, targets: torch.Tensor, settings: RenderConfig, *, generator: torch.Generator,
-                 whitening: torch.Tensor | None = None,
-                 on_step: Callable[[int], None] | None = None) -> RenderResult:
-    """Optimise one icon per target direction, all in one batch (x ``settings.restarts``).
-
-    acts: a :class:`~atlas.models._activations.LayerActivations` (images -> layer output);
-    targets float [n, C] (cell mean activations); whitening [C, C] or None;
-    generator: a CPU generator for the initial spectra and the transform draws.
-    Image j of the batch of n * restarts renders icon j % n; per icon, the restart with
-    the best objective of its final, quantised image is kept.
-    """
-    device = acts.device
-    n, k = targets.shape[0], settings.restarts
-    raw = targets.to(device, torch.float32).repeat(k, 1)  # [n * k, C]
-    v = _directions(raw, None if whitening is None else whitening.to(device, torch.float32))
-    params, image_fn = fft_image(n * k, settings.icon_size, settings.icon_size, decay_power=settings.decay_power,
-                                 sd=settings.init_sd, generator=generator, device=device)
-    _optimise(acts, params, image_fn, v, settings, generator, on_step)
-    with torch.no_grad():
-        quantised = torch.round(image_fn() * 255.0) / 255.0
-        obj, cos = _score(acts, quantised, v, raw, settings)
-    best = obj.view(k, n).argmax(dim=0) * n + torch.arange(n, device=device)
-    icons = (quantised[best] * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return RenderResult(icons.cpu().numpy(), obj[best].cpu().numpy().astype(np.float32),
-                        cos[best].cpu().numpy().astype(np.float32))
+_PIXEL_KEYS = ("icon_size", "steps", "batch_size", "restarts", "lr", "optimizer", "schedule", "warmup",
+               "cossim_power", "whiten", "whiten_mix", "reduce", "cossim_floor", "param", "coarse", "coarse_scale",
+               "pyramid_levels", "decay_power", "init_sd", "init", "transforms", "polish", "select", "icon_growth",
+               "icon_sizes")
 
 
 # --------------------------------------------------------------------------- grid input
@@ -146,6 +81,8 @@ class _Level:
     size: int
     cells: np.ndarray
     targets: np.ndarray
+    examples: np.ndarray | None = None  # int64 [n]: each cell's best dataset example row (collect row)
+    example_positions: np.ndarray | None = None  # int [n, 2]: its sampled (y, x) on the layer grid
 
 
 @dataclass
@@ -160,7 +97,13 @@ def _read_level(g: zarr.Group, size: int, min_count: int) -> _Level:
     mean = np.asarray(g[f"level-{size}/mean_activation"][...], dtype=np.float32)
     keep = (count >= min_count) & np.isfinite(mean).all(axis=2) & (np.abs(mean).sum(axis=2) > 0)
     rows, cols = np.nonzero(keep)  # row-major: the order of icons in the level's arrays
-    return _Level(size, np.stack([rows, cols], axis=1).astype(np.int32), mean[rows, cols])
+    lvl = _Level(size, np.stack([rows, cols], axis=1).astype(np.int32), mean[rows, cols])
+    if f"level-{size}/examples" in g:
+        examples = np.asarray(g[f"level-{size}/examples"][...])
+        if examples.ndim == 3 and examples.shape[2] and (examples[rows, cols, 0] >= 0).all():
+            lvl.examples = examples[rows, cols, 0].astype(np.int64)
+            lvl.example_positions = np.asarray(g[f"level-{size}/example_positions"][...])[rows, cols, 0]
+    return lvl
 
 
 def _read_grid(cfg: Config, run: RunDir) -> _Grid:
@@ -225,12 +168,24 @@ class _Context:
     run: RunDir
     grid: _Grid
     log: logging.Logger
-    units: dict[str, _Unit]
+    batch_size: int
     acts: Any = None
+    _units: dict[str, _Unit] | None = None
 
     @property
     def group(self) -> zarr.Group:
         return self.run.open_group(NAME, mode="r+")
+
+    @property
+    def units(self) -> dict[str, _Unit]:
+        """The units of the selected levels, planned with the batch size the render group records
+        (so ``batch_size: auto`` gives every process the same units)."""
+        if self._units is None:
+            bs = int(self.run.open_group(NAME).attrs["batch_size"]) if self.run.has_group(NAME) else self.batch_size
+            units = plan_units({s: len(lvl.cells) for s, lvl in self.grid.levels.items()}, bs,
+                               _selected_levels(self.cfg, self.grid))
+            self._units = {u.name: u for u in units}
+        return self._units
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
@@ -248,9 +203,24 @@ def level_icon_sizes(cfg: Config, sizes: list[int]) -> dict[int, int]:
     return {s: cfg.render.level_icon_size(s, max(sizes)) for s in sorted(sizes)}
 
 
+def _resolve_batch_size(ctx: _Context) -> int:
+    """``render.batch_size``, or for ``auto`` the icons of the largest icon side that fit the free
+    GPU memory (:func:`~atlas.ops.inversion.fit_batch_size`; ``CPU_BATCH`` off CUDA)."""
+    bs = ctx.cfg.render.batch_size
+    if bs != "auto":
+        return int(bs)
+    if ctx.acts is None:
+        ctx.acts = _layer_activations(ctx.cfg, ctx.grid)
+    side = max(level_icon_sizes(ctx.cfg, list(ctx.grid.levels)).values())
+    fit = fit_batch_size(ctx.acts, side, restarts=ctx.cfg.render.restarts)
+    ctx.log.info("render.batch_size auto: %s", f"{fit} icons fit the free GPU memory" if fit else f"{CPU_BATCH} (not on CUDA)")
+    return fit or CPU_BATCH
+
+
 def _create_group(ctx: _Context) -> None:
     cfg, run, grid = ctx.cfg, ctx.run, ctx.grid
-    r, bs = cfg.render, cfg.render.batch_size
+    r = cfg.render
+    bs = _resolve_batch_size(ctx)
     sides = level_icon_sizes(cfg, list(grid.levels))
     tmp = run.root / f".{NAME}.creating"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -262,18 +232,23 @@ def _create_group(ctx: _Context) -> None:
                          dimension_names=("icon", "y", "x", "rgb"))
         cells = sub.create_array("cells", shape=(n, 2), chunks=(bs, 2), dtype="int32", fill_value=-1,
                                  dimension_names=("icon", "rc"))
-        sub.create_array("objective", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
-        sub.create_array("cossim", shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
+        for name in ("objective", "cossim"):
+            sub.create_array(name, shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
+        sub.create_array("rank", shape=(n,), chunks=(bs,), dtype="int32", fill_value=0, dimension_names=("icon",))
+        sub.create_array("activation", shape=(n, grid.channels), chunks=(bs, grid.channels), dtype="float32",
+                         fill_value=np.nan, dimension_names=("icon", "channel"))
         if n:
             cells[...] = lvl.cells
         sub.attrs.update({"grid_size": s, "n_cells": n, "n_units": -(-n // bs), "icon_size": s_px})
     g.attrs.update({
         "model": cfg.model.name, "layer": cfg.model.layer, "seed": cfg.seed, "sizes": list(grid.levels),
         "n_cells": {str(s): len(lvl.cells) for s, lvl in grid.levels.items()}, "channels": grid.channels,
-        **{k: getattr(r, k) for k in _PIXEL_KEYS if k != "icon_sizes"}, "min_count": cfg.grid.min_count,
+        **{k: getattr(r, k) for k in _PIXEL_KEYS if k not in ("icon_sizes", "batch_size")}, "batch_size": bs,
+        "batch_size_setting": r.batch_size, "min_count": cfg.grid.min_count,
         "icon_sizes": {str(s): px for s, px in sides.items()},
     })
     os.replace(tmp, run.stage_path(NAME))  # the group appears whole or not at all
+    ctx._units = None
 
 
 def _selected_levels(cfg: Config, grid: _Grid) -> list[int]:
@@ -292,9 +267,9 @@ def _open(job: Job) -> _Context:
     cfg = job.cfg
     pin_threads(cfg.render.threads)
     grid = _read_grid(cfg, job.run)
-    units = plan_units({s: len(lvl.cells) for s, lvl in grid.levels.items()}, cfg.render.batch_size,
-                       _selected_levels(cfg, grid))
-    return _Context(cfg, job.run, grid, job.log, {u.name: u for u in units})
+    _selected_levels(cfg, grid)  # a bad render.levels fails here, before any work
+    bs = CPU_BATCH if cfg.render.batch_size == "auto" else int(cfg.render.batch_size)
+    return _Context(cfg, job.run, grid, job.log, bs)
 
 
 def _layer_activations(cfg: Config, grid: _Grid) -> Any:
@@ -310,6 +285,54 @@ def _layer_activations(cfg: Config, grid: _Grid) -> Any:
     return acts
 
 
+# --------------------------------------------------------------------------- feature accentuation
+
+
+def example_patches(run: RunDir, rows: np.ndarray, positions: np.ndarray, size: int, *, window: float,
+                    max_pixels: int, min_side: int) -> tuple[torch.Tensor, list[int]]:
+    """Each cell's dataset-example patch: collect row ``rows[i]``'s image as the network saw it,
+    cut to ``window`` layer cells around its sampled position ``positions[i]`` (y, x) (the crop
+    the viewer shows) and resized to ``size``: float32 [n, 3, size, size] in [0, 1], and the
+    indices whose image could not be read (those are mid-grey)."""
+    from PIL import Image
+
+    from ..ops.canvas import crop_box
+    from ..sources import load_image, read_manifest
+
+    col = run.open_group("collect")
+    _, lh, lw = (int(v) for v in col.attrs["layer_shape"])
+    in_size = int(col.attrs["input_size"])
+    manifest = read_manifest(run.root)
+    out, failed = np.full((len(rows), size, size, 3), 0.5, np.float32), []
+    for i, (row, (y, x)) in enumerate(zip(rows.tolist(), positions.tolist())):
+        try:
+            img = load_image(manifest.locations[row], size=in_size, max_pixels=max_pixels, min_side=min_side)
+        except Exception:  # noqa: BLE001 - a source gone since collect: start that icon from grey
+            failed.append(i)
+            continue
+        top, left, bottom, right = crop_box(int(y), int(x), lh, lw, in_size, window)
+        patch = Image.fromarray(img[top:bottom, left:right]).resize((size, size), Image.Resampling.BOX)
+        out[i] = np.asarray(patch, dtype=np.float32) / 255.0
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), failed
+
+
+def _init_images(ctx: _Context, unit: _Unit, side: int) -> torch.Tensor | None:
+    """The unit's starting images for ``render.init: example`` (None for noise)."""
+    if ctx.cfg.render.init != "example":
+        return None
+    lvl = ctx.grid.levels[unit.level]
+    if lvl.examples is None:
+        raise StoreError(f"{ctx.run.stage_path(GRID)} has no dataset examples (grid.examples = 0): "
+                         "set render.init=noise or rerun `atlas grid` with examples")
+    rows, pos = lvl.examples[unit.lo:unit.hi], lvl.example_positions[unit.lo:unit.hi]
+    images = ctx.cfg.images
+    init, failed = example_patches(ctx.run, rows, pos, side, window=ctx.cfg.tile.example_window,
+                                   max_pixels=images.max_pixels, min_side=images.min_side)
+    if failed:
+        ctx.log.warning("%s: %d example images could not be read; those icons start from grey", unit.name, len(failed))
+    return init
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -319,14 +342,19 @@ def _run_unit(ctx: _Context, unit: _Unit, on_step: Callable[[int], None]) -> dic
     gen = torch.Generator().manual_seed(unit_seed(cfg.seed, unit.level, unit.batch))
     s = None if ctx.grid.whitening is None else torch.from_numpy(ctx.grid.whitening)
     side = level_icon_sizes(cfg, list(ctx.grid.levels))[unit.level]
-    res = render_icons(ctx.acts, torch.from_numpy(lvl.targets[unit.lo:unit.hi]),
-                       cfg.render.model_copy(update={"icon_size": side}), generator=gen, whitening=s, on_step=on_step)
+    res = render_icons(ctx.acts, torch.from_numpy(lvl.targets[unit.lo:unit.hi]), cfg.render, generator=gen,
+                       whitening=s, on_step=on_step, init_images=_init_images(ctx, unit, side), icon_size=side)
+    ranks = own_rank(torch.from_numpy(res.activation), torch.from_numpy(lvl.targets),
+                     torch.arange(unit.lo, unit.hi)).numpy().astype(np.int32)
     sub = ctx.group[f"level-{unit.level}"]
     sub["icons"][unit.lo:unit.hi] = res.icons
     sub["objective"][unit.lo:unit.hi] = res.objective
     sub["cossim"][unit.lo:unit.hi] = res.cossim
+    sub["rank"][unit.lo:unit.hi] = ranks
+    sub["activation"][unit.lo:unit.hi] = res.activation
     return {"level": unit.level, "batch": unit.batch, "cells": [unit.lo, unit.hi],
-            "median_cossim": float(np.median(res.cossim)), "seconds": round(time.time() - t0, 3)}
+            "median_cossim": float(np.median(res.cossim)), "retrieval@1": float(np.mean(ranks <= 1)),
+            "seconds": round(time.time() - t0, 3)}
 
 
 def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -340,8 +368,8 @@ def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str,
         m = unit.size  # the bar advances by whole icons, spread over the steps
         info = _run_unit(ctx, unit, lambda step, m=m: bar.update((step + 1) * m // steps - step * m // steps))
         icons += m
-        ctx.log.info("%s done: %d icons, median cossim %.3f (%.2f icons/s)", unit.name, m,
-                     info["median_cossim"], icons / max(time.time() - t0, 1e-9))
+        ctx.log.info("%s done: %d icons, median faithfulness %.3f, retrieval@1 %.2f (%.2f icons/s)", unit.name, m,
+                     info["median_cossim"], info["retrieval@1"], icons / max(time.time() - t0, 1e-9))
         yield unit.name, info
     bar.close()
 
@@ -356,17 +384,36 @@ def faithfulness_summary(cossim: np.ndarray) -> dict[str, Any]:
             "p90": round(float(p90), 6), "mean": round(float(c.mean()), 6)}
 
 
+def distinctness_summary(rank: np.ndarray) -> dict[str, Any]:
+    """n, retrieval@1, retrieval@5 and median rank of the rendered icons' own-cell ranks
+    (rank int [n], 0 = not rendered, ignored), out of ``candidates`` cells."""
+    r = torch.from_numpy(rank[rank > 0].astype(np.int64))
+    if r.numel() == 0:
+        return {"n": 0, "candidates": int(rank.size), "retrieval@1": None, "retrieval@5": None, "median_rank": None}
+    return {"n": int(r.numel()), "candidates": int(rank.size), "retrieval@1": round(retrieval_at(r, 1), 6),
+            "retrieval@5": round(retrieval_at(r, 5), 6), "median_rank": float(r.double().median())}
+
+
+def _level_summaries(g: zarr.Group, sizes: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    faith = {str(s): faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...])) for s in sizes}
+    dist = {str(s): distinctness_summary(np.asarray(g[f"level-{s}/rank"][...])) if "rank" in g[f"level-{s}"]
+            else distinctness_summary(np.zeros(0, np.int32)) for s in sizes}
+    return faith, dist
+
+
 def _summarize(ctx: _Context) -> dict[str, Any]:
-    """Store the faithfulness of every level with rendered icons and log it."""
+    """Store the faithfulness and distinctness of every level with rendered icons and log them."""
     g = ctx.group
-    summary = {str(s): faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))
-               for s in sorted({u.level for u in ctx.units.values()})}
-    g.attrs["faithfulness"] = summary
-    for s, st in summary.items():
+    faith, dist = _level_summaries(g, sorted({u.level for u in ctx.units.values()}))
+    g.attrs.update({"faithfulness": faith, "distinctness": dist})
+    for s, st in faith.items():
         if st["n"]:
-            ctx.log.info("level %s: %d icons, faithfulness cossim median %.3f (p10 %.3f, p90 %.3f)",
-                         s, st["n"], st["median"], st["p10"], st["p90"])
-    return {"median_cossim": {s: st["median"] for s, st in summary.items()}}
+            d = dist[s]
+            ctx.log.info("level %s: %d icons, faithfulness median %.3f (p10 %.3f, p90 %.3f), distinctness among %d "
+                         "cells: retrieval@1 %.2f, @5 %.2f", s, st["n"], st["median"], st["p10"], st["p90"],
+                         d["candidates"], d["retrieval@1"], d["retrieval@5"])
+    return {"median_cossim": {s: st["median"] for s, st in faith.items()},
+            "retrieval@1": {s: d["retrieval@1"] for s, d in dist.items()}}
 
 
 class RenderStage(StageBase):
@@ -403,18 +450,20 @@ class RenderStage(StageBase):
         return _summarize(ctx)
 
     def detail(self, run: RunDir) -> dict[str, Any]:
-        """Icons, icon size, units done per level, median faithfulness per level."""
+        """Icons, icon size, units done per level, median faithfulness and retrieval@1 per level."""
         g = run.open_group(NAME)
         n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
         units = plan_units(n_cells, int(g.attrs["batch_size"]))
         done = run.done_units(NAME)
-        level_units, median = {}, {}
+        level_units = {}
         for s in sorted(n_cells):
             mine = [u for u in units if u.level == s]
             level_units[str(s)] = f"{sum(u.name in done for u in mine)}/{len(mine)}"
-            median[str(s)] = faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...]))["median"]
+        faith, dist = _level_summaries(g, sorted(n_cells))
         return {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "level_units": level_units,
-                "median_cossim": median}
+                "median_cossim": {s: st["median"] for s, st in faith.items()},
+                "retrieval@1": {s: d["retrieval@1"] for s, d in dist.items()},
+                "retrieval@5": {s: d["retrieval@5"] for s, d in dist.items()}}
 
 
 STAGE = RenderStage()

@@ -539,6 +539,25 @@
       "' title='image row " + row + "' src='" + esc(doc.example_url.replace("{row}", row)) + "'>" + rf +
       "</div><figcaption title='" + caption + "'>" + caption + "</figcaption></figure>";
   }
+  function ordinal(n) {
+    var t = n % 100, u = n % 10;
+    return n + (t >= 11 && t <= 13 ? "th" : u === 1 ? "st" : u === 2 ? "nd" : u === 3 ? "rd" : "th");
+  }
+  // The icon measured twice: faithfulness (cosine of its activation to the cell's mean) and
+  // distinctness (where its own cell ranks among all cells of the grid by that activation).
+  function qualityHtml(cell, doc) {
+    var parts = [];
+    if (cell.cossim !== null && cell.cossim !== undefined) {
+      parts.push("<span id='panel-faithfulness' title='cosine between the icon's activation and the cell's average activation'>faithfulness " +
+        esc(fmtVal(cell.cossim)) + "</span>");
+    }
+    if (cell.rank) {
+      parts.push("<span id='panel-distinctness' title='rank of this cell among all " + doc.n_icons +
+        " cells of the grid by cosine to the icon's activation (1st: the icon is more this cell's than any other's)'>distinctness: this cell ranks " +
+        ordinal(cell.rank) + " of " + doc.n_icons + "</span>");
+    }
+    return parts.length ? "<p class='quality'>" + parts.join(" \u00b7 ") + "</p>" : "";
+  }
   function openPanel(hit) {
     var cell = hit.cell, s = hit.s, doc = state.cells[s].doc;
     var size = doc.icon_size, scale = Math.max(1, Math.ceil(160 / size));
@@ -550,7 +569,7 @@
       html += "<h3>Icon</h3><canvas class='icon-full' id='panel-icon' role='img' aria-label='feature visualisation of this cell' width='" +
         size * scale + "' height='" + size * scale + "'></canvas>" +
         "<p class='explain'>A picture optimised so the layer's activation of it points along the cell's average activation" +
-        (cell.cossim !== null ? " (cosine similarity " + esc(fmtVal(cell.cossim)) + ")" : "") + "; " + size + "\u00d7" + size + " px.</p>";
+        "; " + size + "\u00d7" + size + " px.</p>" + qualityHtml(cell, doc);
     }
     html += "<h3>" + (A.top_kind === "labels" ? "Top labels" : "Top classes by attribution") + "</h3>" + classesHtml(cell) +
       "<p class='explain' id='panel-explain'>" + esc(A.values ? A.values.explain : "") + "</p>";

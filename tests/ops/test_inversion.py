@@ -110,6 +110,16 @@ def test_resolve_reads_what_is_there_and_defaults_the_rest():
             resolve(_settings(**bad))
 
 
+def test_kernel_defaults_are_render_configs():
+    """The kernel's fallbacks for plain settings objects are RenderConfig's defaults (one set of defaults)."""
+    from atlas.config import RenderConfig
+    from atlas.ops.inversion import _BASE, DEFAULTS
+
+    cfg = RenderConfig()
+    assert {k: getattr(cfg, k) for k in {**_BASE, **DEFAULTS}} == {**_BASE, **DEFAULTS}
+    assert resolve(cfg) == resolve(types.SimpleNamespace())
+
+
 def test_make_optimizer_names():
     p = [torch.zeros(2, requires_grad=True)]
     assert [type(make_optimizer(n, p, 0.1)).__name__ for n in ("adam", "nadam", "radam", "sgd")] == \

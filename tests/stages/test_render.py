@@ -15,13 +15,14 @@ import zarr
 from atlas.config import ConfigError, ModelConfig, RenderConfig, load_config
 from atlas.models import layer_output, load_network
 from atlas.models._activations import LayerActivations
-from atlas.ops.objectives import cosine
+from atlas.ops.inversion import render_icons
+from atlas.ops.objectives import cosine, own_rank
 from atlas.sources import demo_image
 from atlas.stages import get_stage, render, run_stage, stage_status
 from atlas.store import RunDir, StoreError
 from tests.cluster.util import atlas
 from tests.conftest import DEMO
-from tests.stages.contract import FAST_RENDER, Runs, StageContract, mark_finished
+from tests.stages.contract import FAST_RENDER, Runs, StageContract, copy_run, drop_stages, mark_finished
 from tests.synthetic_grid import make_grid, non_empty_cells
 
 STAGE = get_stage("render")
@@ -94,7 +95,7 @@ def test_rendered_icons_are_faithful_and_reproducible(lite0, real_maps):
     acts = LayerActivations(lite0, "blocks.5", "cpu")
     targets = real_maps[[0, 2, 4]].mean(dim=(2, 3))  # like a grid cell: the mean of several real vectors
     settings = RenderConfig(icon_size=64, steps=96, restarts=1)
-    res = render.render_icons(acts, targets, settings, generator=torch.Generator().manual_seed(0))
+    res = render_icons(acts, targets, settings, generator=torch.Generator().manual_seed(0))
     assert res.icons.shape == (3, 64, 64, 3) and res.icons.dtype == np.uint8
     assert res.objective.shape == (3,) and res.cossim.dtype == np.float32
     noise = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -104,9 +105,9 @@ def test_rendered_icons_are_faithful_and_reproducible(lite0, real_maps):
         again = cosine(acts(acts.normalize(torch.from_numpy(res.icons).permute(0, 3, 1, 2) / 255.0)).float(), targets)
     np.testing.assert_allclose(res.cossim, again.numpy(), atol=1e-5)
     assert (res.cossim > base.numpy() + 0.3).all() and np.median(res.cossim) > 0.45, (res.cossim, base)
-    same = render.render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
+    same = render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
                                generator=torch.Generator().manual_seed(5))
-    again2 = render.render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
+    again2 = render_icons(acts, targets[:2], RenderConfig(icon_size=24, steps=3, restarts=2),
                                  generator=torch.Generator().manual_seed(5))
     np.testing.assert_array_equal(same.icons, again2.icons)
     assert same.icons.shape == (2, 24, 24, 3)
@@ -148,6 +149,14 @@ def test_render_writes_the_documented_group(tmp_path, real_vectors):
         f = g.attrs["faithfulness"][str(s)]
         assert f["n"] == n and f["median"] == pytest.approx(float(np.median(cs)), abs=1e-6)
         assert f["p10"] <= f["median"] <= f["p90"]
+        # distinctness: the stored rank is the own cell's rank among the level's targets by the stored activation
+        act, rank = lvl["activation"][...], lvl["rank"][...]
+        assert act.shape == (n, C) and rank.dtype == np.int32 and ((rank >= 1) & (rank <= n)).all()
+        targets = zarr.open_group(str(run_dir / "grid"), mode="r")[f"level-{s}/mean_activation"][...][cells[:, 0], cells[:, 1]]
+        want = own_rank(torch.from_numpy(act), torch.from_numpy(targets.astype(np.float32)), torch.arange(n))
+        np.testing.assert_array_equal(rank, want.numpy())
+        d = g.attrs["distinctness"][str(s)]
+        assert d["n"] == n and d["candidates"] == n and d["retrieval@1"] == pytest.approx(float(np.mean(rank == 1)))
         total_units += -(-n // 3)
     done = RunDir(run_dir).done_units("render")
     assert len(done - {"final"}) == total_units and {"final", "level-0004-batch-000000"} <= done
@@ -155,8 +164,9 @@ def test_render_writes_the_documented_group(tmp_path, real_vectors):
     st = stage_status(STAGE, RunDir(run_dir))
     assert st.state == "done" and st.done == st.total == total_units + 1
     assert st.detail["median_cossim"]["4"] == pytest.approx(g.attrs["faithfulness"]["4"]["median"], abs=1e-6)
+    assert st.detail["retrieval@1"]["4"] == g.attrs["distinctness"]["4"]["retrieval@1"]
     log = (run_dir / "logs" / "render-0of1.log").read_text()
-    assert "faithfulness cossim median" in log
+    assert "faithfulness median" in log and "retrieval@1" in log
     # other settings are refused, not mixed into the same arrays
     with pytest.raises(StoreError, match=r"other settings \(render\.steps: 4 -> 5\)"):
         _run(load_config(DEMO, _ov(run_dir, "render.steps=5")))
@@ -175,6 +185,42 @@ def test_levels_subset_and_whitening(tmp_path):
     assert list(g.attrs["faithfulness"]) == ["2"] and g.attrs["whiten"] is True
     with pytest.raises(ConfigError, match="not grid levels"):
         load_config(DEMO, _ov(run_dir, "render.levels=[64]"))
+
+
+def test_auto_batch_size_is_resolved_once_and_recorded(tmp_path):
+    run_dir = tmp_path / "run"
+    _grid(run_dir)
+    cfg = load_config(DEMO, _ov(run_dir, "render.batch_size=auto", "render.steps=1", "render.restarts=1",
+                                "render.levels=[2]"))
+    assert _run(cfg)
+    g = zarr.open_group(str(run_dir / "render"), mode="r")
+    assert g.attrs["batch_size"] == render.CPU_BATCH and g.attrs["batch_size_setting"] == "auto"
+    assert stage_status(STAGE, RunDir(run_dir)).detail["level_units"]["2"] == "1/1"  # planned with the recorded size
+
+
+def test_init_from_dataset_examples_starts_at_the_example_patch(tmp_path, whole_run):
+    """render.init=example (feature accentuation): with one tiny step each icon is still its cell's
+    best dataset-example patch, while a noise start is far from it."""
+    from tests.cluster.util import WHOLE
+
+    icons = {}
+    for init in ("example", "noise"):
+        run_dir = drop_stages(copy_run(whole_run, tmp_path / init), "grid")
+        cfg = load_config(DEMO, [f"run_dir={run_dir}", *WHOLE, "render.levels=[4]", "render.steps=1",
+                                 "render.lr=0.0001", f"render.init={init}", "render.threads=2"])
+        assert _run(cfg)
+        icons[init] = zarr.open_group(str(run_dir / "render"), mode="r")["level-4/icons"][...].astype(np.float32)
+    run = RunDir(tmp_path / "example")
+    g = zarr.open_group(str(run.root / "grid"), mode="r")
+    cells = zarr.open_group(str(run.root / "render"), mode="r")["level-4/cells"][...]
+    rows = g["level-4/examples"][...][cells[:, 0], cells[:, 1], 0]
+    pos = g["level-4/example_positions"][...][cells[:, 0], cells[:, 1], 0]
+    side = icons["example"].shape[1]
+    want, failed = render.example_patches(run, rows, pos, side, window=3.0, max_pixels=10**9, min_side=1)
+    want = want.permute(0, 2, 3, 1).numpy() * 255
+    assert not failed
+    assert np.abs(icons["example"] - want).mean() < 6, np.abs(icons["example"] - want).mean()
+    assert np.abs(icons["noise"] - want).mean() > 20
 
 
 def test_missing_grid_is_a_clear_error(tmp_path):
@@ -221,12 +267,23 @@ def test_cuda_bf16_rendering_is_faithful(lite0, real_maps):
     acts = LayerActivations(lite0, "blocks.5", "cuda", channels_last=True)
     assert acts.autocast and acts.device.type == "cuda"
     targets = real_maps[[0, 2, 4]].mean(dim=(2, 3))
-    res = render.render_icons(acts, targets, RenderConfig(icon_size=64, steps=96), generator=torch.Generator().manual_seed(0))
+    res = render_icons(acts, targets, RenderConfig(icon_size=64, steps=96), generator=torch.Generator().manual_seed(0))
     assert res.icons.shape == (3, 64, 64, 3) and np.isfinite(res.objective).all()
     noise = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)).cuda()
     with torch.no_grad():
         base = cosine(acts(acts.normalize(noise)).float(), targets.cuda()).cpu().numpy()
     assert (res.cossim > base + 0.3).all(), (res.cossim, base)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_auto_batch_size_fits_memory(tmp_path, real_vectors):
+    run_dir = tmp_path / "run"
+    _grid(run_dir, real_vectors)
+    _run(load_config(DEMO, _ov(run_dir, "model.device=cuda", "render.batch_size=auto")))
+    g = zarr.open_group(str(run_dir / "render"), mode="r")
+    assert g.attrs["batch_size_setting"] == "auto" and g.attrs["batch_size"] >= 8
+    assert stage_status(STAGE, RunDir(run_dir)).state == "done"
 
 
 @pytest.mark.gpu

@@ -106,6 +106,7 @@ def cells_doc(ctx: Context, s: int, failed: set[int], heat: dict[str, np.ndarray
     show_examples = s in ctx.plan["example_sizes"]
     labels = _example_labels(ctx, examples[count >= inp.min_count].ravel()) if show_examples else {}
     objective, cossim = np.asarray(rl["objective"][:]), np.asarray(rl["cossim"][:])
+    rank = np.asarray(rl["rank"][:]) if "rank" in rl else np.zeros(len(cossim), np.int32)
     icon_of = np.full((s, s), -1, np.int64)
     cells = np.asarray(rl["cells"][:], dtype=np.int64).reshape(-1, 2)
     icon_of[cells[:, 0], cells[:, 1]] = np.arange(len(cells))
@@ -138,7 +139,7 @@ def cells_doc(ctx: Context, s: int, failed: set[int], heat: dict[str, np.ndarray
     return {"size": s, "cell_px": inp.icon_sizes[s], "top_kind": inp.class_kind, "top_k": int(top_c.shape[2]),
             "icon_url": f"icons/{s}/{{sheet}}.{t.format}", "icon_sheet_cols": sheet_cols(inp.icon_sizes[s]),
             "icon_size": inp.icon_sizes[s], "example_url": "examples/{row}.jpg",
-            "example_window": t.example_window, "examples": show_examples, "cells": out}
+            "example_window": t.example_window, "examples": show_examples, "n_icons": int(len(cossim)), "cells": out}
 
 
 def atlas_doc(ctx: Context, counts: dict[int, int], heat: dict[int, dict[str, np.ndarray]],
