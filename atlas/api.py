@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .stages import STAGES, available_stages, get_stage, parse_shard, stage_status
+from .stages import ANALYSES, STAGES, available_stages, get_stage, parse_shard, stage_status
 from .store import RunDir, StoreError
 
 __all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
-           "resolve_config", "builtin_configs", "init_project", "version", "format_layer", "use_model"]
+           "resolve_config", "builtin_configs", "init_project", "version", "format_layer", "use_model", "class_atlas",
+           "locate", "patch_test"]
 
 log = logging.getLogger("atlas")
 
@@ -131,7 +132,7 @@ def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
     if missing:
         print(f"atlas: ran {', '.join(todo)}; not in this version yet: {', '.join(missing)}")
     tiles = Path(cfg.run_dir) / "tiles" / "index.html"
-    if "tile" in todo and tiles.exists():
+    if "tile" in todo and tiles.exists() and cfg.classes.parent is None:  # a class atlas: class_atlas says it
         print(f"atlas: the atlas is ready. Open it with\n  atlas serve {cfg.run_dir}\n"
               f"and browse http://127.0.0.1:8000/ (or open {tiles.resolve()} directly).")
     return todo
@@ -142,7 +143,7 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     run = RunDir(run_dir)
     _check_run_dir(run.root)
     report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
-    for name in STAGES:
+    for name in STAGES + tuple(a for a in ANALYSES if run.state_path(a).is_dir()):  # analyses once started
         try:
             stage = get_stage(name)
         except NotImplementedError:
@@ -152,6 +153,9 @@ def status(run_dir: str | Path) -> dict[str, Any]:
         st["failures"] = [{k: f.get(k) for k in ("key", "shard", "reason", "host", "time", "slurm_job") if f.get(k)}
                           for f in run.failures(name)]
         report["stages"].append(st)
+    from .classes import class_atlas_status
+
+    report["class_atlases"] = class_atlas_status(run.root)
     return report
 
 
@@ -212,7 +216,23 @@ def format_status(report: dict[str, Any]) -> str:
         for s in sorted(st.get("empty_levels") or [], key=_num_key):
             lines.append(f"           WARNING grid level {s} is empty (no cell has grid.min_count points): "
                          f"lower grid.min_count, or remove {s} from grid.sizes")
-    return "\n".join(lines)
+    from .classes import format_class_atlases
+
+    return "\n".join(lines + format_class_atlases(report.get("class_atlases") or []))
+
+
+def class_atlas(cfg: Config, names: list[str] | None = None, stages: list[str] | None = None) -> Config:
+    """Make (or resume) the class activation atlas of one class, or two to compare, of the run ``cfg``
+    names: ``RUN/classes/<slug>/`` with its own config.yaml (:func:`atlas.classes.class_atlas_config`),
+    its stages run on ``cfg``'s engine, then the run's atlas index (``RUN/atlases.json``) rewritten.
+    ``names`` are matched like the viewer's search; returns the class atlas's config."""
+    from .classes import class_atlas_config
+    from .stages._atlases import write_index
+
+    sub = class_atlas_config(cfg, list(names or []))
+    run(sub, stages)
+    write_index(cfg.run_dir)
+    return sub
 
 
 def slurm_plan(cfg: Config) -> list[tuple[str, bool, list[str]]]:
@@ -299,3 +319,43 @@ def _as_layers_flags(message: str) -> str:
     for pattern, repl in _LAYERS_FLAGS:
         message = re.sub(pattern, repl, message)
     return message
+
+
+def locate(cfg: Config, images: list[str] | None = None, *, shard: str | tuple[int, int] | None = None) -> dict[str, Any]:
+    """Place every position of ``images`` (files, folders of images, ``demo://<size>/<i>``; added to
+    ``cfg.locate.images``) on the finished atlas of ``cfg.run_dir`` (``atlas locate``): the
+    ``locate`` stage, on ``cfg``'s engine (one ``shard`` when given). Images located before are
+    kept and not redone. Returns ``RUN/locate/index.json`` (every located and skipped image of
+    the run) with ``output`` (that folder), ``asked`` (this call's units) and ``done`` (those of
+    them done, by this process or others) added."""
+    from .config import with_updates
+    from .stages.locate import absolute_arguments, image_refs, read_index
+
+    wanted = list(dict.fromkeys([*cfg.locate.images, *absolute_arguments(list(images or []))]))
+    if not wanted:
+        raise ValueError("no images to locate: pass image files, folders of images or demo://<size>/<i> "
+                         "(`atlas locate CONFIG IMAGE...`), or set locate.images")
+    cfg = with_updates(cfg, {"locate.images": wanted})
+    asked = [r.unit for r in image_refs(wanted)]
+    run_stage("locate", cfg, shard=shard)
+    doc = read_index(cfg.run_dir) or {"images": [], "skipped": []}
+    done = RunDir(cfg.run_dir).done_units("locate")
+    return {**doc, "output": str(Path(cfg.run_dir) / get_stage("locate").output), "asked": asked,
+            "done": [u for u in asked if u in done]}
+
+
+def patch_test(cfg: Config, *, shard: str | tuple[int, int] | None = None, **updates: Any) -> dict[str, Any]:
+    """Run the patch test ``cfg.patch_test`` names (``atlas patch-test``) on the finished atlas of
+    ``cfg.run_dir`` and return its results: ``RUN/patch-test/<slug>/results.json`` (headline, rows
+    per size and position, the patch against a noise patch of the same size) with ``folder`` and
+    ``table`` (Markdown) added. ``updates``: ``patch_test`` keys to set first, e.g.
+    ``api.patch_test(cfg, from_class="snorkel", to_class="scuba diver", patch="cell:16:3,4")``.
+    A finished test is not redone; other tests of the run are kept. ``shard``: as for any stage
+    (patch-test runs as one job, so only ``0/1`` or ``slurm`` with one task is accepted)."""
+    from .config import with_updates
+    from .stages.patch_test import results_of
+
+    if updates:
+        cfg = with_updates(cfg, {f"patch_test.{k}": v for k, v in updates.items()})
+    run_stage("patch-test", cfg, shard=shard)
+    return results_of(cfg)

@@ -10,6 +10,7 @@ import select
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import api
@@ -101,7 +102,59 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=_STAGE_HELP[name], description=_STAGE_HELP[name])
         _add_config_args(p, shard=True)
 
-    p = sub.add_parser("serve", help="serve RUN_DIR/tiles (the atlas viewer) on 127.0.0.1")
+    p = sub.add_parser("locate", help="where images land on a finished atlas: every position of the layer placed "
+                                      "and binned -> RUN/locate/<image>/",
+                       description="Run every position of the layer for each IMAGE (decoded as collect decodes), "
+                                   "place it on the atlas as reduce places rows outside its fitted sample, and "
+                                   "write per image located.json (atlas points and cells per grid level, top-5 "
+                                   "classes), positions.npy, overlay.png (the image tinted by its cells' colours) "
+                                   "and activation-grid.png (each position's icon), plus RUN/locate/index.json "
+                                   "for the viewer's Located list. Images located before are kept; a file that "
+                                   "does not decode is skipped and listed in RUN/locate/bad_inputs.tsv.")
+    _add_config_args(p, shard=True)
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, folders (every image in them) or demo://<size>/<i>; added to locate.images")
+
+    p = sub.add_parser("class-atlas", help="a class activation atlas: the rows supporting one class, or two to compare "
+                                           "-> RUN/classes/<slug>",
+                       description="Select the collected rows of the run CONFIG names whose attribution supports "
+                                   "the class (classes.threshold, classes.top_k, classes.max_rows), lay them out "
+                                   "on their own and grid, render and tile them into RUN/classes/<slug>/, a run "
+                                   "directory of its own (resume, --shard and SLURM as for any run: "
+                                   "`atlas render RUN/classes/<slug>/config.yaml --shard 0/4`). Two classes: one "
+                                   "layout of both, each cell coloured by the class it supports more.")
+    _add_config_args(p, shard=False)
+    p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                   help="a class name, matched like the viewer's search (case-insensitive, part of a name; "
+                        "#<index> for a class by its index); twice to compare two classes")
+
+    p = sub.add_parser("patch-test", help="human-adversarial patches: how often a patch turns held-out CLASS_A images "
+                                          "into CLASS_B, against a noise patch -> RUN/patch-test/<slug>/",
+                       description="Paste a patch (an atlas icon, a dataset example crop or any image file) at each "
+                                   "size and position onto held-out images the network classifies as CLASS_A (the "
+                                   "demo images the run did not collect, or --images), and count how often the "
+                                   "top-1 prediction becomes CLASS_B, against a uniform-noise patch of the same "
+                                   "size at the same places. Writes table.md/.tsv, results.json and examples.png "
+                                   "into RUN/patch-test/<slug>/; each test has its own folder, others are kept. "
+                                   "The flags set the config's patch_test keys.")
+    _add_config_args(p, shard=True)
+    p.add_argument("--from", dest="from_class", default=None, metavar="CLASS_A",
+                   help="images classified as this class get the patch (matched like the viewer's search: "
+                        "case-insensitive, part of a name, #<index>)")
+    p.add_argument("--to", dest="to_class", default=None, metavar="CLASS_B", help="the class the patch should cause")
+    p.add_argument("--patch", default=None, metavar="PATCH",
+                   help="cell:<grid>:<row>,<col> (that cell's icon), example:<grid>:<row>,<col>[:k] (its k-th "
+                        "dataset example crop) or an image file")
+    p.add_argument("--images", default=None, metavar="PATH",
+                   help="held-out images: a folder, a .txt/.csv list or tar shards (default: demo images the run "
+                        "did not collect)")
+    p.add_argument("--sizes", default=None, metavar="LIST", help="patch sides as fractions of the input side, e.g. 0.2,0.3,0.4")
+    p.add_argument("--positions", default=None, metavar="LIST",
+                   help="center, corners, top-left, top-right, bottom-left, bottom-right, random:N; e.g. center,random:4")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="test at most N images of CLASS_A")
+    p.add_argument("--name", default=None, help="the test's folder name under RUN/patch-test/ (default: from the classes and the patch)")
+
+    p = sub.add_parser("serve", help="serve a run's atlases (RUN_DIR/tiles, its class atlases) on 127.0.0.1")
     p.add_argument("run_dir")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -151,6 +204,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = api.status(args.run_dir)
         print(json.dumps(_json_safe(report), indent=2, allow_nan=False) if args.json else api.format_status(report))
         return 0
+    if args.command == "patch-test":
+        return _patch_test(args)
     cfg = api.load(args.config, args.overrides + _engine_overrides(args))
     if args.command == "slurm-plan":
         for stage, finished, opts in api.slurm_plan(cfg):
@@ -159,8 +214,63 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         api.run(cfg, stages=args.stages)
         return 0
+    if args.command == "locate":
+        _print_located(api.locate(cfg, args.images, shard=args.shard), cfg.run_dir)
+        return 0
+    if args.command == "class-atlas":
+        sub = api.class_atlas(cfg, args.classes)
+        tiles = f"{os.path.relpath(sub.run_dir, cfg.run_dir)}/tiles/"
+        print(f"atlas: the class atlas is ready in {sub.run_dir}. Open it with\n  atlas serve {cfg.run_dir}\n"
+              f"and browse http://127.0.0.1:8000/{tiles} (or open {Path(sub.run_dir, 'tiles', 'index.html').resolve()})")
+        return 0
     api.run_stage(args.command, cfg, shard=args.shard)
     return 0
+
+
+def _list_flag(text: str, number: bool) -> str:
+    """``--sizes 0.2,0.3`` / ``--positions center,random:4`` as a YAML list for ``--set``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return json.dumps([float(t) if number and t.replace(".", "", 1).isdigit() else t for t in items])
+
+
+def _patch_test(args: argparse.Namespace) -> int:
+    """``atlas patch-test``: the flags become ``patch_test`` overrides (so the test's config.yaml repeats it)."""
+    flags = {"from_class": args.from_class, "to_class": args.to_class, "patch": args.patch, "images": args.images,
+             "name": args.name}
+    extra = [f"patch_test.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    if args.sizes is not None:
+        extra.append(f"patch_test.sizes={_list_flag(args.sizes, number=True)}")
+    if args.positions is not None:
+        extra.append(f"patch_test.positions={_list_flag(args.positions, number=False)}")
+    if args.max_images is not None:
+        extra.append(f"patch_test.max_images={args.max_images}")
+    cfg = api.load(args.config, args.overrides + extra + _engine_overrides(args))
+    res = api.patch_test(cfg, shard=args.shard)
+    print(f"atlas: {res['headline']}")
+    print(f"{res['images']['tested']} {res['from']['name']} images ({res['images']['source']}); patch: "
+          f"{res['patch']['what']}; shares of trials:\n")
+    print(res["table"])
+    print(f"atlas: results in {res['folder']}/ ({', '.join(['results.json', *res['files']])})")
+    return 0
+
+
+def _print_located(doc: dict[str, Any], run_dir: str) -> None:
+    """Where ``atlas locate``'s outputs are: one line per image asked for."""
+    out, asked = doc["output"], set(doc["asked"])
+    mine = [d for d in doc["images"] if d["unit"] in asked]
+    bad = [d for d in doc["skipped"] if d["unit"] in asked]
+    print(f"atlas: located {len(mine)} image(s) on the atlas of {run_dir} (in {out}/):")
+    for d in mine:
+        print(f"  {d['name']}: {out}/{d['unit']}/ (overlay.png, activation-grid.png, located.json); "
+              f"top class {d['top_class'] or '-'}")
+    if bad:
+        print(f"skipped {len(bad)} image(s) that do not decode (listed in {out}/bad_inputs.tsv):")
+        for d in bad:
+            print(f"  {d['source']}: {d['reason']}")
+    if len(asked) > len(mine) + len(bad):
+        print(f"{len(doc['done'])} of {len(asked)} image(s) done; the shard that finishes the last one writes "
+              f"{out}/index.json (rerun to resume)")
+    print(f"See them on the atlas: atlas serve {run_dir}, then pick one in the viewer's Located list.")
 
 
 class Terminated(SystemExit):

@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 
 __all__ = [
     "Config", "ConfigError", "ImagesConfig", "ModelConfig", "CollectConfig", "ReduceConfig", "GridConfig", "RenderConfig",
-    "TileConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
+    "TileConfig", "ClassesConfig", "LocateConfig", "PatchTestConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
     "load_config", "config_from_dict", "with_updates", "apply_overrides", "expand_env", "config_to_dict", "dump_config",
     "provenance", "file_sha256", "schema_rows", "check_grid_sizes", "slurm_stage_resources",
 ]
@@ -276,6 +276,84 @@ class TileConfig(_Section):
         return self
 
 
+class ClassesConfig(_Section):
+    """A class activation atlas (``atlas class-atlas``): the rows of a parent run that support one or two classes."""
+
+    parent: str | None = _f(None, "The parent run directory whose collected rows this class atlas selects from; set by `atlas class-atlas` in RUN/classes/<slug>/config.yaml (None: a main run, collect runs the network).")
+    names: list[str] = _f([], "Class names of the class atlas (one, or two to compare), as `atlas class-atlas` resolved them (`#<index>` for a name the network uses twice).", max_length=2)
+    threshold: float = _f(0.0, "A row supports a class when its attribution to the class is above this (logit units) and the class is among its `top_k` strongest stored classes.")
+    top_k: int = _f(5, "A supporting class must be among the row's `top_k` strongest stored attribution classes (at most `collect.top_k` are stored; 1: the row's top class only).", ge=1)
+    max_rows: int = _f(20_000, "At most this many rows per class, those with the highest attribution to it.", ge=3)
+    n_neighbors: int = _f(20, "`reduce.n_neighbors` of a class atlas (Distill: 20; at most the number of rows - 1).", ge=2)
+    min_dist: float = _f(0.02, "`reduce.min_dist` of a class atlas (Distill: 0.02).", ge=0)
+    grid_sizes: list[int] | None = _f(None, "`grid.sizes` of a class atlas; None = from its row count: the finest grid has at most rows / `cell_rows` cells (at most the parent's finest), with as many levels as the parent's down to 2 x 2.")
+    cell_rows: int = _f(4, "Rows per cell of the finest grid chosen when `grid_sizes` is None (4: the demo's most supported class, 69 rows, gets grids 2 and 4).", ge=1)
+
+    @field_validator("grid_sizes")
+    @classmethod
+    def _aligned(cls, sizes: list[int] | None) -> list[int] | None:
+        problem = None if sizes is None else _grid_sizes_problem(sizes)
+        if problem:
+            raise _Invalid(problem)
+        return sizes
+
+
+class LocateConfig(_Section):
+    """``atlas locate``: where the positions of new images land on a finished atlas."""
+
+    images: list[str] = _f([], "Images to locate: files, folders (every image in them, recursively) or `demo://<size>/<i>`; `atlas locate CONFIG IMAGE...` adds its arguments. More may be added later: only the new ones are located.")
+    level: Level | None = _f(None, "Grid size whose cells colour the positions in `overlay.png` and the viewer, and whose icons `activation-grid.png` shows (a cell without an icon there shows its coarser parent's); None = the finest rendered grid.")
+    overlay_alpha: float = _f(0.5, "Opacity of the cell colour over each position's square in `overlay.png` (0 = the plain image).", ge=0, le=1)
+    picture_px: int = _f(448, "Side in pixels of the image in `overlay.png`.", ge=32, le=4096)
+    icon_px: int = _f(48, "Side in pixels of each position's icon in `activation-grid.png`.", ge=4, le=512)
+    threads: int | None = _f(None, "torch intra-op threads (None = every CPU this process may use).", ge=1)
+
+
+_PATCH_SPEC_HELP = "cell:<grid>:<row>,<col> (that cell's icon), example:<grid>:<row>,<col>[:k] (its k-th dataset example crop, k from 0) or the path of an image file"
+_POSITION = r"center|corners|top-left|top-right|bottom-left|bottom-right|random:[1-9]\d{0,3}"
+
+
+def _patch_spec_problem(spec: str | None) -> str | None:
+    """Why ``spec`` is not a patch spec (None when it is one, or when it is a path: checked when used)."""
+    if spec is None or not re.match(r"(cell|example):", spec):
+        return None if spec is None or spec.strip() else f"is empty: give {_PATCH_SPEC_HELP}"
+    if re.fullmatch(r"cell:\d+:\d+,\d+|example:\d+:\d+,\d+(:\d+)?", spec):
+        return None
+    return f"must be {_PATCH_SPEC_HELP}; got {spec!r}"
+
+
+class PatchTestConfig(_Section):
+    """``atlas patch-test``: the Distill article's human-adversarial patches, tested on held-out images."""
+
+    from_class: str | None = _f(None, "CLASS_A: held-out images the network classifies as this class get the patch (matched like the viewer's search: case-insensitive, part of a name, `#<index>`); `--from`.")
+    to_class: str | None = _f(None, "CLASS_B: how often the patch turns the top-1 prediction into this class is measured (matched like `from_class`); `--to`.")
+    patch: str | None = _f(None, f"The patch: {_PATCH_SPEC_HELP}; `--patch`.")
+    images: str | None = _f(None, "Held-out images: a folder, a .txt/.csv list or tar shards (as `images.path`); None (or `demo`) = demo images the run never collected (indices from `images.demo_count` on); `--images`.")
+    max_images: int = _f(50, "Test at most this many held-out images classified as `from_class` (the first found in source order).", ge=1)
+    scan_max: int = _f(2000, "Classify at most this many held-out images while looking for `max_images` of `from_class`.", ge=1)
+    sizes: list[Annotated[float, Field(gt=0, le=1)]] = _f([0.2, 0.3, 0.4], "Patch sides as fractions of the network's input side, e.g. [0.2, 0.3, 0.4]; `--sizes 0.2,0.3`.", min_length=1)
+    positions: list[Annotated[str, _matching(_POSITION, "center, corners, top-left, top-right, bottom-left, bottom-right or random:N (N from 1 to 9999)")]] = _f(["center", "corners"], "Where the patch goes, one table row each: `center`, `corners` (the four, pooled), one corner (`top-left`, ...), or `random:N` (N seeded random places per image, pooled); `--positions center,random:4`.", min_length=1)
+    batch_size: int = _f(16, "Held-out images per unit of work (each runs 1 + 2 x places x sizes forward passes of this many images).", ge=1)
+    examples: int = _f(4, "Images shown in `examples.png` (original / patched / noise-patched, with their top-1 labels).", ge=0, le=64)
+    name: Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", "a folder name (letters, digits, . _ -)")] | None = _f(None, "The test's folder `RUN/patch-test/<name>`; None = from the classes and the patch (`snorkel--scuba-diver--cell-8-3-4`); `--name`.")
+    threads: int | None = _f(None, "torch intra-op threads (None = every CPU this process may use).", ge=1)
+
+    @field_validator("patch")
+    @classmethod
+    def _patch_spec(cls, spec: str | None) -> str | None:
+        problem = _patch_spec_problem(spec)
+        if problem:
+            raise _Invalid(problem)
+        return spec
+
+    @field_validator("sizes", "positions")
+    @classmethod
+    def _no_repeats(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) < len(values):
+            raise _Invalid(f"lists a value twice: {values}")
+        return values
+
+
 class JobqueueConfig(_Section):
     jobs: int = _f(0, "dask engine on SLURM without a scheduler: start this many `dask_jobqueue.SLURMCluster` jobs (0 = off; needs `pip install dask-jobqueue`).", ge=0)
     cores: int = _f(8, "Cores per SLURMCluster job.", ge=1)
@@ -334,6 +412,9 @@ class Config(_Section):
     grid: GridConfig = _section(GridConfig, "Stage 3: multi-level grid.")
     render: RenderConfig = _section(RenderConfig, "Stage 4: icons.")
     tile: TileConfig = _section(TileConfig, "Stage 5: Deep Zoom tiles.")
+    classes: ClassesConfig = _section(ClassesConfig, "Class activation atlases (`atlas class-atlas`).")
+    locate: LocateConfig = _section(LocateConfig, "`atlas locate`: where new images land on the atlas.")
+    patch_test: PatchTestConfig = _section(PatchTestConfig, "`atlas patch-test`: human-adversarial patches on held-out images.")
     cluster: ClusterConfig = _section(ClusterConfig, "Execution: in-process, dask, SLURM.")
 
     @property
@@ -352,6 +433,12 @@ class Config(_Section):
         bad = [s for s in self.render.levels or [] if s not in self.grid.sizes]
         if bad:
             raise _Invalid(f"must be some of grid.sizes {self.grid.sizes} (or null for all); {bad} are not grid levels", "render.levels")
+        return self
+
+    @model_validator(mode="after")
+    def _locate_level_is_a_grid_level(self) -> Config:
+        if self.locate.level is not None and self.locate.level not in self.grid.sizes:
+            raise _Invalid(f"must be one of grid.sizes {self.grid.sizes} (or null for the finest rendered one)", "locate.level")
         return self
 
 

@@ -1,11 +1,21 @@
-"""``atlas serve RUN_DIR``: a small static file server for ``RUN_DIR/tiles`` (the viewer).
+"""``atlas serve RUN_DIR``: a small static file server for a run's atlases (the viewer).
 
-Serves only that folder, on 127.0.0.1 by default, GET and HEAD only, with no directory
-listings (a folder answers with its ``index.html`` or 404). Paths are checked before
-anything is opened: ``..`` segments (also percent-encoded), backslashes, NUL bytes and
-absolute-form targets are refused with 403, and the resolved file (symlinks followed)
-must lie inside the tiles folder (else 403); dot-files (temporary files) are 404.
+Serves the run directory, but only these paths (URL paths equal the paths on disk, so the
+viewer's relative links work the same served and from ``file://``):
 
+- ``/tiles/**``: the main atlas; ``/`` redirects to ``/tiles/``;
+- ``/classes/<slug>/tiles/**``: the class atlases (``atlas class-atlas``);
+- ``/atlases.json``, ``/atlases.js``: the run's atlas index (the viewer's atlas switcher);
+- ``/locate/**`` files ending in .js, .json, .png or .jpg (located-image overlays).
+
+Anything else (the config, the Zarr groups, state, logs) is 404. On 127.0.0.1 by default,
+GET and HEAD only, with no directory listings (a folder answers with its ``index.html``, after
+a redirect to its path with a trailing ``/``, or 404). Paths are checked before anything is
+opened: ``..`` segments (also percent-encoded), backslashes, NUL bytes and absolute-form
+targets are refused with 403, and the resolved file (symlinks followed) must lie inside the
+served folder it was asked under (else 403); dot-files (temporary files) are 404.
+
+``atlas serve RUN/classes/<slug>`` serves RUN, with ``/`` redirecting to that class atlas.
 For a quick look without a server, ``RUN_DIR/tiles/index.html`` also opens from disk.
 """
 
@@ -14,11 +24,12 @@ from __future__ import annotations
 import http.server
 import mimetypes
 import os
+import re
 import sys
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["serve", "make_server", "tiles_dir", "resolve_request_path"]
+__all__ = ["serve", "make_server", "tiles_dir", "resolve_request_path", "served_root", "Refused", "Redirect"]
 
 _TYPES = {
     ".dzi": "application/xml", ".xml": "application/xml", ".js": "text/javascript; charset=utf-8",
@@ -26,6 +37,9 @@ _TYPES = {
     ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
     ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8", ".map": "application/json",
 }
+_INDEX_FILES = ("atlases.json", "atlases.js")
+_LOCATE_SUFFIXES = (".js", ".json", ".png", ".jpg")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 class Refused(Exception):
@@ -36,14 +50,45 @@ class Refused(Exception):
         self.status = status
 
 
-def tiles_dir(run_dir: str | os.PathLike) -> Path:
-    """``RUN_DIR/tiles``, checked to be a finished viewer folder."""
+class Redirect(Exception):
+    """A request answered with a redirect to ``location`` (``/`` -> ``/tiles/``, a folder -> its ``/``)."""
+
+    def __init__(self, location: str, status: int = 302) -> None:
+        super().__init__(location)
+        self.location, self.status = location, status
+
+
+def _class_atlas_parent(root: Path) -> Path | None:
+    """The run holding ``root`` when ``root`` is one of its class atlases (``RUN/classes/<slug>``)."""
+    if root.parent.name == "classes" and (root.parent.parent / "config.yaml").is_file():
+        return root.parent.parent
+    return None
+
+
+def served_root(run_dir: str | os.PathLike[str]) -> tuple[Path, str]:
+    """(the folder served, the path ``/`` redirects to): the run and ``/tiles/``, or for a class
+    atlas ``RUN/classes/<slug>`` its run and ``/classes/<slug>/tiles/``."""
     root = Path(run_dir)
-    tiles = root / "tiles"
+    parent = _class_atlas_parent(root.resolve())
+    if parent is not None:
+        return parent, f"/classes/{root.resolve().name}/tiles/"
+    if not (root / "tiles" / "index.html").is_file() and (root / "classes").is_dir():
+        done = sorted(d.name for d in (root / "classes").iterdir() if (d / "tiles" / "index.html").is_file())
+        if done:
+            return root, f"/classes/{done[0]}/tiles/"
+    return root, "/tiles/"
+
+
+def tiles_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """The viewer folder ``atlas serve RUN_DIR`` opens on (``RUN_DIR/tiles``, or a class atlas's),
+    checked to be a finished viewer folder."""
+    root = Path(run_dir)
     if root.is_file():
         raise FileNotFoundError(f"{root} is a file, not a run directory: pass the folder a config's run_dir names")
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist")
+    base, home = served_root(root)
+    tiles = base.joinpath(*[p for p in home.split("/") if p])
     if not tiles.is_dir():
         raise FileNotFoundError(f"{tiles} does not exist: run `atlas tile CONFIG` first")
     if not (tiles / "index.html").is_file():
@@ -51,8 +96,9 @@ def tiles_dir(run_dir: str | os.PathLike) -> Path:
     return tiles
 
 
-def resolve_request_path(root: Path, target: str) -> Path:
-    """The file under ``root`` that the request target names; raises :class:`Refused`."""
+def _checked_parts(target: str) -> tuple[list[str], bool]:
+    """The decoded path segments of a request target and whether it ends in ``/``; raises
+    :class:`Refused` for traversal, NUL, backslashes, absolute-form targets and dot-files."""
     if "://" in target.split("?", 1)[0] or not target.startswith("/"):
         raise Refused(403, "absolute-form or relative request targets are not served")
     path = target.split("?", 1)[0].split("#", 1)[0]
@@ -65,24 +111,50 @@ def resolve_request_path(root: Path, target: str) -> Path:
         raise Refused(403, "dot segments are not allowed")
     if decoded.startswith("//"):
         raise Refused(403, "absolute path")
-    parts = [p for p in parts if p]
-    if any(p.startswith(".") for p in parts):
+    if any(p.startswith(".") for p in parts if p):
         raise Refused(404, "hidden file")
-    base = root.resolve()
-    candidate = base.joinpath(*parts) if parts else base
+    return [p for p in parts if p], decoded.endswith("/")
+
+
+def _route(root: Path, parts: list[str]) -> tuple[Path, list[str]]:
+    """(the folder a request is served from, the path inside it); 404 for anything not served."""
+    if len(parts) == 1 and parts[0] in _INDEX_FILES:
+        return root, parts
+    if parts[:1] == ["tiles"]:
+        return root / "tiles", parts[1:]
+    if len(parts) >= 3 and parts[0] == "classes" and _SLUG.fullmatch(parts[1]) and parts[2] == "tiles":
+        return root / "classes" / parts[1] / "tiles", parts[3:]
+    if len(parts) >= 2 and parts[0] == "locate" and parts[-1].lower().endswith(_LOCATE_SUFFIXES):
+        return root / "locate", parts[1:]
+    raise Refused(404, "not served: only tiles/, classes/<slug>/tiles/, atlases.js(on) and locate/ files")
+
+
+def _inside(base: Path, parts: list[str]) -> Path:
+    """The existing file or folder ``base/parts`` resolved (symlinks followed), which must stay in ``base``."""
+    base = base.resolve()
     try:
-        real = candidate.resolve(strict=True)
+        real = (base.joinpath(*parts) if parts else base).resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError, RuntimeError, OSError):
         raise Refused(404, "not found") from None
     if real != base and base not in real.parents:
         raise Refused(403, "outside the served folder")
+    return real
+
+
+def resolve_request_path(root: Path, target: str, home: str = "/tiles/") -> Path:
+    """The file under the run directory ``root`` that the request target names; raises
+    :class:`Refused` (403 or 404) or :class:`Redirect` (``/`` -> ``home``, a folder -> its ``/``)."""
+    parts, slash = _checked_parts(target)
+    if not parts:
+        raise Redirect(home)
+    base, rest = _route(root, parts)
+    real = _inside(base, rest)
     if real.is_dir():
-        index = real / "index.html"
-        if not index.is_file():
+        if base == root / "locate" or not (real / "index.html").is_file():
             raise Refused(404, "no directory listings")
-        real = index.resolve()
-        if base not in real.parents:
-            raise Refused(403, "outside the served folder")
+        if not slash:
+            raise Redirect(urllib.parse.quote("/" + "/".join(parts) + "/"), 301)
+        real = _inside(base, [*rest, "index.html"])
     if not real.is_file():
         raise Refused(404, "not a file")
     return real
@@ -90,6 +162,7 @@ def resolve_request_path(root: Path, target: str) -> Path:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     root: Path = Path(".")
+    home: str = "/tiles/"
     quiet: bool = False
     server_version = "atlas-serve"
     sys_version = ""
@@ -102,9 +175,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         try:
-            path = resolve_request_path(self.root, self.path)
+            path = resolve_request_path(self.root, self.path, self.home)
         except Refused as e:
             self.send_error(e.status, str(e))
+            return
+        except Redirect as e:
+            self.send_response(e.status)
+            self.send_header("Location", e.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         except UnicodeDecodeError:
             self.send_error(400, "path is not valid UTF-8")
@@ -130,19 +209,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             sys.stderr.write("[serve] " + (format % args) + "\n")
 
 
-def make_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
+def make_server(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
                 quiet: bool = False) -> http.server.ThreadingHTTPServer:
-    """An HTTP server for ``RUN_DIR/tiles`` (not started; ``port=0`` picks a free port,
-    read it back from ``server.server_address``). Call ``serve_forever()`` / ``shutdown()``."""
-    root = tiles_dir(run_dir).resolve()
-    handler = type("AtlasHandler", (_Handler,), {"root": root, "quiet": quiet})
+    """An HTTP server for a run's atlases (the paths of the module docstring; not started; ``port=0``
+    picks a free port, read it back from ``server.server_address``). Call ``serve_forever()`` / ``shutdown()``."""
+    tiles_dir(run_dir)
+    root, home = served_root(run_dir)
+    handler = type("AtlasHandler", (_Handler,), {"root": root.resolve(), "home": home, "quiet": quiet})
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
 
-def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``RUN_DIR/tiles`` until Ctrl-C, printing the URL (``atlas serve`` also stops quietly,
+def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve a run's atlases until Ctrl-C, printing the URL (``atlas serve`` also stops quietly,
     with exit status 0, on SIGTERM)."""
     tiles_dir(run_dir)  # a missing folder is reported as such, not as a socket error
     try:
@@ -151,7 +231,8 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000)
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port") from None
     h, p = server.server_address[:2]
     shown = f"[{h}]" if ":" in str(h) else h
-    print(f"Serving {Path(run_dir) / 'tiles'} at http://{shown}:{p}/  (Ctrl-C to stop)", flush=True)
+    root, home = served_root(run_dir)
+    print(f"Serving the atlases of {root} at http://{shown}:{p}/  (Ctrl-C to stop; / opens {home})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -263,9 +263,10 @@ class RunDir:
             os.close(fd)
 
     @contextlib.contextmanager
-    def stage_lock(self, stage: str) -> Iterator[None]:
-        """Blocking exclusive lock for one-off stage set-up (creating arrays)."""
-        path = self.state_path(stage) / "locks" / "_stage"
+    def stage_lock(self, stage: str, name: str = "_stage") -> Iterator[None]:
+        """Blocking exclusive lock ``name`` of a stage: the default one guards one-off stage set-up
+        (creating arrays) and finishing; a stage may hold others of its own (e.g. one per patch test)."""
+        path = self.state_path(stage) / "locks" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)

@@ -1,6 +1,7 @@
 """Where the web viewer's files come from, in a source checkout and in an installed package.
 
-The page itself (``index.html``, ``viewer.js``, ``viewer.css``) is ``atlas/viewer``. Its
+The page itself (``index.html``, ``viewer.js``, ``viewer.css``, ``atlases.js``, ...) is ``atlas/viewer``
+(package data ``viewer/*``, so a wheel ships every file of it). Its
 zoom library, OpenSeadragon (pinned in ``viewer/package-lock.json``), is looked up in order:
 
 1. ``$ATLAS_OPENSEADRAGON``, when set: a folder holding ``openseadragon.min.js`` and ``images/``;
@@ -41,7 +42,7 @@ class ViewerAssetsMissing(FileNotFoundError):
 
 
 def viewer_source_dir() -> Path:
-    """``atlas/viewer``: the page's own files (index.html, viewer.js, viewer.css)."""
+    """``atlas/viewer``: the page's own files (index.html, viewer.js, viewer.css, atlases.js, ...)."""
     return _PACKAGE / "viewer"
 
 

@@ -151,7 +151,7 @@ def test_installed_wheel_init_run_serve(venv, tmp_path):
         while True:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/index.html")
+                conn.request("GET", "/tiles/index.html")  # `/` redirects there
                 resp = conn.getresponse()
                 body = resp.read()
                 conn.close()

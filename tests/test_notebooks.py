@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_your_model.ipynb", "03_inspect.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_your_model.ipynb", "03_inspect.ipynb", "04_classes.ipynb"]
 CELL_TIMEOUT = 600  # seconds per cell; the pipeline cell of 01 is the longest (about a minute on 2 cores)
 
 
@@ -32,7 +32,7 @@ def _notebooks() -> list[Path]:
 # --------------------------------------------------------------------------- fast
 
 
-def test_notebooks_are_the_three_documented_ones() -> None:
+def test_notebooks_are_the_documented_ones() -> None:
     assert [p.name for p in _notebooks()] == NAMES
     readme = (NOTEBOOKS / "README.md").read_text()
     assert all(name in readme for name in NAMES)
@@ -173,5 +173,22 @@ def test_03_inspect(nb_env: Path) -> None:
         assert summary["purity_shuffled"][s] < p <= 1.0
     for s, m in summary["faithfulness_median"].items():
         assert 0.2 < m <= 1.0, (s, m)
+    for s, r in summary["retrieval@1"].items():
+        assert 0.3 < r <= 1.0, (s, r)
     assert summary["pooled_mean_error"] < 1e-4
     assert "counts add up at every level: True" in _text(_cell(nb, "levels"))
+
+
+@pytest.mark.slow
+def test_04_classes(nb_env: Path) -> None:
+    nb = _execute("04_classes.ipynb", nb_env)  # reuses 01's run when it ran first, else builds it
+    for tag in ("class-atlas", "locate", "patch-test"):
+        assert _figures(_cell(nb, tag)) >= 1, f"no figure in the cell tagged {tag}"
+    run = nb_env / "quickstart"
+    sub = [d for d in (run / "classes").iterdir() if (d / "config.yaml").is_file()]
+    assert len(sub) == 1 and (sub[0] / "render").is_dir()
+    assert "rows, grids" in _text(_cell(nb, "class-atlas"))
+    located = [d for d in (run / "locate").iterdir() if d.is_dir()]
+    assert len(located) == 1 and (located[0] / "activation-grid.png").is_file()
+    table = _text(_cell(nb, "patch-test"))
+    assert "noise" in table and "| 0.3" in table.replace("|  0.3", "| 0.3"), table

@@ -80,7 +80,8 @@ def url(atlas_run):
 
 
 class _Watch:
-    """Every failed request, HTTP error, page error and console error of a page."""
+    """Every failed request, HTTP error, page error and console error of a page (a viewer asks only for
+    files that exist: e.g. the located images' list only when the run's index counts some)."""
 
     def __init__(self, page) -> None:
         self.problems: list[str] = []

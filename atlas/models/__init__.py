@@ -20,6 +20,7 @@ from ._network import ModelError, Network
 from ._registry import load_network, registered_models
 from ._sampler import LayerSampler, pin_threads, resolve_device
 from ._torchvision import default_weights_path, torchvision_names
+from ._whole_grid import layer_grid
 
 __all__ = [
     "ModelError",
@@ -33,6 +34,7 @@ __all__ = [
     "LayerSpec",
     "LAYOUTS",
     "LayerSampler",
+    "layer_grid",
     "pin_threads",
     "LayerActivations",
     "fold_batchnorm",

@@ -13,7 +13,10 @@ Submodules are imported on use (some pull in faiss, umap or torch):
 - ``inversion``   the icon renderer: parameterisation + transforms + objective + schedule, best of k
 - ``dzi``         Deep Zoom pyramid maths and level of detail
 - ``canvas``      painting icons into tiles
+- ``placement``   placing new points on a fitted layout (reduce's unfitted rows, located images)
+- ``located``     pictures of a located image: the atlas colour map, tinted positions, the icon grid
+- ``patches``     patch-test geometry: named and seeded places, resizing, pasting, noise patches
 """
 
-__all__ = ["binning", "canvas", "dzi", "inversion", "knn", "layout", "objectives", "param", "sampling", "transforms",
-           "whitening"]
+__all__ = ["binning", "canvas", "dzi", "inversion", "knn", "layout", "located", "objectives", "param", "patches",
+           "placement", "sampling", "transforms", "whitening"]

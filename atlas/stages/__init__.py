@@ -15,6 +15,7 @@ from ._runner import check_inputs, final_info, finished, is_stale, my_units, run
 from ._shard import parse_shard
 
 __all__ = [
+    "ANALYSES",
     "STAGES",
     "Execution",
     "Job",
@@ -38,15 +39,20 @@ __all__ = [
 STAGES: tuple[str, ...] = ("collect", "reduce", "grid", "render", "tile")
 """The pipeline's stages in order (each module ``atlas.stages.<name>`` defines ``STAGE``)."""
 
+ANALYSES: tuple[str, ...] = ("locate", "patch-test")
+"""Stages run on a finished atlas by their own commands, not by ``atlas run`` (module
+``atlas.stages.<name with - as _>``); they keep the same contract."""
+
 
 def get_stage(name: str) -> Stage:
-    """The stage ``name``; a clear error for unknown or not-yet-built stages."""
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    """The stage ``name`` (a pipeline stage or an analysis); a clear error for unknown or not-yet-built ones."""
+    if name not in STAGES and name not in ANALYSES:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES + ANALYSES)}")
+    module_name = f"{__name__}.{name.replace('-', '_')}"
     try:
-        module = importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name == f"{__name__}.{name}":
+        if e.name == module_name:
             raise NotImplementedError(f"stage `{name}` is not implemented in this version of atlas") from None
         raise
     stage: Stage = module.STAGE

@@ -6,6 +6,9 @@ its done marker. ``--shard i/n`` owns chunks ``i, i+n, ...``; the process that f
 last reduces the per-chunk second moments (in chunk order, so any split gives the same
 sums) and writes the bad-input report. Other settings on an existing run are refused
 (the collected activations are the run's most expensive data).
+
+In a class atlas (``classes.parent`` set, ``atlas class-atlas``) the stage copies the parent
+run's rows that support the atlas's classes instead, without the network: :mod:`._select`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..config import Config, with_updates
 from ..ops.sampling import sample_positions
 from ..progress import progress
 from ..store import RunDir, atomic_save_npz, atomic_write_text, close_inherited_leases
+from . import _select
 from ._protocol import Job, Resources, StageBase
 
 __all__ = ["STAGE", "CollectStage", "plan_units", "unit_name"]
@@ -325,7 +329,10 @@ def _finalize(ctx: _Context) -> dict[str, Any]:
 
 
 class CollectStage(StageBase):
-    """Stage 1: one random spatial activation per image (+ class attribution) -> ``RUN/collect``."""
+    """Stage 1: one random spatial activation per image (+ class attribution) -> ``RUN/collect``.
+
+    In a class atlas (``classes.parent`` set) it copies the parent run's rows that support the
+    atlas's classes instead, without the network (:mod:`atlas.stages._select`)."""
 
     name = NAME
     inputs = ()
@@ -336,34 +343,44 @@ class CollectStage(StageBase):
     resources = Resources(tasks=16, time="04:00:00", cpus=8, mem="32G", gpus=1)
 
     def settings(self, cfg: Config) -> dict[str, Any]:
-        return _settings(cfg)
+        return _select.settings(cfg) if _select.active(cfg) else _settings(cfg)
 
-    def open(self, job: Job) -> _Context:
-        return _open(job)
+    def open(self, job: Job) -> _Context | _select.SelectContext:
+        return _select.open_context(job) if _select.active(job.cfg) else _open(job)
 
-    def create(self, ctx: _Context) -> None:
-        _create_group(ctx)
+    def create(self, ctx: _Context | _select.SelectContext) -> None:
+        if isinstance(ctx, _select.SelectContext):
+            _select.create(ctx)
+        else:
+            _create_group(ctx)
 
-    def units(self, ctx: _Context) -> list[str]:
+    def units(self, ctx: _Context | _select.SelectContext) -> list[str]:
+        if isinstance(ctx, _select.SelectContext):
+            return _select.units(ctx)
         return plan_units(ctx.n, ctx.cfg.collect.chunk_rows)
 
-    def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def run_units(self, ctx: _Context | _select.SelectContext, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        if isinstance(ctx, _select.SelectContext):
+            yield from _select.run_units(ctx, units)
+            return
         ctx.log.info("%d chunks to do (%d images in all, layer %s %s)", len(units), ctx.n, ctx.cfg.model.layer,
                      "x".join(map(str, ctx.layer_shape)))
         yield from _run_chunks(ctx, [int(u.split("-")[1]) for u in units])
 
-    def finish(self, ctx: _Context) -> dict[str, Any]:
-        return _finalize(ctx)
+    def finish(self, ctx: _Context | _select.SelectContext) -> dict[str, Any]:
+        return _select.finish(ctx) if isinstance(ctx, _select.SelectContext) else _finalize(ctx)
 
-    def provenance(self, ctx: _Context) -> dict[str, Any]:
+    def provenance(self, ctx: _Context | _select.SelectContext) -> dict[str, Any]:
+        if isinstance(ctx, _select.SelectContext):
+            return _select.provenance(ctx)
         return {"weights_sha256": ctx.net.weights_sha256, "weights_path": ctx.net.weights_path}
 
     def detail(self, run: RunDir) -> dict[str, Any]:
-        """Images, ok and bad counts, model and layer."""
+        """Images, ok and bad counts, model and layer (and a class atlas's classes)."""
         g = run.open_group(NAME)
         st = g["status"][:]
         return {"images": int(g.attrs["n_images"]), "ok": int((st == 1).sum()), "bad": int((st >= 2).sum()),
-                "model": g.attrs["model"], "layer": g.attrs["layer"]}
+                "model": g.attrs["model"], "layer": g.attrs["layer"], **_select.detail(run)}
 
 
 STAGE = CollectStage()

@@ -18,7 +18,10 @@ arrays; other parameters, or a redone collect, start the stage over):
     ``coords`` = ``raw_coords`` clipped per axis to the [p, 100 - p] percentiles and
     scaled into [margin, 1 - margin] (as Lucid did); NaN for rows not ok.
 ``final`` (the runner's last step)
-    trustworthiness (k=10, on a seeded sample) measured; parameters and quality in attrs.
+    trustworthiness (k=10, on a seeded sample) measured; parameters, quality and the
+    normalisation's ``bounds`` (per-axis lo, hi of the raw layout) in attrs: with
+    ``fit_rows`` and ``raw_coords`` they place new points (:mod:`atlas.ops.placement`, as
+    ``atlas locate`` does) exactly as the ``place-chunk-*`` units placed rows.
 """
 
 from __future__ import annotations
@@ -35,18 +38,8 @@ import zarr
 
 from ..config import Config, ReduceConfig
 from ..ops.knn import FaissKNN, set_faiss_threads
-from ..ops.layout import (
-    apply_bounds,
-    apply_pca,
-    choose_init,
-    default_n_neighbors,
-    fit_pca,
-    fit_umap,
-    interpolate_positions,
-    layout_bounds,
-    trustworthiness,
-    umap_transform,
-)
+from ..ops.layout import apply_bounds, choose_init, default_n_neighbors, fit_umap, layout_bounds, trustworthiness
+from ..ops.placement import Projection, fit_projection, place_rows, placement_knn, project
 from ..progress import progress
 from ..store import RunDir, atomic_save_npz, read_rows
 from ._protocol import Job, Resources, StageBase
@@ -116,32 +109,27 @@ class _Ctx:
     log: Logger
     _x: np.ndarray | None = None
     _knn: FaissKNN | None = None
-    _pca: tuple[np.ndarray, np.ndarray] | None = field(default=None)
+    _pca: Projection = field(default=None)
 
     def group(self) -> zarr.Group:
         return self.run.open_group(NAME, mode="r+")
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Apply the PCA fitted on the sample (identity without ``reduce.pca``)."""
-        return x if self._pca is None else apply_pca(x, *self._pca)
+        return project(x, self._pca)
 
     def fit_vectors(self) -> np.ndarray:
         """Activations of the fitted rows (after PCA): float32 [M, C or pca]."""
         if self._x is None:
             x = read_rows(self.collect["activations"], self.plan.fit_rows, self.plan.chunk_rows)
-            if self.rc.pca is not None:
-                self._pca = fit_pca(x, min(self.rc.pca, x.shape[1]))
+            self._pca = fit_projection(x, self.rc.pca)
             self._x = self.project(x)
         return self._x
 
     def index(self) -> FaissKNN:
         """faiss index over the fitted rows (rebuilt identically after a restart)."""
         if self._knn is None:
-            p = self.plan.params
-            self._knn = FaissKNN(p["n_neighbors"], metric=p["metric"], exact_max=self.rc.exact_knn_max,
-                                 hnsw_m=self.rc.hnsw_m, ef_construction=self.rc.hnsw_ef_construction,
-                                 ef_search=self.rc.hnsw_ef_search, recall_queries=self.rc.recall_queries,
-                                 random_state=p["seed"]).fit(self.fit_vectors())
+            self._knn = placement_knn(self.plan.params).fit(self.fit_vectors())
         return self._knn
 
 
@@ -192,14 +180,8 @@ def _fit_step(ctx: _Ctx) -> dict[str, Any]:
 
 
 def _place_rows(ctx: _Ctx, x: np.ndarray, emb: np.ndarray, chunk: int) -> np.ndarray:
-    """Raw layout positions of new rows x: float32 [q, C] -> float32 [q, 2]."""
-    p = ctx.plan.params
-    if p["placement"] == "interpolate":
-        idx, d = ctx.index().kneighbors(ctx.project(x), min(p["place_k"], emb.shape[0]))
-        return interpolate_positions(idx, d, emb)
-    idx, d = ctx.index().kneighbors(ctx.project(x), p["n_neighbors"])
-    seed = (p["seed"] * 1_000_003 + chunk) % (2**32 - 1)
-    return umap_transform(idx, d, emb, min_dist=p["min_dist"], n_epochs=None, random_state=seed)
+    """Raw layout positions of new rows x: float32 [q, C] -> float32 [q, 2] (the kernel `atlas locate` shares)."""
+    return place_rows(ctx.index(), ctx.project(x), emb, ctx.plan.params, salt=chunk)
 
 
 def _place_chunk(ctx: _Ctx, g: zarr.Group, emb: np.ndarray, j: int) -> dict[str, Any]:
@@ -262,8 +244,10 @@ def _finish(ctx: _Ctx) -> dict[str, Any]:
     g = ctx.group()
     trust = _trust(ctx, g["coords"])
     knn_info = ctx.run.read_json(f"state/{NAME}/done/knn")
+    bounds = ctx.run.read_json(f"state/{NAME}/done/normalise")
     g.attrs.update({
         "params": ctx.plan.params, "init": ctx.plan.params["init"], "knn_method": knn_info["method"],
+        "bounds": {"lo": bounds["lo"], "hi": bounds["hi"]},
         "knn_recall": knn_info["recall"], "trustworthiness": trust, "trustworthiness_k": 10,
         "knn_indices_refer_to": "fit_rows (positions 0..M-1); fit_rows[i] is the collect row",
         "coords_axes": ["x", "y"], "complete": True,

@@ -35,7 +35,7 @@
     grid: null, query: null, hover: null, selected: null, cursor: null,
     lastDraw: { s: null, labels: 0, heatCells: 0, heatColours: 0, labelBoxes: [] }
   };
-  var api = { state: state };
+  var api = { state: state, drawHooks: [] };  // drawHooks: functions(ctx, view) drawing on the overlay (atlases.js)
   window.atlasViewer = api;
 
   var $ = function (id) { return document.getElementById(id); };
@@ -371,17 +371,25 @@
   }
   function meets(r, x0, y0, x1, y1) { return r && x0 < r.x1 && x1 > r.x0 && y0 < r.y1 && y1 > r.y0; }
 
-  function draw() {
-    var dpr = window.devicePixelRatio || 1, vs = viewSize(), w = vs.w, h = vs.h;
-    if (overlay.width !== Math.round(w * dpr) || overlay.height !== Math.round(h * dpr)) {
-      overlay.width = Math.round(w * dpr);
-      overlay.height = Math.round(h * dpr);
-      overlay.style.width = w + "px";
-      overlay.style.height = h + "px";
+  // A canvas sized to w x h CSS px at the device's pixel ratio, cleared: its 2-D context in CSS px.
+  function fitCanvas(canvas, w, h) {
+    var dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+      canvas.style.width = w + "px";
+      canvas.style.height = h + "px";
     }
-    var ctx = overlay.getContext("2d");
+    var ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
+    return ctx;
+  }
+  api.fitCanvas = fitCanvas;
+
+  function draw() {
+    var vs = viewSize(), w = vs.w, h = vs.h;
+    var ctx = fitCanvas(overlay, w, h);
     var out = { s: null, labels: 0, heatCells: 0, heatColours: 0, labelBoxes: [] };
     state.lastDraw = out;
     if (viewer.world.getItemCount() !== grids.length) return;
@@ -425,6 +433,9 @@
         out.heatColours = colours.size;
       }
     }
+
+    var view = { s: s, level: level, origin: origin, cw: cw, ch: ch, r0: r0, r1: r1, c0: c0, c1: c1, query: state.query };
+    api.drawHooks.forEach(function (hook) { hook(ctx, view); });
 
     if (cw >= LABEL_MIN_PX) {  // labels: the top class, inside the visible part of each cell, never under the minimap or panel
       var nav = viewer.navigator ? rectOf(viewer.navigator.element) : null;
@@ -821,6 +832,7 @@
     var parts = ["x=" + c.x.toFixed(4), "y=" + c.y.toFixed(4), "z=" + z.toPrecision(4)];
     if (state.query !== null) parts.push("class=" + encodeURIComponent(className(state.query)));
     if (state.selected) parts.push("cell=" + [state.selected.s, state.selected.row, state.selected.col].join(","));
+    (api.urlParts || []).forEach(function (part) { var p = part(); if (p) parts.push(p); });  // e.g. located.js
     var hash = "#" + parts.join("&");
     if (location.hash !== hash) {
       lastHash = hash;

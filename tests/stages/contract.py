@@ -14,6 +14,11 @@ a subprocess, on the tiny settings of :data:`tests.cluster.util.WHOLE`; the inpu
 copies of the session's whole tiny atlas (``tests/conftest.py::whole_run``) with the later
 stages removed, so a class costs about one run of its own stage per test.
 
+An *analysis* (``atlas.stages.ANALYSES``: ``atlas locate``, ``atlas patch-test``) keeps the same
+contract on a finished atlas: its inputs are the whole tiny atlas (nothing of any analysis), its
+reference that plus one run of its own command (with the class's ``overrides`` and ``cli_args``),
+and a redo of a pipeline stage makes every later pipeline stage stale, then the analysis.
+
 ``ATLAS_KILL_SEED=N`` reproduces the kill points of an earlier run (each failure says its seed).
 """
 
@@ -34,7 +39,7 @@ import pytest
 
 from atlas.api import status
 from atlas.config import load_config
-from atlas.stages import STAGES, check_inputs, get_stage
+from atlas.stages import ANALYSES, STAGES, check_inputs, get_stage
 from atlas.store import RunDir, StoreError
 from tests.cluster.util import WHOLE, atlas, env, sets, tree
 from tests.conftest import DEMO, ROOT, assert_groups_equal
@@ -59,9 +64,10 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 def drop_stages(run_dir: Path, after: str | None) -> Path:
-    """Remove the outputs and state of every stage after ``after`` (all of them for None)."""
+    """Remove the outputs and state of every pipeline stage after ``after`` (all of them for None)
+    and of every analysis (they come after the whole pipeline)."""
     start = 0 if after is None else STAGES.index(after) + 1
-    for name in STAGES[start:]:
+    for name in (*STAGES[start:], *ANALYSES):
         shutil.rmtree(run_dir / get_stage(name).output, ignore_errors=True)
         shutil.rmtree(run_dir / "state" / name, ignore_errors=True)
     return run_dir
@@ -79,21 +85,25 @@ def _first_changed(overrides: tuple[str, ...]) -> int:
     return len(STAGES)
 
 
-_PREPARED: dict[tuple[str | None, tuple[str, ...]], Path] = {}
+_PREPARED: dict[tuple[str | None, tuple[str, ...], tuple[str, ...]], Path] = {}
 
 
 def prepared_run(whole_run: Path, factory: pytest.TempPathFactory, upto: str | None,
-                 overrides: tuple[str, ...] = ()) -> Path:
+                 overrides: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> Path:
     """A run directory whose stages up to ``upto`` (none for None) are finished with the tiny
     settings plus ``overrides``, and no later stage has started. Shared by the session:
     copy it before running anything in it.
 
     Stages the overrides leave alone come from the whole tiny atlas; the others are run
-    through the CLI, once per session."""
-    key = (upto, tuple(overrides))
+    through the CLI, once per session. ``upto`` an analysis: the whole atlas (every pipeline
+    stage) plus one run of ``atlas <analysis> DEMO <args> --set ...`` (no other analysis)."""
+    key = (upto, tuple(overrides), tuple(args))
     if key in _PREPARED:
         return _PREPARED[key]
-    if upto is None:
+    if upto in ANALYSES:
+        run_dir = copy_run(prepared_run(whole_run, factory, STAGES[-1], overrides), factory.mktemp(f"upto-{upto}") / "run")
+        stage_cli(upto, run_dir, overrides, *args)
+    elif upto is None:
         run_dir = factory.mktemp("inputs-none") / "run"
         run_dir.mkdir()
     elif STAGES.index(upto) < _first_changed(tuple(overrides)):
@@ -124,8 +134,9 @@ def mark_finished(run_dir: Path, *stages: str) -> None:
 
 def stage_cli(stage: str, run_dir: Path, overrides: tuple[str, ...], *args: str,
               check: bool = True) -> subprocess.CompletedProcess:
-    """``atlas STAGE demo.yaml --set ...`` on the tiny settings plus ``overrides``."""
-    return atlas(stage, str(DEMO), *sets(run_dir, *overrides), *args, check=check)
+    """``atlas STAGE demo.yaml ARGS --set ...`` on the tiny settings plus ``overrides`` (``args``: the
+    command's own arguments and options, e.g. locate's images or ``--shard``)."""
+    return atlas(stage, str(DEMO), *args, *sets(run_dir, *overrides), check=check)
 
 
 def one_line_error(p: subprocess.CompletedProcess, *words: str) -> str:
@@ -172,9 +183,9 @@ sys.exit(main(sys.argv[4:]))
 
 
 def run_killed(stage: str, run_dir: Path, overrides: tuple[str, ...], after: int,
-               delay: float = 0.0) -> subprocess.CompletedProcess:
-    """Run ``atlas STAGE`` and kill -9 it ``delay`` s after its ``after``-th done marker."""
-    args = [stage, str(DEMO), *sets(run_dir, *overrides)]
+               delay: float = 0.0, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``atlas STAGE DEMO ARGS --set ...`` and kill -9 it ``delay`` s after its ``after``-th done marker."""
+    args = (stage, str(DEMO), *args, *sets(run_dir, *overrides))
     return subprocess.run([sys.executable, "-c", _KILL_HOOK, stage, str(after), str(delay), *args],
                           capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
 
@@ -217,14 +228,20 @@ class StageContract:
     """Tests every stage passes; a subclass names the stage and its tiny settings.
 
     Class attributes:
-      ``stage``: the stage's name.
+      ``stage``: the stage's name (a pipeline stage or an analysis).
       ``overrides``: ``key=value`` settings on top of the tiny whole atlas (``WHOLE``).
+      ``cli_args``: arguments of the stage's own command before its ``--set`` options, on every
+      call of it (rerun, kill, shards, refusals): ``atlas locate`` takes its images so.
       ``shardable``: ``--shard i/n`` splits its units (else it is refused).
       ``kill_after``: done units before the kill in ``test_resume_after_kill`` (None: a random
       number between 1 and all but one, from :data:`KILL_SEED`).
       ``output_kind``: ``zarr`` (arrays compared bit for bit) or ``files`` (byte for byte).
       ``redo``: ``(stage, "key=value")``: an earlier stage redone with another setting of
-      its own, which makes this stage stale (stages with inputs).
+      its own, which makes this stage stale (stages with inputs); for an analysis, a pipeline
+      stage: every later pipeline stage, then the analysis, become stale.
+      ``reads``: stages an analysis reads besides its ``inputs`` (patch-test's ``cell:`` patch
+      reads render): not tracked, so never what makes it stale, but refused the same way,
+      unfinished or stale, in one line naming the stage and the command that finishes it.
       ``refused``: ``("key=value", "key: old -> new")``: other settings the finished stage
       refuses, and how the refusal names them (stages that refuse changes).
       ``accepted``: settings that do not change the stage's outputs: a rerun with them does nothing.
@@ -233,10 +250,12 @@ class StageContract:
 
     stage: ClassVar[str]
     overrides: ClassVar[tuple[str, ...]] = ()
+    cli_args: ClassVar[tuple[str, ...]] = ()
     shardable: ClassVar[bool] = True
     kill_after: ClassVar[int | None] = None
     output_kind: ClassVar[str] = "zarr"
     redo: ClassVar[tuple[str, str] | None] = None
+    reads: ClassVar[tuple[str, ...]] = ()
     refused: ClassVar[tuple[tuple[str, str], ...]] = ()
     accepted: ClassVar[tuple[str, ...]] = ()
     slow: ClassVar[tuple[str, ...]] = ()
@@ -260,14 +279,28 @@ class StageContract:
     @classmethod
     def runs(cls, whole_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
         """The stage's inputs, ready (the stages before it run once, through the CLI), and a reference run."""
-        i = STAGES.index(cls.stage)
-        inputs = prepared_run(whole_run, tmp_path_factory, STAGES[i - 1] if i else None, cls.overrides)
-        reference = prepared_run(whole_run, tmp_path_factory, cls.stage, cls.overrides)
+        return cls.prepare(whole_run, tmp_path_factory)
+
+    @classmethod
+    def prepare(cls, whole_run: Path, factory: pytest.TempPathFactory) -> Runs:
+        """What :meth:`runs` returns (for a subclass's own ``runs`` fixture that sets its settings
+        first). An analysis's inputs: the whole atlas."""
+        if cls.stage in ANALYSES:
+            before = STAGES[-1]
+        else:
+            i = STAGES.index(cls.stage)
+            before = STAGES[i - 1] if i else None
+        inputs = prepared_run(whole_run, factory, before, cls.overrides)
+        reference = prepared_run(whole_run, factory, cls.stage, cls.overrides, cls.cli_args)
         return Runs(inputs, reference)
 
+    @property
+    def analysis(self) -> bool:
+        return self.stage in ANALYSES
+
     def cli(self, run_dir: Path, *opts: str, more: tuple[str, ...] = (), check: bool = True) -> subprocess.CompletedProcess:
-        """``atlas <stage>`` on ``run_dir`` with this class's settings plus ``more``, and options ``opts``."""
-        return stage_cli(self.stage, run_dir, (*self.overrides, *more), *opts, check=check)
+        """``atlas <stage>`` on ``run_dir`` with this class's arguments, options ``opts`` and settings plus ``more``."""
+        return stage_cli(self.stage, run_dir, (*self.overrides, *more), *self.cli_args, *opts, check=check)
 
     def output(self, run_dir: Path) -> Path:
         return run_dir / get_stage(self.stage).output
@@ -307,7 +340,7 @@ class StageContract:
         why = (f"{self.stage} killed {delay:.3f} s after {after} of {total} units (ATLAS_KILL_SEED={KILL_SEED} "
                f"replays it)")
         run_dir = copy_run(runs.inputs, tmp_path / "run")
-        p = run_killed(self.stage, run_dir, self.overrides, after, delay)
+        p = run_killed(self.stage, run_dir, self.overrides, after, delay, self.cli_args)
         assert p.returncode == -9, f"{why}: it ended with {p.returncode} instead:\n{p.stderr[-3000:]}"
         done = RunDir(run_dir).done_units(self.stage)
         assert "final" not in done and len(done) == after, f"{why}: done markers {sorted(done)}"
@@ -359,24 +392,30 @@ class StageContract:
 
     def _check_unfinished_inputs(self, runs: Runs, tmp_path: Path) -> None:
         """Each input unfinished in turn: the runner's input check names it (through the CLI for
-        the last input, the stage's direct predecessor; in this process for the others)."""
+        the last input, the stage's direct predecessor; in this process for the others). Each
+        stage of ``reads`` unfinished: the command refuses it, naming it."""
         stage = get_stage(self.stage)
         run_dir = copy_run(runs.inputs, tmp_path / "unfinished")
-        for name in stage.inputs:
+        for name in (*stage.inputs, *self.reads):
             marker = run_dir / "state" / name / "done" / "final"
             saved = marker.read_bytes()
             marker.unlink()
-            with pytest.raises(StoreError, match=f"needs a finished `{name}`, which is .*`atlas {name} "):
-                check_inputs(stage, RunDir(run_dir))
-            if name == stage.inputs[-1]:
+            if name in stage.inputs:
+                with pytest.raises(StoreError, match=f"needs a finished `{name}`, which is .*`atlas {name} "):
+                    check_inputs(stage, RunDir(run_dir))
+            if name == stage.inputs[-1] or name in self.reads:
                 one_line_error(self.cli(run_dir, check=False), f"needs a finished `{name}`", f"atlas {name} ")
             marker.write_bytes(saved)
         assert not self.output(run_dir).exists(), "a refused stage created its outputs"
 
     def _check_stale_inputs(self, runs: Runs, tmp_path: Path) -> None:
+        """Redo ``redo``'s stage with its setting: every later stage (up to this one; for an
+        analysis every later pipeline stage, then the analysis) is stale, a stale input (or stage
+        of ``reads``) is refused, and `atlas run` (then the analysis's command) redoes them."""
         assert self.redo is not None, f"{self.stage} has inputs: name an earlier stage to redo in `redo`"
         earlier, setting = self.redo
-        upto = STAGES[: STAGES.index(self.stage) + 1]
+        upto = [*STAGES, self.stage] if self.analysis else list(STAGES[: STAGES.index(self.stage) + 1])
+        assert earlier in STAGES and earlier in upto[:-1], f"redo names {earlier!r}, not a pipeline stage before {self.stage}"
         after = upto[upto.index(earlier) + 1:]
         run_dir = copy_run(runs.reference, tmp_path / "stale")
         old = _final(run_dir, self.stage)["fingerprint"]
@@ -388,11 +427,14 @@ class StageContract:
         states = _states(run_dir)  # what `atlas status` prints
         assert states[earlier] == "done" and all(states[s] == "stale" for s in after), \
             f"after redoing {earlier} with {setting}: {states}"
-        stale = [s for s in get_stage(self.stage).inputs if s in after]
-        if stale:  # a direct input is stale: refused, pointing at it
+        stale = [s for s in (*get_stage(self.stage).inputs, *self.reads) if s in after]
+        if stale:  # a direct input (or a stage it reads) is stale: refused, pointing at it
             one_line_error(self.cli(run_dir, more=(setting,), check=False), f"`{stale[0]}`", "stale", f"atlas {stale[0]} ")
             assert _final(run_dir, self.stage)["fingerprint"] == old
-        atlas("run", str(DEMO), *sets(run_dir, *self.overrides, setting), "--stages", ",".join(upto))
+        pipeline = [s for s in upto if s in STAGES]
+        atlas("run", str(DEMO), *sets(run_dir, *self.overrides, setting), "--stages", ",".join(pipeline))
+        if self.analysis:  # not one of `atlas run`'s stages: its own command
+            self.cli(run_dir, more=(setting,))
         states = _states(run_dir)
         assert all(states[s] == "done" for s in upto), f"after `atlas run` with {setting}: {states}"
         assert _final(run_dir, self.stage)["fingerprint"] != old, f"{self.stage} was not redone"

@@ -13,7 +13,12 @@ serve it with ``atlas serve RUN``)::
     heat/<s>/<k>.js                 class k's heatmap over grid s (uint8 per cell, scaled to its maximum)
     icons/<s>/<sheet>.<fmt>         every cell's icon at full size (the click panel)
     examples/<row>.jpg              crop of collect row ``row`` around its sampled position
-    index.html viewer.js viewer.css openseadragon/   the viewer
+    index.html viewer.js viewer.css atlases.js openseadragon/   the viewer (atlases.js: the atlas list, a
+                                    two-class atlas's comparison; it loads the run's RUN/atlases.js)
+    located.js                      the Located list: images of `atlas locate` (RUN/locate/index.js)
+
+Finishing (and creating, and refreshing) also rewrites the run's atlas index, ``RUN/atlases.json``
+and ``.js`` (:mod:`atlas.stages._atlases`; in a class atlas, the parent run's).
 
 The ``.js`` twins assign the JSON to globals (``window.ATLAS``, ``window.ATLAS_CELLS_<s>``,
 ``window.ATLAS_HEAT_<s>_<k>``) so the page works from ``file://``, where Chromium refuses ``fetch``.
@@ -72,6 +77,7 @@ from ...config import Config
 from ...store import DurableWriter, RunDir
 from ...viewer_assets import openseadragon_dir, viewer_source_dir
 from .._protocol import Job, Resources, StageBase
+from ._classes import update_index
 from ._context import DZI_NAME, HEAT_BLOCK, ICONS_PER_SHEET, NAME, OUTPUT, SHEET_COLS, Context, dzi_name, sheet_cols
 from ._inputs import Inputs, read_inputs
 from ._metadata import example_box, write_metadata
@@ -103,6 +109,7 @@ class TileStage(StageBase):
 
     def create(self, ctx: Context) -> None:
         save_plan(ctx)
+        update_index(ctx.run, ctx.cfg.classes.parent)  # a redone atlas leaves the run's index until finished
 
     def units(self, ctx: Context) -> list[str]:
         return [u["name"] for u in ctx.plan["units"]]
@@ -118,12 +125,14 @@ class TileStage(StageBase):
         write_metadata(ctx, writer)
         write_viewer(ctx, writer)
         writer.sync()
+        update_index(ctx.run, ctx.cfg.classes.parent)
         ctx.log.info("tiles complete: %d tiles in %d pyramids (%d levels), finest %d x %d px; view with `atlas serve %s`",
                      p["tiles"], len(p["sizes"]), p["levels"], p["width"], p["height"], ctx.run.root)
         return {"tiles": p["tiles"], "levels": p["levels"]}
 
     def refresh(self, job: Job) -> None:
         refresh_viewer(job)
+        update_index(job.run, job.cfg.classes.parent)
 
     def detail(self, run: RunDir) -> dict[str, Any]:
         """Tiles, levels, canvas size, grids and the output folder."""

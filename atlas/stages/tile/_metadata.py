@@ -11,6 +11,7 @@ import numpy as np
 
 from ...ops.canvas import crop_box
 from ...store import DurableWriter
+from ._classes import identity, pair_values
 from ._context import HEAT_BLOCK, NAME, Context, dzi_name, sheet_cols
 from ._inputs import Inputs
 
@@ -117,6 +118,7 @@ def cells_doc(ctx: Context, s: int, failed: set[int], heat: dict[str, np.ndarray
     slot[painted] = np.arange(len(painted[0]))
     per_sheet = sheet_cols(inp.icon_sizes[s]) ** 2
     pos_sum, best_value = heat["pos_sum"].reshape(s, s), heat["best_value"].reshape(s, s)
+    pair = pair_values(ctx, s)  # a two-class atlas: each cell's attribution to both classes
     out = []
     for r, c in zip(*np.nonzero(count >= inp.min_count)):
         r, c = int(r), int(c)
@@ -134,7 +136,10 @@ def cells_doc(ctx: Context, s: int, failed: set[int], heat: dict[str, np.ndarray
                                 "icon": [int(slot[r, c]) // per_sheet, int(slot[r, c]) % per_sheet]
                                 if slot[r, c] >= 0 else None,
                                 "cossim": _r(cossim[i]) if i >= 0 else None,
-                                "objective": _r(objective[i]) if i >= 0 else None}
+                                "objective": _r(objective[i]) if i >= 0 else None,
+                                "rank": int(rank[i]) if i >= 0 and rank[i] > 0 else None}
+        if pair is not None:
+            cell["pair"] = [_r(pair[r, c, 0]), _r(pair[r, c, 1])]
         out.append(cell)
     return {"size": s, "cell_px": inp.icon_sizes[s], "top_kind": inp.class_kind, "top_k": int(top_c.shape[2]),
             "icon_url": f"icons/{s}/{{sheet}}.{t.format}", "icon_sheet_cols": sheet_cols(inp.icon_sizes[s]),
@@ -174,6 +179,7 @@ def atlas_doc(ctx: Context, counts: dict[int, int], heat: dict[int, dict[str, np
         "heat_url": "heat/{size}/{class}.js",
         "class_cells": {str(s): [int(h["n_pos"][k]) for k in present] for s, h in heat.items()},
         "class_top": {str(s): [int(tops[s][k]) for k in present] for s in heat},
+        **identity(ctx),
     }
 
 

@@ -12,7 +12,7 @@ from ...viewer_assets import openseadragon_dir, viewer_source_dir
 from .._protocol import Job
 from ._context import OUTPUT, Context, dzi_name
 
-_VIEWER_FILES = ("index.html", "viewer.js", "viewer.css")
+_VIEWER_FILES = ("index.html", "viewer.js", "viewer.css", "atlases.js", "located.js")
 
 
 def static_files() -> dict[str, Path]:

@@ -1,0 +1,203 @@
+/* The atlases of one run: a switcher in the header (the main atlas and every class atlas), and in a
+ * class atlas of two classes their comparison: each cell coloured by the class its activations
+ * support more, a two-colour legend, and each class's strongest cells side by side (click: fly there).
+ *
+ * The run's index, RUN/atlases.js (window.ATLAS_INDEX: slug, title, classes, path of each finished
+ * atlas's tiles folder), is loaded through the relative path atlas.json names (atlases_index:
+ * ../atlases.js in the main atlas, ../../../atlases.js in RUN/classes/<slug>/tiles), so it works
+ * from file:// and served alike. Switching opens the other atlas's index.html: the page's path names
+ * the atlas shown (RUN/tiles/ or RUN/classes/<slug>/tiles/), and nothing else of the view is kept.
+ *
+ * Runs after viewer.js and uses its API (window.atlasViewer): the overlay draw hooks, loadCells,
+ * openPanel, the OpenSeadragon viewer. window.atlasViewer.atlases exposes its state (for tests).
+ */
+(function () {
+  "use strict";
+
+  var COLOURS = ["#e66101", "#2f6fd6"];  // the two classes: orange, blue (distinct for the common colour blindnesses)
+  var STRONGEST = 8;                      // cells listed per class
+  var THUMB = 34;                         // icon thumbnails in the lists, px
+
+  var A = window.ATLAS, api = window.atlasViewer;
+  if (!A || !api || !api.viewer) return;
+  var $ = function (id) { return document.getElementById(id); };
+  var ca = A.class_atlas || null;
+  var out = { index: null, current: ca ? ca.slug : null, compare: null };
+  api.atlases = out;
+
+  function esc(text) {
+    return String(text).replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+  function fmtInt(n) { return n === null || n === undefined ? "?" : Number(n).toLocaleString("en-US"); }
+  function plural(n, word) { return fmtInt(n) + " " + word + (n === 1 ? "" : "s"); }
+  function fmtVal(v) { return v === null || v === undefined ? "" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3); }
+
+  // ------------------------------------------------------------------ title
+  if (ca) {
+    var title = document.querySelector(".title"), what = ca.names.join(" vs ");
+    if (title) { title.textContent = "Class atlas: " + what; title.title = title.textContent; }
+    document.title = "Class atlas \u00b7 " + what + " \u00b7 " + A.model + " " + A.layer;
+  }
+
+  // ------------------------------------------------------------------ the switcher
+  // an atlas tiled before the index existed (no class_atlas key) is a main atlas: its index is ../atlases.js
+  var indexSrc = A.atlases_index || (A.class_atlas === undefined ? "../atlases.js" : null);
+  function entryUrl(e) { return (A.atlases_root || "../") + e.path + "index.html"; }
+  function entryLabel(e) {
+    return (e.slug ? (e.classes.length > 1 ? "Classes: " : "Class: ") + e.title : "Whole atlas") +
+      (e.rows ? " (" + fmtInt(e.rows) + " rows)" : "");
+  }
+  function switchTo(slug) {  // open the atlas ``slug`` (null: the main one); false when the index has none
+    var e = (out.index && out.index.atlases || []).filter(function (a) { return (a.slug || null) === slug; })[0];
+    if (!e) return false;
+    location.href = entryUrl(e);
+    return true;
+  }
+  function buildSwitch(index) {
+    var box = $("atlas-switch-box"), sel = $("atlas-switch"), list = index && index.atlases || [];
+    if (!box || !sel || list.length < 2) return;
+    sel.innerHTML = list.map(function (e, i) {
+      var here = (e.slug || null) === out.current;
+      return "<option value='" + i + "'" + (here ? " selected" : "") + ">" + esc(entryLabel(e)) + "</option>";
+    }).join("");
+    sel.title = "The atlases of this run: the whole atlas and its class atlases (`atlas class-atlas`)";
+    box.hidden = false;
+    sel.addEventListener("change", function () { switchTo(list[Number(sel.value)].slug || null); });
+  }
+  // other parts (located.js) wait for the index: api.onAtlasIndex.push(function (index) { ... })
+  api.onAtlasIndex = api.onAtlasIndex || [];
+  function indexLoaded() { api.onAtlasIndex.forEach(function (f) { f(out.index); }); }
+  function loadIndex() {
+    if (!indexSrc) { out.index = { atlases: [] }; indexLoaded(); return; }
+    var el = document.createElement("script");
+    el.src = indexSrc;
+    el.onload = function () { el.remove(); out.index = window.ATLAS_INDEX || null; buildSwitch(out.index); indexLoaded(); };
+    el.onerror = function () { el.remove(); out.index = { atlases: [] }; indexLoaded(); };
+    document.head.appendChild(el);
+  }
+  api.switchAtlas = switchTo;
+  loadIndex();
+
+  // ------------------------------------------------------------------ two classes compared
+  if (!ca || ca.names.length !== 2) return;
+  var grids = A.grids.slice().sort(function (a, b) { return a.size - b.size; });
+  var finest = grids[grids.length - 1];
+  var cmp = { on: true, columns: [[], []], lastDraw: { cells: 0, sides: [0, 0] } };
+  out.compare = cmp;
+
+  function lead(cell) {  // {side, strength in [0, 1]} of the class the cell supports more; null when neither
+    if (!cell.pair) return null;
+    var a = cell.pair[0] || 0, b = cell.pair[1] || 0;
+    if (a <= 0 && b <= 0) return null;
+    return { side: a >= b ? 0 : 1, strength: Math.abs(a - b) / (Math.abs(a) + Math.abs(b)) };
+  }
+  function rgba(hex, alpha) {
+    return "rgba(" + [1, 3, 5].map(function (i) { return parseInt(hex.slice(i, i + 2), 16); }).join(",") + "," + alpha.toFixed(3) + ")";
+  }
+  function drawPair(ctx, v) {  // an overlay hook: every visible cell in the colour of the class it supports more
+    var n = 0, sides = [0, 0];
+    if (cmp.on && v.query === null && v.level) {
+      for (var r = v.r0; r <= v.r1; r++) {
+        for (var c = v.c0; c <= v.c1; c++) {
+          var cell = v.level.byKey.get(r * v.s + c), l = cell && lead(cell);
+          if (!l) continue;
+          var x = v.origin.x + c * v.cw, y = v.origin.y + r * v.ch;
+          ctx.fillStyle = rgba(COLOURS[l.side], 0.16 + 0.36 * l.strength);
+          ctx.fillRect(x, y, v.cw, v.ch);
+          if (v.cw >= 8) {
+            ctx.strokeStyle = COLOURS[l.side];
+            ctx.lineWidth = Math.max(1, Math.min(3, v.cw / 24));
+            ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, v.cw - ctx.lineWidth, v.ch - ctx.lineWidth);
+          }
+          n += 1;
+          sides[l.side] += 1;
+        }
+      }
+    }
+    cmp.lastDraw = { cells: n, sides: sides };
+  }
+
+  function zoomPxFor(g) {  // atlas width on screen that shows grid g (viewer.js's level-of-detail rule)
+    var i = grids.indexOf(g), f = A.lod_fraction || 1;
+    if (i <= 0) return api.homePx();
+    var lo = f * g.size * g.icon_size, next = grids[i + 1];
+    return next ? Math.min(lo * 1.25, (lo + f * next.size * next.icon_size) / 2) : lo * 1.25;
+  }
+  function flyTo(s, row, col) {  // show cell (row, col) of grid s in the middle, at that grid's zoom, and open its panel
+    var g = grids.filter(function (x) { return x.size === s; })[0], vp = api.viewer.viewport;
+    if (!g) return;
+    var open = function () {
+      api.loadCells(s).then(function (level) {
+        var cell = level.byKey.get(row * s + col);
+        if (cell) api.openPanel({ s: s, row: row, col: col, cell: cell });
+      }, function () {});
+    };
+    api.viewer.addOnceHandler("animation-finish", open);
+    vp.zoomTo(Math.min(vp.getMaxZoom(), zoomPxFor(g) / (vp.getContainerSize().x || 1)));
+    vp.panTo(new OpenSeadragon.Point((col + 0.5) / s, (row + 0.5) / s));
+    vp.applyConstraints();
+  }
+  cmp.flyTo = flyTo;
+
+  function strongest(doc, side) {  // the cells whose activations support class ``side`` more, strongest first
+    return doc.cells.filter(function (cell) { var l = lead(cell); return l && l.side === side; })
+      .sort(function (a, b) { return b.pair[side] - a.pair[side] || a.row - b.row || a.col - b.col; })
+      .slice(0, STRONGEST);
+  }
+  function thumbHtml(doc, cell) {
+    if (!cell.icon) return "<span class='thumb'></span>";
+    var cols = doc.icon_sheet_cols, slot = cell.icon[1];
+    return "<span class='thumb' style=\"background-image:url('" + esc(doc.icon_url.replace("{sheet}", cell.icon[0])) +
+      "');background-size:" + cols * THUMB + "px auto;background-position:-" + (slot % cols) * THUMB + "px -" +
+      Math.floor(slot / cols) * THUMB + "px\"></span>";
+  }
+  function columnHtml(doc, side) {
+    var cells = cmp.columns[side];
+    var head = "<h3 style='color:" + COLOURS[side] + "'>" + esc(ca.names[side]) + "</h3>";
+    if (!cells.length) return head + "<p class='none'>no cell supports it more</p>";
+    return head + "<ol>" + cells.map(function (cell) {
+      return "<li><button type='button' data-side='" + side + "' data-row='" + cell.row + "' data-col='" + cell.col +
+        "' title='cell (" + cell.row + ", " + cell.col + ") of the " + doc.size + "\u00d7" + doc.size + " grid, " +
+        plural(cell.count, "activation") + "; mean attribution: " +
+        esc(ca.names[0]) + " " + fmtVal(cell.pair[0]) + ", " + esc(ca.names[1]) + " " + fmtVal(cell.pair[1]) + "'>" +
+        thumbHtml(doc, cell) + "<span class='what'>(" + cell.row + ", " + cell.col + ")</span><span class='value'>" +
+        fmtVal(cell.pair[side]) + "</span></button></li>";
+    }).join("") + "</ol>";
+  }
+  function fill(level) {
+    var doc = level.doc, box = $("compare");
+    cmp.columns = [strongest(doc, 0), strongest(doc, 1)];
+    $("compare-cols").innerHTML = "<div class='compare-col' id='compare-col-0'>" + columnHtml(doc, 0) + "</div>" +
+      "<div class='compare-col' id='compare-col-1'>" + columnHtml(doc, 1) + "</div>";
+    box.querySelectorAll("button[data-row]").forEach(function (b) {
+      b.addEventListener("click", function () { flyTo(doc.size, Number(b.getAttribute("data-row")), Number(b.getAttribute("data-col"))); });
+    });
+  }
+  function setup() {
+    var box = $("compare");
+    if (!box) return;
+    box.innerHTML = "<div class='compare-head'><strong>Which class does each cell support more?</strong>" +
+      "<button type='button' id='compare-fold' class='legend-button' aria-expanded='true'>Hide</button></div>" +
+      "<div class='compare-legend' id='compare-legend'>" + ca.names.map(function (name, i) {
+        return "<span><span class='swatch' style='background:" + COLOURS[i] + "'></span>" + esc(name) + "</span>";
+      }).join("") + "</div><div id='compare-body'><label class='compare-on'><input type='checkbox' id='compare-colour' checked> " +
+      "colour the cells (stronger: a clearer lead in mean attribution)</label>" +
+      "<div id='compare-cols' class='compare-cols'>\u2026</div>" +
+      "<p class='explain'>Each class's strongest cells of the " + finest.size + "\u00d7" + finest.size +
+      " grid; click one to fly there.</p></div>";
+    box.hidden = false;
+    $("compare-colour").addEventListener("change", function (e) { cmp.on = e.target.checked; api.redraw(); });
+    $("compare-fold").addEventListener("click", function (e) {
+      var body = $("compare-body"), hide = !body.hidden;
+      body.hidden = hide;
+      e.target.textContent = hide ? "Show" : "Hide";
+      e.target.setAttribute("aria-expanded", String(!hide));
+    });
+    if (window.innerWidth <= 640) $("compare-fold").click();  // narrow screens: the lists folded, the legend shown
+    api.drawHooks.push(drawPair);
+    api.loadCells(finest.size).then(fill, function () {});
+  }
+  setup();
+})();
