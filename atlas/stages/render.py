@@ -170,6 +170,7 @@ class _Context:
     log: logging.Logger
     batch_size: int
     acts: Any = None
+    manifest: Any = None  # the run's manifest, read by the first unit that starts from dataset examples
     _units: dict[str, _Unit] | None = None
 
     @property
@@ -289,11 +290,12 @@ def _layer_activations(cfg: Config, grid: _Grid) -> Any:
 
 
 def example_patches(run: RunDir, rows: np.ndarray, positions: np.ndarray, size: int, *, window: float,
-                    max_pixels: int, min_side: int) -> tuple[torch.Tensor, list[int]]:
+                    max_pixels: int, min_side: int, manifest: Any = None) -> tuple[torch.Tensor, list[int]]:
     """Each cell's dataset-example patch: collect row ``rows[i]``'s image as the network saw it,
     cut to ``window`` layer cells around its sampled position ``positions[i]`` (y, x) (the crop
     the viewer shows) and resized to ``size``: float32 [n, 3, size, size] in [0, 1], and the
-    indices whose image could not be read (those are mid-grey)."""
+    indices whose image could not be read (those are mid-grey). ``manifest``: the run's, when
+    already read (else it is read here)."""
     from PIL import Image
 
     from ..ops.canvas import crop_box
@@ -302,7 +304,7 @@ def example_patches(run: RunDir, rows: np.ndarray, positions: np.ndarray, size: 
     col = run.open_group("collect")
     _, lh, lw = (int(v) for v in col.attrs["layer_shape"])
     in_size = int(col.attrs["input_size"])
-    manifest = read_manifest(run.root)
+    manifest = manifest if manifest is not None else read_manifest(run.root)
     out, failed = np.full((len(rows), size, size, 3), 0.5, np.float32), []
     for i, (row, (y, x)) in enumerate(zip(rows.tolist(), positions.tolist())):
         try:
@@ -326,8 +328,12 @@ def _init_images(ctx: _Context, unit: _Unit, side: int) -> torch.Tensor | None:
                          "set render.init=noise or rerun `atlas grid` with examples")
     rows, pos = lvl.examples[unit.lo:unit.hi], lvl.example_positions[unit.lo:unit.hi]
     images = ctx.cfg.images
+    if ctx.manifest is None:  # read once per process, not per unit
+        from ..sources import read_manifest
+
+        ctx.manifest = read_manifest(ctx.run.root)
     init, failed = example_patches(ctx.run, rows, pos, side, window=ctx.cfg.tile.example_window,
-                                   max_pixels=images.max_pixels, min_side=images.min_side)
+                                   max_pixels=images.max_pixels, min_side=images.min_side, manifest=ctx.manifest)
     if failed:
         ctx.log.warning("%s: %d example images could not be read; those icons start from grey", unit.name, len(failed))
     return init

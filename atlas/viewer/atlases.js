@@ -25,14 +25,7 @@
   var out = { index: null, current: ca ? ca.slug : null, compare: null };
   api.atlases = out;
 
-  function esc(text) {
-    return String(text).replace(/[&<>"']/g, function (c) {
-      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
-    });
-  }
-  function fmtInt(n) { return n === null || n === undefined ? "?" : Number(n).toLocaleString("en-US"); }
-  function plural(n, word) { return fmtInt(n) + " " + word + (n === 1 ? "" : "s"); }
-  function fmtVal(v) { return v === null || v === undefined ? "" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3); }
+  var esc = api.esc, fmtInt = api.fmtInt, plural = api.plural, fmtVal = api.fmtVal;
 
   // ------------------------------------------------------------------ title
   if (ca) {
@@ -71,11 +64,8 @@
   function indexLoaded() { api.onAtlasIndex.forEach(function (f) { f(out.index); }); }
   function loadIndex() {
     if (!indexSrc) { out.index = { atlases: [] }; indexLoaded(); return; }
-    var el = document.createElement("script");
-    el.src = indexSrc;
-    el.onload = function () { el.remove(); out.index = window.ATLAS_INDEX || null; buildSwitch(out.index); indexLoaded(); };
-    el.onerror = function () { el.remove(); out.index = { atlases: [] }; indexLoaded(); };
-    document.head.appendChild(el);
+    api.loadScript(indexSrc, function () { out.index = window.ATLAS_INDEX || null; buildSwitch(out.index); indexLoaded(); },
+                   function () { out.index = { atlases: [] }; indexLoaded(); });
   }
   api.switchAtlas = switchTo;
   loadIndex();

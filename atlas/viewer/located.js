@@ -59,18 +59,7 @@
   card.setAttribute("aria-label", "Located image");
   document.getElementById("main").appendChild(card);
 
-  function esc(text) {
-    return String(text).replace(/[&<>"']/g, function (c) {
-      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
-    });
-  }
-  function loadScript(src, onload, onerror) {
-    var el = document.createElement("script");
-    el.src = src;
-    el.onload = function () { el.remove(); onload(); };
-    el.onerror = function () { el.remove(); onerror(); };
-    document.head.appendChild(el);
-  }
+  var esc = api.esc, loadScript = api.loadScript;
 
   // ------------------------------------------------------------------ dots
   var pending = false;

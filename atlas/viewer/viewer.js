@@ -75,6 +75,20 @@
   }
   function unitText() { return A.values && A.values.unit === "logit" ? ", logit units" : ""; }
   function plural(n, word) { return fmtInt(n) + " " + word + (n === 1 ? "" : "s"); }
+  // A script loaded by a tag (works from file:// too), removed once it ran or failed.
+  function loadScript(src, onload, onerror) {
+    var el = document.createElement("script");
+    el.src = src;
+    el.onload = function () { el.remove(); onload(); };
+    el.onerror = function () { el.remove(); onerror(); };
+    document.head.appendChild(el);
+  }
+  // shared with atlases.js and located.js
+  api.esc = esc;
+  api.fmtInt = fmtInt;
+  api.fmtVal = fmtVal;
+  api.plural = plural;
+  api.loadScript = loadScript;
 
   // ------------------------------------------------------------------ grids
   var grids = A.grids.slice().sort(function (a, b) { return a.size - b.size; });
@@ -242,13 +256,6 @@
   api.cellRect = cellRect;
 
   // ------------------------------------------------------------------ cells (lazy, script tags)
-  function loadScript(src, onload, onerror) {
-    var el = document.createElement("script");
-    el.src = src;
-    el.onload = function () { el.remove(); onload(); };
-    el.onerror = function () { el.remove(); onerror(); };
-    document.head.appendChild(el);
-  }
   function indexCells(doc) {
     var byKey = new Map();
     doc.cells.forEach(function (cell) { byKey.set(cell.row * doc.size + cell.col, cell); });
