@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-# The viewer's third-party code (OpenSeadragon), pinned in viewer/package-lock.json.
+# The viewer's third-party code (OpenSeadragon) and its lint (ESLint, development only), pinned in viewer/package-lock.json.
 $(OSD): viewer/package.json viewer/package-lock.json
 	npm ci --prefix viewer --no-audit --no-fund --loglevel=error
 	touch $@
@@ -33,6 +33,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check atlas tests benchmarks scripts
 	$(BIN)/mypy
+	npm run --prefix viewer --silent lint
 
 test: setup browser lint
 	$(BIN)/python -m pytest -q

@@ -49,7 +49,7 @@ def builtin_configs() -> list[str]:
     return config_names()
 
 
-def resolve_config(path: str | os.PathLike | None) -> Path | None:
+def resolve_config(path: str | os.PathLike[str] | None) -> Path | None:
     """A config argument as a file: an existing file, else a built-in name (``demo``, see
     :func:`builtin_configs`), else the path as given (loading it says it does not exist).
 
@@ -143,9 +143,12 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     run = RunDir(run_dir)
     _check_run_dir(run.root)
     report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
+    cfg = None
+    with contextlib.suppress(FileNotFoundError, ValueError):  # the stages as the run's config has them
+        cfg = load_run(run.root)
     for name in STAGES + tuple(a for a in ANALYSES if run.state_path(a).is_dir()):  # analyses once started
         try:
-            stage = get_stage(name)
+            stage = get_stage(name, cfg)
         except NotImplementedError:
             report["stages"].append({"stage": name, "state": "not available", "done": 0, "total": None})
             continue

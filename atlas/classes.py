@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .config import Config, ConfigError, load_config, with_updates
+from .formats import CollectOutput
 from .ops.classes import ClassNameError, atlas_slug, class_grid_sizes, match_classes
 from .stages import STAGES, final_info, get_stage, save_run_config, stage_status
 from .stages._atlases import CLASSES
@@ -40,8 +41,7 @@ def _parent_classes(cfg: Config) -> tuple[RunDir, list[str]]:
     if final_info(run, "collect") is None:
         raise StoreError(f"a class atlas selects rows of a finished collect, and {run.root} has none: run "
                          "`atlas collect CONFIG` (or `atlas run CONFIG`) first, with the same CONFIG")
-    attrs: Any = run.open_group("collect").attrs
-    return run, [str(n) for n in attrs["class_names"]]
+    return run, CollectOutput.open(run).class_names
 
 
 def _stored_names(ks: list[int], names: list[str]) -> list[str]:
@@ -87,7 +87,7 @@ def class_atlas_config(cfg: Config, names: list[str]) -> Config:
     slug = atlas_slug(ks, class_names)
     path = class_atlas_dir(cfg, slug)
     draft = with_updates(cfg, {"classes.names": _stored_names(ks, class_names)})
-    rows, per_class = selection(draft, parent.open_group("collect"), ks)
+    rows, per_class = selection(draft, CollectOutput.open(parent), ks)
     if rows.size < 3:
         counts = ", ".join(f"{class_names[k]!r}: {n}" for k, n in zip(ks, per_class))
         raise StoreError(f"too few rows of {parent.root} support the class ({counts}; a class atlas needs 3 or more): "

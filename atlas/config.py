@@ -26,6 +26,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from ._names import STAGES
+
 __all__ = [
     "Config", "ConfigError", "ImagesConfig", "ModelConfig", "CollectConfig", "ReduceConfig", "GridConfig", "RenderConfig",
     "TileConfig", "ClassesConfig", "LocateConfig", "PatchTestConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
@@ -195,8 +197,6 @@ class GridConfig(_Section):
     top_classes: int = _f(5, "Classes kept per cell.", ge=1)
     examples: int = _f(8, "Dataset examples per cell: the rows of the cell whose sampled activation is nearest (cosine) the cell mean.", ge=1)
     whiten_eps: float = _f(1e-2, "Whitening: S = inv(A^T A / N + eps I); eps relative to the mean eigenvalue.", gt=0)
-    scheduler: str | None = _f(None, "dask scheduler address; None = a LocalCluster of worker processes.")
-    dask_workers: int = _f(2, "Worker processes of the LocalCluster; 0 = no dask, chunks are processed in this process.", ge=0)
 
     @field_validator("sizes")
     @classmethod
@@ -267,7 +267,6 @@ class TileConfig(_Section):
     example_window: float = _f(3.0, "Side of an example crop in layer cells around the sampled position (about input_size / H * this pixels).", gt=0)
     unit_tiles: int = _f(256, "About this many tiles per unit of work (whole tile rows of one zoom level): the resume and sharding granularity.", ge=1)
     examples_per_unit: int = _f(256, "Example crops per unit of work.", ge=1)
-    workers: int = _f(0, "Worker processes per shard (0 = tile in this process); each takes units round robin.", ge=0)
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> TileConfig:
@@ -384,8 +383,6 @@ class SlurmConfig(_Section):
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, stages: dict[str, SlurmStageConfig]) -> dict[str, SlurmStageConfig]:
-        from .stages import STAGES  # here: atlas.stages imports this module
-
         unknown = [name for name in stages if name not in STAGES]
         if unknown:
             raise _Invalid(f"is not a stage; stages are {', '.join(STAGES)}", unknown[0])
@@ -396,6 +393,7 @@ class ClusterConfig(_Section):
     engine: Literal["local", "dask"] = _f("local", "How `atlas run` and the stage commands execute units: `local` (in this process) or `dask` (shards as tasks on a dask cluster: `scheduler`, else a SLURMCluster when `jobqueue.jobs` > 0, else a LocalCluster of `workers` processes). SLURM arrays use `--shard slurm` instead (scripts/slurm).")
     scheduler: str | None = _f(None, "dask scheduler address, e.g. tcp://10.0.0.1:8786 (engine `dask`).")
     workers: int = _f(2, "LocalCluster worker processes (engine `dask` without `scheduler` or `jobqueue`).", ge=1)
+    processes: Annotated[int, Field(ge=0)] | Literal["auto"] = _f(0, "Engine `local`: processes a job of grid or tile fans its tasks out to (chunk sums, bands of tiles), spawned per job and killed with it; 0 or 1 = in this process (fastest on small runs), `auto` = the CPUs the job may use (a SLURM task's `--cpus-per-task`). With engine `dask` the cluster's workers run them.")
     tasks: int | None = _f(None, "Tasks a sharded stage (collect, render, tile) is split into on dask; None = 2 per worker.", ge=1)
     retries: int = _f(2, "dask retries of a failed task, and extra rounds for units left undone (a killed worker's units are rescheduled by dask itself).", ge=0)
     jobqueue: JobqueueConfig = _section(JobqueueConfig, "dask_jobqueue.SLURMCluster.")
@@ -514,8 +512,18 @@ def _error_text(err: Mapping[str, Any], parts: list[str | int]) -> tuple[list[st
     return parts, f"is invalid: {err['msg']}; got {value!r}"
 
 
+_REMOVED = {
+    "grid.scheduler": "grid runs on the engine; set cluster.engine: dask and cluster.scheduler: ADDRESS (or pass --scheduler ADDRESS)",
+    "grid.dask_workers": "grid runs on the engine; set cluster.engine: dask and cluster.workers: N (or cluster.processes: N for N local processes)",
+    "tile.workers": "tile runs on the engine; set cluster.processes: N for N local processes per shard (or cluster.engine: dask and cluster.workers: N)",
+}
+"""Keys of earlier versions: using one is an error that says what replaced it."""
+
+
 def _message(err: Mapping[str, Any]) -> str:
     parts: list[str | int] = list(err["loc"])
+    if err["type"] == "extra_forbidden" and _dotted(parts) in _REMOVED:
+        return f"config key `{_dotted(parts)}` was removed: {_REMOVED[_dotted(parts)]}"
     if err["type"] == "extra_forbidden":
         section = _type_at(parts[:-1])
         where = _dotted(parts[:-1]) or "the top level"
@@ -607,8 +615,14 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-    if isinstance(data, dict):
-        data.pop("provenance", None)  # RUN/config.yaml: the resolved config plus provenance, loads again
+    if isinstance(data, dict) and data.pop("provenance", None) is not None:
+        # RUN/config.yaml: the resolved config plus provenance, loads again. One written by an
+        # earlier version lists every key of its day: drop the removed ones (execution only, never
+        # part of a fingerprint) so the run resumes; in a config a user writes they stay errors.
+        for key in _REMOVED:
+            section, _, name = key.partition(".")
+            if isinstance(data.get(section), dict):
+                data[section].pop(name, None)
     return data
 
 
@@ -632,7 +646,7 @@ def config_from_dict(data: Any) -> Config:
 
 def with_updates(cfg: Config, updates: Mapping[str, Any]) -> Config:
     """A new Config: ``cfg`` with the dotted keys of ``updates`` replaced (validated), e.g.
-    ``with_updates(cfg, {"grid.scheduler": address})``."""
+    ``with_updates(cfg, {"cluster.scheduler": address})``."""
     data = config_to_dict(cfg)
     for key, value in updates.items():
         _set_dotted(data, key, value, f"config key `{key}`")

@@ -229,8 +229,8 @@ def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
         server = make_server(run_dir, host, port)
     except OSError as e:  # address in use, no permission for a low port, unknown host
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port") from None
-    h, p = server.server_address[:2]
-    shown = f"[{h}]" if ":" in str(h) else h
+    h, p = str(server.server_address[0]), int(server.server_address[1])
+    shown = f"[{h}]" if ":" in h else h
     root, home = served_root(run_dir)
     print(f"Serving the atlases of {root} at http://{shown}:{p}/  (Ctrl-C to stop; / opens {home})", flush=True)
     try:

@@ -1,10 +1,12 @@
-"""Benchmark: the grid stage in this process vs a dask LocalCluster, on a synthetic run.
+"""Benchmark: the grid stage in this process, on ``cluster.processes`` local processes and on
+the dask engine (a LocalCluster of ``cluster.workers`` processes), on a synthetic run.
 
 Each configuration runs in its own subprocess that reports wall time and peak RSS of the
-driver (``ru_maxrss``; with dask, worker processes are separate and sampled with psutil).
+driver (``ru_maxrss``; worker processes are separate and sampled with psutil).
 
     python benchmarks/grid.py --n 20000            # smoke check
     python benchmarks/grid.py --n 1000000 --sizes 8,16,32,64,128
+    python benchmarks/grid.py --modes here,processes=2,dask=2
 
 Results: ``benchmarks/out/grid-<n>.json`` and a markdown table.
 """
@@ -60,18 +62,30 @@ def _tree_rss_sampler(stop: threading.Event, peak: dict[str, float]) -> None:
         time.sleep(0.1)
 
 
-def worker(root: Path, workers: int, sizes: list[int]) -> dict[str, Any]:
+def _cluster(mode: str) -> dict[str, Any]:
+    """``here`` -> in this process; ``processes=N`` -> N local processes; ``dask=N`` -> the dask engine."""
+    kind, _, n = mode.partition("=")
+    if kind == "here":
+        return {}
+    if kind == "processes":
+        return {"processes": int(n)}
+    if kind == "dask":
+        return {"engine": "dask", "workers": int(n)}
+    raise SystemExit(f"--modes: {mode!r} is not here, processes=N or dask=N")
+
+
+def worker(root: Path, mode: str, sizes: list[int]) -> dict[str, Any]:
+    from atlas.api import run_stage
     from atlas.config import config_from_dict
-    from atlas.stages import get_stage, run_stage
 
     shutil.rmtree(root / "grid", ignore_errors=True)
     shutil.rmtree(root / "state" / "grid", ignore_errors=True)
-    cfg = config_from_dict({"run_dir": str(root), "grid": {"sizes": sizes, "dask_workers": workers}})
+    cfg = config_from_dict({"run_dir": str(root), "grid": {"sizes": sizes}, "cluster": _cluster(mode)})
     stop, peak = threading.Event(), {}
     th = threading.Thread(target=_tree_rss_sampler, args=(stop, peak), daemon=True)
     th.start()
     t0 = time.perf_counter()
-    run_stage(get_stage("grid"), cfg)
+    run_stage("grid", cfg)  # on the config's engine (the dask one starts its LocalCluster here: timed)
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
@@ -85,8 +99,9 @@ def main() -> None:
     ap.add_argument("--c", type=int, default=112)
     ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--sizes", default="8,16,32,64")
-    ap.add_argument("--workers", default="0,2", help="comma list of grid.dask_workers values (0 = in-process)")
-    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--modes", default="here,processes=2,dask=2",
+                    help="comma list of: here (in-process), processes=N (cluster.processes), dask=N (the dask engine)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -96,10 +111,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     root = _prepare(a.n, a.c, a.chunk_rows)
     res: dict[str, Any] = {"n": a.n, "c": a.c, "sizes": sizes, "runs": {}}
-    for w in (int(x) for x in a.workers.split(",")):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(w), "--root", str(root), "--sizes", a.sizes]
+    for mode in a.modes.split(","):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--root", str(root), "--sizes", a.sizes]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
-        res["runs"][f"dask_workers={w}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["runs"][mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     (OUT / f"grid-{a.n}.json").write_text(json.dumps(res, indent=2))
     print("| run | N | wall (s) | driver peak RSS (MiB) | process tree peak RSS (MiB) |\n|---|---|---|---|---|")
     for name, r in res["runs"].items():

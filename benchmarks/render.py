@@ -159,8 +159,7 @@ def _example_patches(run: Path, rows: np.ndarray, positions: np.ndarray, size: i
     from atlas.store import RunDir
 
     images = ImagesConfig()
-    patches, _ = example_patches(RunDir(run), rows, positions, size, window=window, max_pixels=images.max_pixels,
-                                 min_side=images.min_side)
+    patches, _ = example_patches(RunDir(run), rows, positions, size, window=window, images=images)
     return patches
 
 

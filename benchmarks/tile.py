@@ -8,7 +8,7 @@ Atlases (tests/synthetic_atlas.py: textured synthetic icons, blob-shaped occupan
 * ``160``: grids [5, 10, 20, 40, 80, 160] with 80-px finest icons (453 ... 80 px: pyramids of
   2265 to 12800 px), 1000 classes (the class heat files), example crops off unless ``--examples``.
 
-Each tile run is a fresh subprocess (peak RSS measured per run), with ``tile.workers`` 0
+Each tile run is a fresh subprocess (peak RSS measured per run), with ``cluster.processes`` 0
 (one process) and 2. Also measured: the grid's ``class_attribution`` on disk (finest level,
 float16 Zarr as the grid stage writes it) and the heat files; with ``--browser``, the time
 headless Chromium takes to load and decode one class's heat file of the finest grid.
@@ -105,7 +105,7 @@ def _tile(run_dir: Path, spec: dict, workers: int, examples: bool) -> dict:
     for p in (run_dir / "tiles", run_dir / "state" / "tile"):
         shutil.rmtree(p, ignore_errors=True)
     # grid sizes are read from RUN/grid; the config value only has to pass validation
-    overrides = [f"run_dir={run_dir}", f"tile.workers={workers}"]
+    overrides = [f"run_dir={run_dir}", f"cluster.processes={workers}"]
     if not examples:
         overrides.append("tile.example_levels=0")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -153,7 +153,7 @@ def _heat_load_ms(tiles: Path, size: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=sorted(ATLASES), action="append", help="atlas to run (repeatable; default all)")
-    ap.add_argument("--workers", default="0,2", help="comma-separated tile.workers values (default 0,2)")
+    ap.add_argument("--workers", default="0,2", help="comma-separated cluster.processes values (default 0,2)")
     ap.add_argument("--examples", action="store_true", help="also crop dataset examples on the 160 atlas")
     ap.add_argument("--work", default=str(OUT / "tile-work"), help="scratch folder for the synthetic runs")
     ap.add_argument("--browser", action="store_true", help="time loading a finest-grid heat file in headless chromium")

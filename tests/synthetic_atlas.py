@@ -39,6 +39,9 @@ import numpy as np
 import zarr
 from PIL import Image
 
+from atlas.formats import CollectHeader
+from atlas.sources import STATUS_NAMES
+
 __all__ = ["make_atlas", "icon_colour", "icon_image", "class_name", "label_name", "class_field", "LAYER_HW",
            "INPUT_SIZE"]
 
@@ -175,9 +178,11 @@ def make_atlas(run_root: Path, *, sizes: Sequence[int] = (2, 4), icon: int = 16,
     _put(col, "status", np.ones(n, np.uint8), 0, (max(1, min(n, 4096)),))
     if n_labels:
         _put(col, "labels", labels, -1, (max(1, min(n, 4096)),))
-    col.attrs.update({"model": "synthetic-net", "layer": "blocks.5", "layer_shape": [16, lh, lw],
-                      "input_size": INPUT_SIZE, "n_images": n, "ok_count": n, "class_names": class_names,
-                      "label_names": label_names, "chunk_rows": 4096, "attribution": attribution})
+    header = CollectHeader(model="synthetic-net", layer="blocks.5", layer_shape=(16, lh, lw), input_size=INPUT_SIZE,
+                           seed=seed, border=0, n_images=n, chunk_rows=4096, attribution=attribution,
+                           top_k=len(class_names) if attribution else 0, class_names=class_names,
+                           label_names=label_names, status_codes={str(s): v for s, v in STATUS_NAMES.items()}, weights_sha256=None)
+    col.attrs.update({**header.to_attrs(), "ok_count": n})
     icon_of = {s: int((icon_sizes or {}).get(s, icon)) for s in sizes}
 
     grid = zarr.open_group(str(run_root / "grid"), mode="w", zarr_format=3)

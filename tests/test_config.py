@@ -156,6 +156,40 @@ def test_out_of_range_value_in_a_file_fails_at_load(tmp_path):
         load_config(p)
 
 
+@pytest.mark.parametrize(("key", "value", "fix"), [
+    ("grid.dask_workers", 8, "cluster.engine: dask and cluster.workers: N"),
+    ("grid.scheduler", "tcp://host:8786", "cluster.engine: dask and cluster.scheduler: ADDRESS"),
+    ("tile.workers", 2, "cluster.processes: N"),
+])
+def test_removed_keys_say_in_one_line_what_replaced_them(tmp_path, key: str, value: object, fix: str) -> None:
+    """Parallelism has one owner, the engine (``cluster.*``): the stages' own keys are gone."""
+    section, name = key.split(".")
+    p = tmp_path / "old.yaml"
+    p.write_text(yaml.safe_dump({section: {name: value}}))
+    for load in (lambda: load_config(p), lambda: load_config(None, [f"{key}={value}"])):
+        with pytest.raises(ConfigError) as e:
+            load()
+        assert str(e.value).startswith(f"config key `{key}` was removed: ") and fix in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+    assert load_config(None, ["cluster.processes=3"]).cluster.processes == 3
+
+
+def test_a_run_config_of_an_earlier_version_still_loads_without_its_removed_keys(tmp_path) -> None:
+    """RUN/config.yaml of an earlier version lists every key of its day, removed ones included:
+    it still resumes (they were never part of a fingerprint); a user's own config is refused."""
+    old = config_to_dict(load_config(None, ["run_dir=runs/old"]))
+    old["grid"] |= {"scheduler": None, "dask_workers": 2}
+    old["tile"]["workers"] = 0
+    run_cfg = tmp_path / "config.yaml"
+    run_cfg.write_text(yaml.safe_dump(old) + yaml.safe_dump({"provenance": {"atlas": "0.0"}}))
+    cfg = load_config(run_cfg)
+    assert cfg.run_dir == "runs/old" and config_to_dict(cfg)["grid"] == config_to_dict(load_config(None))["grid"]
+    user_cfg = tmp_path / "mine.yaml"
+    user_cfg.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"^config key `(grid|tile)\.\w+` was removed: "):
+        load_config(user_cfg)
+
+
 def test_unknown_key_message_lists_the_keys_of_its_section():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["render.stepz=3"])
@@ -270,10 +304,10 @@ def test_empty_section_means_its_defaults(tmp_path):
 def test_configs_are_frozen_and_with_updates_makes_a_validated_copy():
     cfg = load_config(None)
     with pytest.raises(ValueError):
-        cfg.grid.scheduler = "tcp://x:1"  # type: ignore[misc]
-    new = with_updates(cfg, {"grid.scheduler": "tcp://10.0.0.1:8786", "render.steps": 3})
-    assert (new.grid.scheduler, new.render.steps) == ("tcp://10.0.0.1:8786", 3)
-    assert (cfg.grid.scheduler, cfg.render.steps) == (None, 512) and new.grid.sizes == cfg.grid.sizes
+        cfg.cluster.scheduler = "tcp://x:1"  # type: ignore[misc]
+    new = with_updates(cfg, {"cluster.scheduler": "tcp://10.0.0.1:8786", "render.steps": 3})
+    assert (new.cluster.scheduler, new.render.steps) == ("tcp://10.0.0.1:8786", 3)
+    assert (cfg.cluster.scheduler, cfg.render.steps) == (None, 512) and new.grid.sizes == cfg.grid.sizes
     with pytest.raises(ConfigError, match=r"^config key `render\.polish` must be <= 1"):
         with_updates(cfg, {"render.polish": 2})
     with pytest.raises(ConfigError, match="unknown config key `render.stepz`"):

@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 OSD = ROOT / "viewer" / "node_modules" / "openseadragon"
 TINY = ["images.demo_count=24", "images.demo_size=96", "grid.sizes=[2,4]", "render.steps=2", "render.icon_size=16",
-        "collect.workers=0", "collect.batch_size=8", "grid.dask_workers=0"]
+        "collect.workers=0", "collect.batch_size=8"]
 
 pytestmark = pytest.mark.slow
 

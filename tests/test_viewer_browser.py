@@ -10,7 +10,9 @@ heatmap with a legend; zoom to the strongest cells; the click panel (icon, examp
 outlined position and labels, "average of N activations", what the values mean); a
 double-click zooms only; the hover card hides when the view changes; the keyboard cursor
 (arrows, Enter, Esc) and Tab to the zoom buttons; the URL restores a view after a reload; a
-compact header and a bottom-sheet panel on a narrow screen; no console errors anywhere.
+compact header and a bottom-sheet panel on a narrow screen; the level of detail read from the
+table tile writes; a third overlay registered through ``atlasViewer.registerOverlay`` draws, hears
+cell clicks and adds to the panel; no console errors anywhere.
 Writes screenshots and ``viewer-timing.json`` to ``test-artifacts/``.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 import pytest
 
 from atlas.config import RenderConfig, load_config
-from atlas.ops.dzi import grid_for_zoom
+from atlas.ops.dzi import grid_for_zoom, grid_switch_px
 from atlas.serve import make_server
 from atlas.stages import get_stage, run_stage
 from atlas.stages.tile import example_box
@@ -480,6 +482,90 @@ def test_viewer_from_disk(atlas_run, browser):
         assert page.evaluate("window.atlasViewer.search('class-003')") == 3
         page.wait_for_function("window.atlasViewer.state.lastDraw.heatColours > 2", timeout=5000)
         assert label_name(0) == "photo-0"
+        watch.check(page)
+    finally:
+        page.close()
+
+
+# --------------------------------------------------------------------------- the level of detail's table, overlays
+
+
+def test_the_level_of_detail_reads_the_table_tile_writes(browser, url, atlas_run):
+    page, watch = _open(browser, url)
+    try:
+        atlas = json.loads((atlas_run / "tiles" / "atlas.json").read_text())
+        want = grid_switch_px(SIZES, ICONS)
+        assert {g["size"]: g["switch_px"] for g in atlas["grids"]} == pytest.approx(want)  # tile writes the table
+        got = page.evaluate("window.ATLAS.grids.map(g => [g.size, window.atlasViewer.lod.switchPx(g)])")
+        assert dict(got) == pytest.approx(want)
+        for s in SIZES:  # just below and at each switch point: the rule of atlas.ops.dzi.grid_for_zoom
+            for px in (want[s] - 1, want[s]):
+                if px >= 0:
+                    assert page.evaluate(f"window.atlasViewer.gridForAtlasPx({px})") == grid_for_zoom(SIZES, ICONS, px)
+        # the viewer derives nothing: another table, another rule
+        page.evaluate("window.ATLAS.grids.forEach(g => { if (g.size === 8) g.switch_px = 1e9; })")
+        assert page.evaluate(f"window.atlasViewer.gridForAtlasPx({want[8] + 1})") == SIZES[0]
+        watch.check(page)
+    finally:
+        page.close()
+
+
+PROBE = """(() => {
+    const probe = window.probe = {frames: 0, cells: 0, clicks: [], take: false};
+    window.atlasViewer.registerOverlay({
+        name: 'probe',
+        draw(ctx, view) {
+            probe.frames += 1;
+            probe.cells = 0;
+            ctx.fillStyle = 'rgb(255, 0, 255)';
+            view.forEachCell((r, c, x, y) => { ctx.fillRect(x + 2, y + 2, 8, 8); probe.cells += 1; });
+        },
+        onCell(hit) { probe.clicks.push([hit.s, hit.row, hit.col, hit.cell !== null]); return probe.take; },
+        panelSection(hit) { return "<p id='probe-section'>probe " + hit.row + "," + hit.col + "</p>"; },
+        urlPart() { return 'probe=on'; }
+    });
+})()"""
+
+
+def test_a_registered_overlay_draws_gets_cell_clicks_and_adds_to_the_panel(browser, url):
+    """A third overlay, registered by the page through atlasViewer.registerOverlay (as atlases.js and
+    located.js register theirs): it draws on the map, hears clicks on cells, adds a panel section
+    and keeps its state in the URL; a click it takes opens no panel."""
+    page, watch = _open(browser, url)
+    try:
+        page.evaluate(PROBE)
+        page.wait_for_function("window.probe.frames > 0 && window.probe.cells > 0", timeout=5000)
+        view = _click_zoom(page, "zoom-in")
+        s = view["s"]
+        cell = _visible_cell(page, s)
+        pixel = page.evaluate(f"""(() => {{ const r = window.atlasViewer.cellRect({s}, {cell['row']}, {cell['col']});
+            const d = window.devicePixelRatio || 1, o = document.getElementById('overlay');
+            return Array.from(o.getContext('2d').getImageData(Math.round((r.x + 6) * d), Math.round((r.y + 6) * d), 1, 1).data); }})()""")
+        assert pixel == [255, 0, 255, 255], pixel  # its square, at the top left of the cell
+        assert [o["name"] for o in page.evaluate("window.atlasViewer.overlays.map(o => ({name: o.name}))")] == ["heatmap", "probe", "labels", "located", "outlines"]
+
+        x, y = _cell_centre(page, s, cell["row"], cell["col"])
+        page.mouse.click(x, y)
+        page.locator("#panel").wait_for(state="visible", timeout=5000)
+        assert page.evaluate("window.probe.clicks") == [[s, cell["row"], cell["col"], True]]
+        assert page.locator("#panel-body section[data-overlay='probe'] #probe-section").inner_text() == \
+            f"probe {cell['row']},{cell['col']}"
+        assert "probe=on" in page.url and f"cell={s},{cell['row']},{cell['col']}" in page.url
+        page.keyboard.press("Escape")
+        page.locator("#panel").wait_for(state="hidden", timeout=3000)
+
+        page.evaluate("window.probe.take = true")  # the overlay takes the click: no panel
+        page.mouse.click(x, y)
+        page.wait_for_function("window.probe.clicks.length === 2", timeout=5000)
+        page.wait_for_timeout(200)
+        assert page.locator("#panel").is_hidden() and page.evaluate("window.atlasViewer.state.selected") is None
+
+        # a second overlay of the same name, or a misspelt hook: one clear line, nothing registered
+        errors = page.evaluate("""[{name: 'probe', draw() {}}, {name: 'other', drow() {}}, {draw() {}}].map(spec => {
+            try { window.atlasViewer.registerOverlay(spec); return null; } catch (e) { return e.message; } })""")
+        assert "registered already" in errors[0] and "unknown keys drow" in errors[1] and "name" in errors[2], errors
+        assert all("\n" not in e for e in errors)
+        assert page.evaluate("window.atlasViewer.overlays.length") == 5
         watch.check(page)
     finally:
         page.close()

@@ -26,7 +26,7 @@ class StageIncomplete(StoreError):
 
 def _slurm_cluster(cc: ClusterConfig, log_dir: str | None) -> Any:
     try:
-        from dask_jobqueue import SLURMCluster
+        from dask_jobqueue.slurm import SLURMCluster
     except ImportError:
         raise ConfigError("cluster.jobqueue.jobs > 0 needs dask-jobqueue: pip install dask-jobqueue "
                           "(or start a scheduler yourself and set cluster.scheduler)") from None
@@ -96,8 +96,9 @@ def _n_tasks(client: Any, cc: ClusterConfig) -> int:
     return 2 * workers
 
 
-def _shards(name: str, client: Any, cc: ClusterConfig) -> list[tuple[int, int]]:
-    if get_stage(name).execution != "shards":
+def _shards(name: str, client: Any, cfg: Config) -> list[tuple[int, int]]:
+    cc = cfg.cluster
+    if get_stage(name, cfg).execution != "shards":
         return [(0, 1)]
     n = _n_tasks(client, cc)
     return [(i, n) for i in range(n)]
@@ -136,12 +137,12 @@ def run_stage_on_dask(client: Any, name: str, cfg: Config) -> None:
     another round is submitted, at most ``cluster.retries`` more.
     """
     cc = cfg.cluster
-    if get_stage(name).execution == "driver":
+    if get_stage(name, cfg).execution == "driver":
         run_shard(name, cfg, (0, 1), client)
         return
     reasons: list[str] = []
     for rnd in range(cc.retries + 1):
-        errors = _submit_round(client, name, cfg, _shards(name, client, cc), rnd)
+        errors = _submit_round(client, name, cfg, _shards(name, client, cfg), rnd)
         if stage_finished(name, cfg):
             RunDir(cfg.run_dir).clear_failure(name)
             return

@@ -17,6 +17,7 @@ __all__ = ["run_shard", "stage_finished", "failure_info"]
 
 def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str) -> dict[str, Any]:
     """What ``atlas status`` shows about a failed shard: the reason, where and when."""
+    tail: list[str]
     if isinstance(error, SystemExit) and error.code == 143:
         reason, tail = "terminated by SIGTERM (walltime, preemption or scancel?)", []
     elif isinstance(error, KeyboardInterrupt):
@@ -40,7 +41,7 @@ def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str)
 
 def stage_finished(name: str, cfg: Config) -> bool:
     """Whether stage ``name`` of ``cfg``'s run is finished with ``cfg``'s settings."""
-    return finished(get_stage(name), cfg)
+    return finished(get_stage(name, cfg), cfg)
 
 
 def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1), client: Any = None) -> bool:
@@ -53,7 +54,7 @@ def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1), client: A
     run = RunDir(cfg.run_dir)
     key = f"shard-{shard[0]}-of-{shard[1]}"
     try:
-        done = run_stage(get_stage(name), cfg, shard, client)
+        done = run_stage(get_stage(name, cfg), cfg, shard, client)
     except BaseException as e:
         if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # e.g. Zarr's writer: say where
             e.filename = str(run.root)

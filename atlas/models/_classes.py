@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
+
+from .._cache import cached
 
 __all__ = ["imagenet_class_names", "class_names_for", "read_class_names"]
 
 
-@lru_cache(maxsize=1)
 def _imagenet() -> tuple[str, ...]:
+    """torchvision's bundled ImageNet-1k class names (read once per process and torchvision version)."""
+    import torchvision
     from torchvision.models import ResNet50_Weights
 
-    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return cached("models.imagenet_classes", torchvision.__version__,
+                  lambda: tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"]))
 
 
 def imagenet_class_names() -> list[str]:

@@ -93,7 +93,8 @@ def load_efficientnet_lite(model: ModelConfig) -> Network:
     state = read_state_dict(path, model.name)
     module = timm.create_model(spec.timm_name, pretrained=False)
     if any(k.startswith("_") for k in state):
-        state = rename_lukemelas_state_dict(state, [len(stage) for stage in module.blocks])
+        stages = module.get_submodule("blocks").children()
+        state = rename_lukemelas_state_dict(state, [len(list(stage.children())) for stage in stages])
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:

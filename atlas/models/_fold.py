@@ -50,8 +50,10 @@ def _conv_bn_pairs(module: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch
 
 def _bn_passthrough(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Forward of a folded BatchNorm: identity, or timm's ``drop`` + ``act`` for BatchNormAct2d."""
-    if hasattr(self, "act") and hasattr(self, "drop"):
-        return self.act(self.drop(x))
+    act, drop = getattr(self, "act", None), getattr(self, "drop", None)
+    if isinstance(act, torch.nn.Module) and isinstance(drop, torch.nn.Module):
+        out: torch.Tensor = act(drop(x))
+        return out
     return x
 
 
@@ -67,10 +69,12 @@ def fold_batchnorm(module: torch.nn.Module, x: torch.Tensor, keep: torch.nn.Modu
              and b.running_mean is not None and b.running_var is not None and not b.training]
     with torch.no_grad():
         for conv, bn in pairs:
-            scale = torch.rsqrt(bn.running_var + bn.eps)
+            mean, var = bn.running_mean, bn.running_var
+            assert mean is not None and var is not None  # pairs keeps BatchNorms with running statistics
+            scale = torch.rsqrt(var + bn.eps)
             if bn.weight is not None:
                 scale = scale * bn.weight
-            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+            shift = -mean * scale + (bn.bias if bn.bias is not None else 0.0)
             bias = conv.bias * scale + shift if conv.bias is not None else shift
             conv.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1))))
             conv.bias = torch.nn.Parameter(bias.clone(), requires_grad=False)

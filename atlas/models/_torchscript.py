@@ -26,7 +26,8 @@ def _jit_load(path: Path) -> torch.nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
-            return torch.jit.load(str(path), map_location="cpu")
+            module: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")
+            return module
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ModelError(f"cannot load {path} as TorchScript ({e}); save the model with torch.jit.save(torch.jit.script(model), path)") from None
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
+from .._cache import cached
 from ..config import ModelConfig
 from ._classes import class_names_for
 from ._heads import built_on_meta, classes_in_state, drop_heads, head_names
@@ -32,9 +32,10 @@ __all__ = ["torchvision_names", "default_weights_path", "load_torchvision"]
 _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
-@lru_cache(maxsize=1)
 def _names() -> tuple[str, ...]:
-    return tuple(torchvision.models.list_models(module=torchvision.models))
+    """torchvision's classifier names (listed once per process and torchvision version)."""
+    return cached("models.torchvision_names", torchvision.__version__,
+                  lambda: tuple(torchvision.models.list_models(module=torchvision.models)))
 
 
 def torchvision_names() -> list[str]:
@@ -80,20 +81,21 @@ def _vit_image_size(state: dict[str, torch.Tensor]) -> int | None:
 def _heads(name: str, kwargs: dict[str, Any]) -> list[str]:
     """Names of the classifier heads of torchvision's ``name``: the layers with 1000 outputs at the default."""
     meta = built_on_meta(lambda: torchvision.models.get_model(name, weights=None, **kwargs))
-    heads = [m for m in meta.modules() if (isinstance(m, torch.nn.Linear) and m.out_features == 1000)
-             or (isinstance(m, torch.nn.Conv2d) and m.out_channels == 1000)]
+    heads: list[torch.nn.Module] = [
+        m for m in meta.modules() if (isinstance(m, torch.nn.Linear) and m.out_features == 1000)
+        or (isinstance(m, torch.nn.Conv2d) and m.out_channels == 1000)]
     return head_names(meta, heads)
+
+
+_AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
 def _drop_aux_heads(name: str, module: torch.nn.Module) -> None:
     """After loading, remove the auxiliary heads like torchvision does (they are not pretrained)."""
-    if name == "googlenet":
-        module.aux_logits = False
-        module.aux1 = None
-        module.aux2 = None
-    elif name == "inception_v3":
-        module.aux_logits = False
-        module.AuxLogits = None
+    if name not in _AUX_HEADS:
+        return
+    for key, value in {"aux_logits": False, **dict.fromkeys(_AUX_HEADS[name])}.items():
+        setattr(module, key, value)  # nn.Module's __setattr__ is typed for tensors and modules only
 
 
 def _fix_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

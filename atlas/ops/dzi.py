@@ -140,7 +140,7 @@ def grid_for_zoom(sizes: list[int] | tuple[int, ...], icon_sizes: dict[int, int]
     cells are at least ``fraction * icon_sizes[s]`` pixels (its icons at native size or larger,
     for ``fraction = 1``) and the coarsest grid when none is (zoomed out). Zooming in, grid
     ``s`` takes over at ``atlas_px = fraction * s * icon_sizes[s]`` (:func:`grid_switch_px`).
-    The viewer (``viewer.js``, ``gridForAtlasPx``) applies the same rule.
+    The viewer (``lod.js``) applies the same rule, reading each grid's ``switch_px`` in ``atlas.json``.
     """
     ordered = sorted(sizes)
     for s in reversed(ordered):

@@ -12,7 +12,6 @@ one image costs a single bilinear resize of at most 2x (a few milliseconds).
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._cache import cached
 from ..store import atomic_write_bytes
 from ._manifest import Manifest
 
@@ -45,13 +45,20 @@ def _load_photo(name: str) -> np.ndarray:
     import skimage.data
 
     if name == "motorcycle_left":
-        return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
+        return np.asarray(skimage.data.stereo_motorcycle()[0])
+    return np.asarray(getattr(skimage.data, name)())
 
 
-@functools.cache
 def _pyramid(k: int) -> tuple[Image.Image, ...]:
-    """Photo ``k`` as RGB, then successive 2x box reductions down to ~32 px."""
+    """Photo ``k`` as RGB, then successive 2x box reductions down to ~32 px (built once per process:
+    the cached table of the photos' pyramids, filled as photos are first used)."""
+    table: dict[int, tuple[Image.Image, ...]] = cached("sources.demo_pyramids", DEMO_PHOTOS, dict)
+    if k not in table:
+        table[k] = _build_pyramid(k)
+    return table[k]
+
+
+def _build_pyramid(k: int) -> tuple[Image.Image, ...]:
     arr = _load_photo(DEMO_PHOTOS[k])
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -97,7 +104,8 @@ def demo_image(i: int, size: int | tuple[int, int]) -> Image.Image:
     box = _crop_box(rng, levels[0].size, out)
     level = _pick_level(levels, box, out)
     f = 2.0**level
-    img = levels[level].resize(out, Image.Resampling.BILINEAR, box=tuple(v / f for v in box))
+    x0, y0, x1, y1 = (v / f for v in box)
+    img = levels[level].resize(out, Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 

@@ -50,7 +50,7 @@ def walk_images(root: str) -> Iterator[tuple[str, ...]]:
                 yield (*rel, entry.name)
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()
     except OSError:

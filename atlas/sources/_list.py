@@ -88,6 +88,7 @@ def scan_list(path: str, source: str, labels: str) -> Manifest:
         raise SourceError(f"list file {source} names no images; write one image path per line "
                           "(CSV: path[,label]), relative to the list's folder or absolute")
     locations = [_resolve(entry, base) for entry, _ in rows]
+    names: list[str]
     if labels == "none":
         lab, names = np.full(len(rows), -1, np.int32), []
     elif labels == "folders":

@@ -104,7 +104,7 @@ def _scan(kind: str, images: ImagesConfig) -> Manifest:
 
 def scan_source(images: ImagesConfig) -> Manifest:
     """Scan the configured image source; ``images.limit`` of its images (the first, or a seeded random subset)."""
-    kind = images.kind
+    kind: str = images.kind
     if kind not in (*_KINDS, "auto"):
         raise SourceError(f"images.kind {kind!r} is unknown; use auto, {', '.join(_KINDS)}")
     if kind == "auto":

@@ -133,4 +133,4 @@ def scan_tars(shards: list[str], source: str, labels: str, limit: int | None = N
         lab, names = _labels_from_cls(kept)
     else:
         lab, names = np.full(len(kept), -1, np.int32), []
-    return Manifest("tar", source, [s.location for s in kept], lab, names)
+    return Manifest("tar", source, [s.location for s in kept if s.location is not None], lab, names)

@@ -9,7 +9,10 @@ in the run directory (:mod:`atlas.store`).
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
+from .._names import ANALYSES, STAGES
+from ..config import Config
 from ._protocol import Execution, Job, Resources, Stage, StageBase, StageStatus
 from ._runner import check_inputs, final_info, finished, is_stale, my_units, run_stage, save_run_config, stage_status
 from ._shard import parse_shard
@@ -36,16 +39,13 @@ __all__ = [
     "stage_status",
 ]
 
-STAGES: tuple[str, ...] = ("collect", "reduce", "grid", "render", "tile")
-"""The pipeline's stages in order (each module ``atlas.stages.<name>`` defines ``STAGE``)."""
 
-ANALYSES: tuple[str, ...] = ("locate", "patch-test")
-"""Stages run on a finished atlas by their own commands, not by ``atlas run`` (module
-``atlas.stages.<name with - as _>``); they keep the same contract."""
+def get_stage(name: str, cfg: Config | None = None) -> Stage[Any]:
+    """The stage ``name`` (a pipeline stage or an analysis); a clear error for unknown or not-yet-built ones.
 
-
-def get_stage(name: str) -> Stage:
-    """The stage ``name`` (a pipeline stage or an analysis); a clear error for unknown or not-yet-built ones."""
+    With ``cfg``: the stage that does that config's work under this name (its
+    :meth:`~atlas.stages.StageBase.for_config`; collect in a class atlas copies its parent's rows).
+    Without: the module's ``STAGE``, enough for its name, inputs and output."""
     if name not in STAGES and name not in ANALYSES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES + ANALYSES)}")
     module_name = f"{__name__}.{name.replace('-', '_')}"
@@ -55,8 +55,8 @@ def get_stage(name: str) -> Stage:
         if e.name == module_name:
             raise NotImplementedError(f"stage `{name}` is not implemented in this version of atlas") from None
         raise
-    stage: Stage = module.STAGE
-    return stage
+    stage: Stage[Any] = module.STAGE
+    return stage if cfg is None else stage.for_config(cfg)
 
 
 def available_stages() -> list[str]:

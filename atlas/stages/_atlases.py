@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..formats import LocateOutput
 from ..store import RunDir, atomic_write_text
 
 __all__ = ["INDEX", "CLASSES", "atlas_entry", "list_atlases", "write_index", "index_root"]
@@ -58,10 +59,7 @@ def list_atlases(root: str | Path) -> list[dict[str, Any]]:
 
 def _located(root: Path) -> int:
     """How many images ``atlas locate`` placed on the main atlas (its ``RUN/locate/index.json``)."""
-    try:
-        return len(json.loads((root / "locate" / "index.json").read_text()).get("images") or [])
-    except (OSError, ValueError):
-        return 0
+    return LocateOutput(root).n_located()
 
 
 def write_index(root: str | Path) -> dict[str, Any]:

@@ -20,16 +20,19 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, dump_config, provenance
 from ..progress import stage_logger
 from ..store import RunDir, StoreError, atomic_write_text, fingerprint
-from ._protocol import Job, Stage, StageStatus
+from ._protocol import Ctx, Job, Stage, StageStatus, UnitInfo
 
-__all__ = ["FINAL", "run_stage", "stage_status", "finished", "check_inputs", "final_info", "is_stale",
-           "save_run_config", "my_units"]
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["FINAL", "UnitRecords", "run_stage", "stage_status", "finished", "check_inputs", "final_info", "is_stale",
+           "save_run_config", "my_units", "done_units"]
 
 FINAL = "final"
 _KEEP = ("locks", "failed")  # state entries that survive a redo (held leases, failure records)
@@ -50,13 +53,37 @@ def final_info(run: RunDir, name: str) -> dict[str, Any] | None:
         return None
 
 
-def _stage(name: str) -> Stage:
+def _stage(name: str) -> Stage[Any]:
     from . import get_stage
 
     return get_stage(name)
 
 
-def is_stale(run: RunDir, stage: Stage) -> bool:
+def done_units(run: RunDir, name: str) -> frozenset[str]:
+    """The units of stage ``name`` with a done marker (the ``final`` marker aside)."""
+    return frozenset(run.done_units(name) - {FINAL})
+
+
+class UnitRecords(Mapping[str, UnitInfo]):
+    """What each done unit of one stage recorded (``Job.done``), read from its marker at each
+    access: units that other processes finish meanwhile appear too."""
+
+    def __init__(self, run: RunDir, name: str) -> None:
+        self._run, self._name = run, name
+
+    def __getitem__(self, unit: str) -> UnitInfo:
+        if unit == FINAL or not self._run.is_done(self._name, unit):
+            raise KeyError(unit)
+        return dict(self._run.read_json(f"state/{self._name}/done/{unit}") or {})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(done_units(self._run, self._name)))
+
+    def __len__(self) -> int:
+        return len(done_units(self._run, self._name))
+
+
+def is_stale(run: RunDir, stage: Stage[Any]) -> bool:
     """Finished, but an input stage was redone (or is being redone) since."""
     final = final_info(run, stage.name)
     if final is None:
@@ -78,10 +105,10 @@ def _units_done(run: RunDir, name: str) -> str:
     return f"{sum(u in done for u in units)}/{len(units)} units done"
 
 
-def check_inputs(stage: Stage, run: RunDir) -> dict[str, str]:
+def check_inputs(stage: Stage[Any], run: RunDir) -> dict[str, str]:
     """The fingerprints the input stages finished with; a one-line StoreError naming the
     first unfinished or stale input and the command that finishes it."""
-    out = {}
+    out: dict[str, str] = {}
     for name in stage.inputs:
         cmd = f"`atlas {name} {run.root / 'config.yaml'}` (or `atlas run` with your config)"
         info = final_info(run, name)
@@ -95,17 +122,18 @@ def check_inputs(stage: Stage, run: RunDir) -> dict[str, str]:
     return out
 
 
-def finished(stage: Stage, cfg: Config) -> bool:
+def finished(stage: Stage[Any], cfg: Config) -> bool:
     """Whether ``stage`` is finished for ``cfg`` (its ``final`` marker holds the current fingerprint)."""
     run = RunDir(cfg.run_dir)
     try:
         inputs = check_inputs(stage, run)
     except StoreError:
         return False
-    return _is_current(final_info(run, stage.name), _fingerprint(stage, stage.settings(cfg), inputs), stage.scope(cfg))
+    scope = stage.scope(cfg, done_units(run, stage.name))
+    return _is_current(final_info(run, stage.name), _fingerprint(stage, stage.settings(cfg), inputs), scope)
 
 
-def _fingerprint(stage: Stage, settings: dict[str, Any], inputs: dict[str, str]) -> str:
+def _fingerprint(stage: Stage[Any], settings: dict[str, Any], inputs: dict[str, str]) -> str:
     return fingerprint({"stage": stage.name, "settings": settings, "inputs": inputs})
 
 
@@ -124,7 +152,7 @@ def _read_setup(run: RunDir, name: str) -> dict[str, Any] | None:
         return None
 
 
-def _wipe(stage: Stage, run: RunDir) -> None:
+def _wipe(stage: Stage[Any], run: RunDir) -> None:
     """Forget an attempt: its setup first (a crash midway then starts over), then markers, side
     data and outputs. Leases and failure records stay."""
     state = run.state_path(stage.name)
@@ -141,14 +169,14 @@ def _wipe(stage: Stage, run: RunDir) -> None:
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     """``key: old -> new`` for every leaf that differs between two settings dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
-        out = []
+        out: list[str] = []
         for k in sorted(set(old) | set(new), key=str):
             out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
         return out
     return [] if old == new else [f"{prefix}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"]
 
 
-def _check_attempt(stage: Stage, job: Job, fp: str, settings: dict[str, Any], inputs: dict[str, str]) -> bool:
+def _check_attempt(stage: Stage[Any], job: Job, fp: str, settings: dict[str, Any], inputs: dict[str, str]) -> bool:
     """Under the stage lock: keep the current attempt (True), or forget it (False) when its
     inputs or settings changed; a ``refuse`` stage with other settings raises instead."""
     setup = _read_setup(job.run, stage.name)
@@ -181,9 +209,10 @@ def save_run_config(cfg: Config, run: RunDir, extra: dict[str, Any] | None = Non
     atomic_write_text(path, dump_config(cfg) + "\n" + yaml.safe_dump({"provenance": prov}, sort_keys=False))
 
 
-def _start(stage: Stage, job: Job, fp: str, settings: dict[str, Any],
-           inputs: dict[str, str]) -> tuple[Any, list[str]]:
-    """Open the stage; create its outputs when this attempt is new. Returns the context and the units."""
+def _start(stage: Stage[Ctx], job: Job, fp: str, settings: dict[str, Any],
+           inputs: dict[str, str]) -> tuple[Ctx, list[str]]:
+    """Open the stage; create its outputs when this attempt is new; forget the done units the
+    stage names (:meth:`~atlas.stages.StageBase.forget`). Returns the context and the units."""
     run = job.run
     with run.stage_lock(stage.name):
         keep = _check_attempt(stage, job, fp, settings, inputs)
@@ -196,11 +225,22 @@ def _start(stage: Stage, job: Job, fp: str, settings: dict[str, Any],
             stage.create(ctx)
             save_run_config(job.cfg, run, stage.provenance(ctx))
             run.write_json(f"state/{stage.name}/setup.json", {"fingerprint": fp, "settings": settings, "inputs": inputs})
+        _forget(stage, job, ctx)
         units = stage.units(ctx)
         path = run.state_path(stage.name) / "units.json"
         if not path.is_file() or json.loads(path.read_text()) != units:
             atomic_write_text(path, json.dumps(units))
     return ctx, units
+
+
+def _forget(stage: Stage[Ctx], job: Job, ctx: Ctx) -> None:
+    """Clear the done markers of the units the stage asks to run again (never ``final``)."""
+    done = done_units(job.run, stage.name)
+    gone = sorted(stage.forget(ctx, done) & done)
+    if gone:
+        job.log.info("%s: running %d done units again (their data are gone or obsolete)", stage.name, len(gone))
+    for unit in gone:
+        job.run.clear_done(stage.name, unit)
 
 
 @contextlib.contextmanager
@@ -211,7 +251,7 @@ def _leased(run: RunDir, name: str, window: list[str]) -> Iterator[list[str]]:
         yield held
 
 
-def _run_mine(stage: Stage, job: Job, ctx: Any, todo: list[str]) -> int:
+def _run_mine(stage: Stage[Ctx], job: Job, ctx: Ctx, todo: list[str]) -> int:
     """Run this shard's undone units, ``lease_window`` at a time; returns how many it ran."""
     ran = 0
     for k in range(0, len(todo), stage.lease_window):
@@ -227,7 +267,7 @@ def _run_mine(stage: Stage, job: Job, ctx: Any, todo: list[str]) -> int:
     return ran
 
 
-def _maybe_finish(stage: Stage, job: Job, ctx: Any, units: list[str], fp: str, inputs: dict[str, str]) -> bool:
+def _maybe_finish(stage: Stage[Ctx], job: Job, ctx: Ctx, units: list[str], fp: str, inputs: dict[str, str]) -> bool:
     """Under the stage lock: finish the stage if every unit is done (once); returns finished."""
     run = job.run
     with run.stage_lock(stage.name):
@@ -237,7 +277,7 @@ def _maybe_finish(stage: Stage, job: Job, ctx: Any, units: list[str], fp: str, i
             job.log.info("%d units still to do (by other shards, or rerun to resume); the last one finishes the "
                          "stage", len(missing))
             return False
-        scope = stage.scope(job.cfg)
+        scope = stage.scope(job.cfg, done_units(run, stage.name))
         if _is_current(final_info(run, stage.name), fp, scope):
             return True
         info = stage.finish(ctx)
@@ -247,11 +287,12 @@ def _maybe_finish(stage: Stage, job: Job, ctx: Any, units: list[str], fp: str, i
     return True
 
 
-def run_stage(stage: Stage, cfg: Config, shard: tuple[int, int] = (0, 1), client: Any = None) -> bool:
+def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), client: Client | None = None) -> bool:
     """Run shard ``shard`` of ``stage`` in this process; returns whether the stage is now finished.
 
     Idempotent: finished units are skipped, so rerunning a shard, or running it twice at
-    once, is safe; a rerun of a finished stage with the same settings does nothing and says so.
+    once, is safe; a rerun of a finished stage with the same settings does nothing and says so
+    (unless its :meth:`~atlas.stages.StageBase.refresh` finds its outputs gone: then it is redone).
     """
     if stage.execution != "shards" and tuple(shard) != (0, 1):
         raise ValueError(f"the {stage.name} stage runs as one job; got --shard {shard[0]}/{shard[1]}")
@@ -259,11 +300,15 @@ def run_stage(stage: Stage, cfg: Config, shard: tuple[int, int] = (0, 1), client
     inputs = check_inputs(stage, run)
     settings = stage.settings(cfg)
     fp = _fingerprint(stage, settings, inputs)
-    job = Job(cfg, run, tuple(shard), stage_logger(run.root, stage.name, shard), client)  # type: ignore[arg-type]
-    if _is_current(final_info(run, stage.name), fp, stage.scope(cfg)):
-        job.log.info("%s is already complete in %s with these settings: nothing to do", stage.name, run.root)
-        stage.refresh(job)
-        return True
+    shard = (int(shard[0]), int(shard[1]))
+    job = Job(cfg, run, shard, stage_logger(run.root, stage.name, shard), client, UnitRecords(run, stage.name), inputs)
+    if _is_current(final_info(run, stage.name), fp, stage.scope(cfg, done_units(run, stage.name))):
+        if not stage.refresh(job):
+            job.log.info("%s is already complete in %s with these settings: nothing to do", stage.name, run.root)
+            return True
+        job.log.warning("%s: its finished outputs are missing from %s: redoing it", stage.name, run.root)
+        with run.stage_lock(stage.name):
+            run.clear_done(stage.name, FINAL)
     ctx, units = _start(stage, job, fp, settings, inputs)
     done = run.done_units(stage.name)
     mine = my_units(units, job.shard)
@@ -277,7 +322,7 @@ def run_stage(stage: Stage, cfg: Config, shard: tuple[int, int] = (0, 1), client
 # --------------------------------------------------------------------------- status
 
 
-def stage_status(stage: Stage, run: RunDir) -> StageStatus:
+def stage_status(stage: Stage[Any], run: RunDir) -> StageStatus:
     """Units done / total (the final step counts as one), the state, and the stage's own figures."""
     state = run.state_path(stage.name)
     final = final_info(run, stage.name)

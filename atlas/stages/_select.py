@@ -1,9 +1,11 @@
 """collect in a class atlas (``RUN/classes/<slug>``): the parent run's rows that support the
 atlas's classes, copied chunk by chunk, without the network.
 
-A config whose ``classes.parent`` names a run makes :mod:`atlas.stages.collect` hand its
-work here; it is still the stage ``collect``, so reduce, grid, render and tile run unchanged
-on the class atlas, and resume, shards and engines work as for any run.
+A config whose ``classes.parent`` names a run gets :data:`STAGE` (:class:`SelectStage`) from the
+registry for ``collect`` (``get_stage("collect", cfg)``, through
+:meth:`atlas.stages.collect.CollectStage.for_config`); it is still the stage ``collect`` (its
+name, state and output), so reduce, grid, render and tile run unchanged on the class atlas, and
+resume, shards and engines work as for any run.
 
 - **Selection** (:func:`atlas.ops.classes.select_rows`): per class the ``classes.max_rows``
   rows of highest attribution among those that support it (the class among the row's
@@ -22,30 +24,25 @@ on the class atlas, and resume, shards and engines work as for any run.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from ..config import Config
+from ..formats import ClassAtlasInfo, CollectOutput, create_selection
+from ..formats._collect import ROW_ARRAYS
 from ..ops.classes import ClassNameError, match_class, select_rows
 from ..store import RunDir, StoreError, atomic_save_npz, atomic_write_text
-from ._protocol import Job
+from ._protocol import Job, Resources, StageBase
 from ._runner import final_info
 
-__all__ = ["SelectContext", "active", "settings", "open_context", "create", "units", "run_units", "finish",
-           "provenance", "ROW_ARRAYS"]
+__all__ = ["STAGE", "SelectStage", "SelectContext", "active", "settings", "open_context", "create", "units", "run_units",
+           "finish", "provenance", "ROW_ARRAYS"]
 
 NAME = "collect"
-ROW_ARRAYS = ("activations", "positions", "index", "status", "labels", "attr_classes", "attr_values")
-"""The parent's per-row arrays a class atlas copies (what reduce, grid, render and tile read)."""
-_KEEP_ATTRS = ("model", "layer", "layer_shape", "input_size", "seed", "border", "attribution", "top_k",
-               "class_names", "label_names", "status_codes", "weights_sha256")
 
 
 def active(cfg: Config) -> bool:
@@ -60,22 +57,23 @@ class SelectContext:
     cfg: Config
     run: RunDir
     parent: RunDir
-    source: Any                 # the parent's collect group (zarr.Group)
+    source: CollectOutput       # the parent's collect
     classes: list[int]
     rows: np.ndarray            # int64 [m]: the parent rows selected, in order
     per_class: list[int]        # rows selected per class (before the union)
     log: logging.Logger
-    _group: Any = None
+    _out: CollectOutput | None = None
 
     @property
     def chunk_rows(self) -> int:
         return min(self.cfg.collect.chunk_rows, max(len(self.rows), 1))
 
     @property
-    def group(self) -> Any:
-        if self._group is None:
-            self._group = self.run.open_group(NAME, mode="r+")
-        return self._group
+    def out(self) -> CollectOutput:
+        """The class atlas's own collect group, opened for writing (once)."""
+        if self._out is None:
+            self._out = CollectOutput.open(self.run, mode="r+")
+        return self._out
 
 
 # --------------------------------------------------------------------------- settings
@@ -104,38 +102,40 @@ def _classes(cfg: Config, names: list[str]) -> list[int]:
 def settings(cfg: Config) -> dict[str, Any]:
     """The parent collect's fingerprint, the classes (indices), the rule and the chunk size."""
     parent, final = _parent(cfg)
-    source: Any = parent.open_group(NAME)
+    source = CollectOutput.open(parent)
     c = cfg.classes
-    return {"parent_collect": final["fingerprint"], "classes": _classes(cfg, list(source.attrs["class_names"])),
+    return {"parent_collect": final["fingerprint"], "classes": _classes(cfg, source.class_names),
             "threshold": c.threshold, "top_k": c.top_k, "max_rows": c.max_rows, "chunk_rows": cfg.collect.chunk_rows}
 
 
 # --------------------------------------------------------------------------- set-up
 
 
-def selection(cfg: Config, source: Any, classes: list[int]) -> tuple[np.ndarray, list[int]]:
-    """(parent rows, rows per class) that the class atlas keeps (:func:`atlas.ops.classes.select_rows`)."""
-    if not source.attrs.get("attribution") or "attr_classes" not in source:
+def selection(cfg: Config, source: CollectOutput, classes: list[int]) -> tuple[np.ndarray, list[int]]:
+    """(parent rows int64 [m], rows per class) that the class atlas keeps (:func:`atlas.ops.classes.select_rows`)."""
+    if not source.has_attribution:
         raise StoreError("the parent run collected no class attribution (collect.attribution: false, or a network "
                          "without a classifier): class atlases need it; collect a run with attribution")
     c = cfg.classes
-    rows, per_class = select_rows(source["attr_classes"][:], source["attr_values"][:], source["status"][:], classes,
-                                  c.threshold, min(c.top_k, int(source["attr_classes"].shape[1])), c.max_rows)
+    attr_classes = source.attr_classes
+    rows, per_class = select_rows(np.asarray(attr_classes[:]), np.asarray(source.attr_values[:]), source.status_all(),
+                                  classes, c.threshold, min(c.top_k, int(attr_classes.shape[1])), c.max_rows)
     return rows, per_class
 
 
 def open_context(job: Job) -> SelectContext:
     """The parent's collect and the selection (read back when this attempt stored it)."""
     parent, _ = _parent(job.cfg)
-    source: Any = parent.open_group(NAME)
-    classes = _classes(job.cfg, list(source.attrs["class_names"]))
-    if job.run.has_group(NAME) and "parent_rows" in job.run.open_group(NAME):
-        g: Any = job.run.open_group(NAME)
-        rows, per_class = np.asarray(g["parent_rows"][:], np.int64), list(g.attrs["class_atlas"]["rows_per_class"])
+    source = CollectOutput.open(parent)
+    classes = _classes(job.cfg, source.class_names)
+    own = CollectOutput.open(job.run) if CollectOutput.exists(job.run) else None
+    info = own.class_atlas if own is not None and own.has_parent_rows else None
+    if own is not None and info is not None:
+        rows, per_class = np.asarray(own.parent_rows[:], np.int64), info.rows_per_class
     else:
         rows, per_class = selection(job.cfg, source, classes)
     if rows.size < 3:
-        names = list(source.attrs["class_names"])
+        names = source.class_names
         raise StoreError(f"only {rows.size} rows of {parent.root} support {', '.join(repr(names[k]) for k in classes)} "
                          "(a class atlas needs 3 or more): lower classes.threshold or raise classes.top_k")
     job.log.info("class atlas of %s: %d rows of %s (%s per class)", ", ".join(job.cfg.classes.names), rows.size,
@@ -148,40 +148,23 @@ def _write_manifest(ctx: SelectContext) -> None:
     from ..sources import Manifest, read_manifest, write_manifest
 
     m = read_manifest(ctx.parent.root)
-    images = np.asarray(ctx.source["index"].get_orthogonal_selection(ctx.rows), np.int64)
+    images = np.asarray(ctx.source.index.get_orthogonal_selection(ctx.rows), np.int64)
     sub = Manifest(m.kind, m.source, [m.locations[i] for i in images.tolist()], m.labels[images], m.label_names)
     write_manifest(sub, ctx.run.root)
 
 
-def _attrs(ctx: SelectContext) -> dict[str, Any]:
-    src = dict(ctx.source.attrs)
-    names = list(src["class_names"])
-    c = ctx.cfg.classes
-    info = {"parent": str(ctx.parent.root), "classes": ctx.classes, "names": [names[k] for k in ctx.classes],
-            "threshold": c.threshold, "top_k": c.top_k, "max_rows": c.max_rows, "rows_per_class": ctx.per_class,
-            "parent_rows": int(src.get("n_images", 0))}
-    return {**{k: src[k] for k in _KEEP_ATTRS if k in src}, "n_images": int(len(ctx.rows)),
-            "chunk_rows": ctx.chunk_rows, "class_atlas": info}
+def _info(ctx: SelectContext) -> ClassAtlasInfo:
+    """The selection as the class atlas's collect records it (attribute ``class_atlas``)."""
+    names, c = ctx.source.class_names, ctx.cfg.classes
+    return ClassAtlasInfo(parent=str(ctx.parent.root), classes=ctx.classes, names=[names[k] for k in ctx.classes],
+                          threshold=c.threshold, top_k=c.top_k, max_rows=c.max_rows, rows_per_class=ctx.per_class,
+                          parent_rows=ctx.source.n_images)
 
 
 def create(ctx: SelectContext) -> None:
     """The class atlas's collect group (the parent's arrays, for the selected rows; the selection
-    as ``parent_rows``), made in a temporary folder and renamed into place; then its manifest."""
-    m, r = len(ctx.rows), ctx.chunk_rows
-    tmp = ctx.run.root / f".{NAME}.creating"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ctx.run.root.mkdir(parents=True, exist_ok=True)
-    g: Any = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    for name in ROW_ARRAYS:
-        if name not in ctx.source:
-            continue
-        src = ctx.source[name]
-        g.create_array(name, shape=(m, *src.shape[1:]), chunks=(r, *src.shape[1:]), dtype=src.dtype,
-                       fill_value=src.fill_value, dimension_names=src.metadata.dimension_names)
-    g.create_array("parent_rows", shape=(m,), chunks=(max(m, 1),), dtype="int64", fill_value=-1,
-                   dimension_names=("row",))[:] = ctx.rows
-    g.attrs.update(_attrs(ctx))
-    os.replace(tmp, ctx.run.stage_path(NAME))
+    as ``parent_rows``: :func:`atlas.formats.create_selection`), created whole; then its manifest."""
+    create_selection(ctx.run, ctx.source, ctx.rows, ctx.chunk_rows, _info(ctx))
     _write_manifest(ctx)
 
 
@@ -201,12 +184,10 @@ def _copy_chunk(ctx: SelectContext, j: int) -> dict[str, Any]:
     """Copy rows ``j * chunk_rows ..`` of the selection, then write their side data."""
     r = ctx.chunk_rows
     lo, hi = j * r, min((j + 1) * r, len(ctx.rows))
-    rows, g = ctx.rows[lo:hi], ctx.group
-    for name in ROW_ARRAYS:
-        if name in g:
-            g[name][lo:hi] = ctx.source[name].get_orthogonal_selection((rows,) + (slice(None),) * (g[name].ndim - 1))
-    status = np.asarray(g["status"][lo:hi])
-    ok = np.asarray(g["activations"][lo:hi])[status == 1].astype(np.float64)
+    rows = ctx.rows[lo:hi]
+    copied = ctx.source.take(rows)
+    ctx.out.write_rows(lo, copied)
+    ok = copied.activations[copied.status == 1].astype(np.float64)
     atomic_save_npz(ctx.run.unit_data_path(NAME, _unit(j)), second_moment=ok.T @ ok, ok_count=np.array(len(ok), np.int64))
     atomic_write_text(ctx.run.unit_data_path(NAME, _unit(j), ".json"), "[]")
     return {"rows": [lo, hi], "ok": int(len(ok)), "bad": 0, "parent_rows": [int(rows[0]), int(rows[-1])]}
@@ -219,16 +200,13 @@ def run_units(ctx: SelectContext, names: list[str]) -> Iterator[tuple[str, dict[
 
 def finish(ctx: SelectContext) -> dict[str, Any]:
     """Sum the chunks' second moments in chunk order; ok and bad counts (an empty bad-input report)."""
-    c = int(ctx.source["activations"].shape[1])
+    c = ctx.source.n_channels
     total, ok_count = np.zeros((c, c), np.float64), 0
     for name in units(ctx):
         with np.load(ctx.run.unit_data_path(NAME, name)) as z:
             total += z["second_moment"]
             ok_count += int(z["ok_count"])
-    g = ctx.group
-    g.create_array("second_moment", shape=(c, c), chunks=(c, c), dtype="float64", overwrite=True,
-                   dimension_names=("channel", "channel_t"))[:] = total
-    g.attrs.update({"ok_count": ok_count, "bad_count": 0})
+    ctx.out.write_totals(total, ok_count, 0)
     atomic_write_text(ctx.run.logs_path() / "bad_inputs.tsv", "row\tlocation\tstatus\treason\n")
     ctx.log.info("class atlas collect complete: %d rows of %s", ok_count, ctx.parent.root)
     return {"ok_count": ok_count, "bad_count": 0, "classes": ctx.classes}
@@ -237,11 +215,56 @@ def finish(ctx: SelectContext) -> dict[str, Any]:
 def provenance(ctx: SelectContext) -> dict[str, Any]:
     """The parent run and the weights its rows were collected with."""
     return {"class_atlas_parent": str(Path(ctx.parent.root).resolve()),
-            "weights_sha256": ctx.source.attrs.get("weights_sha256")}
+            "weights_sha256": ctx.source.weights_sha256}
 
 
 def detail(run: RunDir) -> dict[str, Any]:
     """The classes of a class atlas's collect (for ``atlas status``), else nothing."""
-    attrs: Any = run.open_group(NAME).attrs
-    info = dict(attrs.get("class_atlas") or {})
-    return {"classes": list(info["names"])} if info else {}
+    info = CollectOutput.open(run).class_atlas
+    return {"classes": info.names} if info else {}
+
+
+class SelectStage(StageBase[SelectContext]):
+    """collect of a class atlas: the parent run's rows that support its classes -> ``RUN/collect``.
+
+    Same name, output and contract as :class:`atlas.stages.collect.CollectStage`, without the
+    network: no GPU, and far less time per task."""
+
+    name = NAME
+    inputs = ()
+    execution = "shards"
+    wants_gpu = False
+    on_change = "refuse"
+    lease_window = 32  # chunks leased (and copied) at a time
+    resources = Resources(tasks=4, time="01:00:00", cpus=4, mem="16G", gpus=0)
+
+    def settings(self, cfg: Config) -> dict[str, Any]:
+        return settings(cfg)
+
+    def open(self, job: Job) -> SelectContext:
+        return open_context(job)
+
+    def create(self, ctx: SelectContext) -> None:
+        create(ctx)
+
+    def units(self, ctx: SelectContext) -> list[str]:
+        return units(ctx)
+
+    def run_units(self, ctx: SelectContext, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        return run_units(ctx, names)
+
+    def finish(self, ctx: SelectContext) -> dict[str, Any]:
+        return finish(ctx)
+
+    def provenance(self, ctx: SelectContext) -> dict[str, Any]:
+        return provenance(ctx)
+
+    def detail(self, run: RunDir) -> dict[str, Any]:
+        """Rows, ok and bad counts, model and layer, and the class atlas's classes."""
+        col = CollectOutput.open(run)
+        st = col.status_all()
+        return {"images": col.n_images, "ok": int((st == 1).sum()), "bad": int((st >= 2).sum()),
+                "model": col.model, "layer": col.layer, **detail(run)}
+
+
+STAGE = SelectStage()

@@ -7,16 +7,15 @@ last reduces the per-chunk second moments (in chunk order, so any split gives th
 sums) and writes the bad-input report. Other settings on an existing run are refused
 (the collected activations are the run's most expensive data).
 
-In a class atlas (``classes.parent`` set, ``atlas class-atlas``) the stage copies the parent
-run's rows that support the atlas's classes instead, without the network: :mod:`._select`.
+In a class atlas (``classes.parent`` set, ``atlas class-atlas``) the registry hands out the
+selection instead (:class:`atlas.stages._select.SelectStage`, the same stage name and output): it
+copies the parent run's rows that support the atlas's classes, without the network.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,14 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 
 from ..config import Config, with_updates
+from ..formats import CollectHeader, CollectOutput, CollectRows, create_collect
 from ..ops.sampling import sample_positions
 from ..progress import progress
 from ..store import RunDir, atomic_save_npz, atomic_write_text, close_inherited_leases
 from . import _select
-from ._protocol import Job, Resources, StageBase
+from ._protocol import Job, Resources, Stage, StageBase
 
 __all__ = ["STAGE", "CollectStage", "plan_units", "unit_name"]
 
@@ -53,13 +52,14 @@ class _Context:
     layer_shape: tuple[int, int, int]
     n: int
     log: logging.Logger
-    _group: zarr.Group | None = None
+    _out: CollectOutput | None = None
 
     @property
-    def group(self) -> zarr.Group:
-        if self._group is None:
-            self._group = self.run.open_group(NAME, mode="r+")
-        return self._group
+    def out(self) -> CollectOutput:
+        """The run's collect group, opened for writing (once)."""
+        if self._out is None:
+            self._out = CollectOutput.open(self.run, mode="r+")
+        return self._out
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
@@ -93,35 +93,18 @@ def _open_manifest(cfg: Config, run: RunDir, log: logging.Logger) -> Any:
 
 
 def _create_group(ctx: _Context) -> None:
+    """The collect group, created whole (:func:`atlas.formats.create_collect`)."""
     from ..sources import STATUS_NAMES
 
-    cfg, run, n, net, manifest = ctx.cfg, ctx.run, ctx.n, ctx.net, ctx.manifest
-    c = ctx.layer_shape[0]
-    r = min(cfg.collect.chunk_rows, max(n, 1))
-    k = cfg.collect.top_k
-    tmp = run.root / f".{NAME}.creating"
-    shutil.rmtree(tmp, ignore_errors=True)
-    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    g.create_array("activations", shape=(n, c), chunks=(r, c), dtype=cfg.collect.dtype, fill_value=0,
-                   dimension_names=("row", "channel"))
-    g.create_array("positions", shape=(n, 2), chunks=(r, 2), dtype="int16", fill_value=-1, dimension_names=("row", "yx"))
-    g.create_array("index", shape=(n,), chunks=(r,), dtype="int64", fill_value=-1, dimension_names=("row",))
-    g.create_array("status", shape=(n,), chunks=(r,), dtype="uint8", fill_value=0, dimension_names=("row",))
-    g.create_array("labels", shape=(n,), chunks=(r,), dtype="int32", fill_value=-1, dimension_names=("row",))
-    if cfg.collect.attribution:
-        g.create_array("attr_classes", shape=(n, k), chunks=(r, k), dtype="int16", fill_value=-1,
-                       dimension_names=("row", "top"))
-        g.create_array("attr_values", shape=(n, k), chunks=(r, k), dtype="float32", fill_value=0,
-                       dimension_names=("row", "top"))
-    g.attrs.update({
-        "model": cfg.model.name, "layer": cfg.model.layer, "layer_shape": list(ctx.layer_shape),
-        "input_size": net.input_size, "seed": cfg.seed, "border": cfg.collect.border,
-        "n_images": n, "chunk_rows": r, "attribution": cfg.collect.attribution,
-        "top_k": k if cfg.collect.attribution else 0, "class_names": list(net.class_names),
-        "label_names": list(manifest.label_names), "status_codes": {str(s): v for s, v in STATUS_NAMES.items()},
-        "weights_sha256": net.weights_sha256,
-    })
-    os.replace(tmp, run.stage_path(NAME))  # the group appears whole or not at all
+    cfg, n, net = ctx.cfg, ctx.n, ctx.net
+    attribution = cfg.collect.attribution
+    header = CollectHeader(
+        model=cfg.model.name, layer=cfg.model.layer, layer_shape=ctx.layer_shape, input_size=net.input_size,
+        seed=cfg.seed, border=cfg.collect.border, n_images=n, chunk_rows=min(cfg.collect.chunk_rows, max(n, 1)),
+        attribution=attribution, top_k=cfg.collect.top_k if attribution else 0, class_names=list(net.class_names),
+        label_names=list(ctx.manifest.label_names), status_codes={str(s): v for s, v in STATUS_NAMES.items()},
+        weights_sha256=net.weights_sha256)
+    create_collect(ctx.run, header, cfg.collect.dtype)
 
 
 def _open(job: Job) -> _Context:
@@ -145,8 +128,11 @@ def _open(job: Job) -> _Context:
 
 # --------------------------------------------------------------------------- data
 
+_Item = tuple[int, np.ndarray, int, str]  # (row, uint8 image [S, S, 3], status, reason)
+_Batch = tuple[np.ndarray, torch.Tensor, np.ndarray, list[str]]  # rows, images, statuses, reasons
 
-class _Rows(torch.utils.data.Dataset):
+
+class _Rows(torch.utils.data.Dataset[_Item]):
     """Decodes image rows; a bad image becomes a zero image plus its status and reason."""
 
     def __init__(self, locations: list[str], size: int, max_pixels: int, min_side: int) -> None:
@@ -155,7 +141,7 @@ class _Rows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.locations)
 
-    def __getitem__(self, row: int) -> tuple[int, np.ndarray, int, str]:
+    def __getitem__(self, row: int) -> _Item:
         from ..sources import STATUS_OK, BadInput, load_image
 
         try:
@@ -165,7 +151,7 @@ class _Rows(torch.utils.data.Dataset):
             return row, np.zeros((self.size, self.size, 3), np.uint8), e.status, e.reason
 
 
-def _collate(items: list[tuple[int, np.ndarray, int, str]]) -> tuple[np.ndarray, torch.Tensor, np.ndarray, list[str]]:
+def _collate(items: list[_Item]) -> _Batch:
     rows = np.array([it[0] for it in items], dtype=np.int64)
     imgs = torch.from_numpy(np.stack([it[1] for it in items]))
     status = np.array([it[2] for it in items], dtype=np.uint8)
@@ -175,7 +161,7 @@ def _collate(items: list[tuple[int, np.ndarray, int, str]]) -> tuple[np.ndarray,
 def _batches(chunks: list[int], n: int, chunk_rows: int, batch_size: int) -> list[list[int]]:
     """Row batches aligned to chunks: a batch never spans two chunks, so the batches of a
     chunk (and so its numerics) are the same whatever the shard split."""
-    out = []
+    out: list[list[int]] = []
     for j in chunks:
         start, stop = j * chunk_rows, min((j + 1) * chunk_rows, n)
         out.extend(list(range(s, min(s + batch_size, stop))) for s in range(start, stop, batch_size))
@@ -202,7 +188,7 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _loader(ctx: _Context, chunks: list[int]) -> torch.utils.data.DataLoader:
+def _loader(ctx: _Context, chunks: list[int]) -> torch.utils.data.DataLoader[_Item]:
     cfg = ctx.cfg
     ds = _Rows(ctx.manifest.locations, ctx.net.input_size, cfg.images.max_pixels, cfg.images.min_side)
     workers = _decode_workers(ctx)
@@ -262,23 +248,19 @@ def _run_batch(ctx: _Context, buf: _ChunkBuffer, rows: np.ndarray, imgs: torch.T
 
 def _write_chunk(ctx: _Context, buf: _ChunkBuffer) -> dict[str, Any]:
     """Write one chunk's rows, then its side data; returns what its done marker records."""
-    g, sl = ctx.group, slice(buf.start, buf.stop)
-    g["activations"][sl] = buf.act
-    g["positions"][sl] = buf.pos
-    g["index"][sl] = np.arange(buf.start, buf.stop, dtype=np.int64)
-    g["status"][sl] = buf.status
-    g["labels"][sl] = ctx.manifest.labels[sl].astype(np.int32)
-    if ctx.cfg.collect.attribution:
-        g["attr_classes"][sl] = buf.cls
-        g["attr_values"][sl] = buf.val
+    attribution = ctx.cfg.collect.attribution
+    ctx.out.write_rows(buf.start, CollectRows(
+        buf.act, buf.pos, np.arange(buf.start, buf.stop, dtype=np.int64), buf.status,
+        ctx.manifest.labels[buf.start:buf.stop].astype(np.int32), buf.cls if attribution else None,
+        buf.val if attribution else None))
     ok = buf.act[buf.status == 1].astype(np.float64)
     name = unit_name(buf.j)
-    atomic_save_npz(ctx.run.unit_data_path(NAME, name), second_moment=ok.T @ ok, ok_count=np.int64(len(ok)))
+    atomic_save_npz(ctx.run.unit_data_path(NAME, name), second_moment=ok.T @ ok, ok_count=np.array(len(ok), np.int64))
     atomic_write_text(ctx.run.unit_data_path(NAME, name, ".json"), json.dumps(buf.bad))
     return {"rows": [buf.start, buf.stop], "ok": int(len(ok)), "bad": len(buf.bad)}
 
 
-def _iter_batches(ctx: _Context, chunks: list[int]) -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray, list[str]]]:
+def _iter_batches(ctx: _Context, chunks: list[int]) -> Iterator[_Batch]:
     with torch.no_grad():
         yield from _loader(ctx, chunks)
 
@@ -319,20 +301,18 @@ def _finalize(ctx: _Context) -> dict[str, Any]:
             ok_count += int(z["ok_count"])
         for b in json.loads(run.unit_data_path(NAME, name, ".json").read_text()):
             bad_lines.append(f"{b['row']}\t{b['location']}\t{b['status']}\t{b['reason']}".replace("\n", " "))
-    g = ctx.group
-    g.create_array("second_moment", shape=(c, c), chunks=(c, c), dtype="float64", overwrite=True,
-                   dimension_names=("channel", "channel_t"))[:] = total
-    g.attrs.update({"ok_count": ok_count, "bad_count": len(bad_lines) - 1})
+    ctx.out.write_totals(total, ok_count, len(bad_lines) - 1)
     atomic_write_text(run.logs_path() / "bad_inputs.tsv", "\n".join(bad_lines) + "\n")
     ctx.log.info("collect complete: %d ok, %d bad (see logs/bad_inputs.tsv)", ok_count, len(bad_lines) - 1)
     return {"ok_count": ok_count, "bad_count": len(bad_lines) - 1}
 
 
-class CollectStage(StageBase):
+class CollectStage(StageBase[_Context]):
     """Stage 1: one random spatial activation per image (+ class attribution) -> ``RUN/collect``.
 
-    In a class atlas (``classes.parent`` set) it copies the parent run's rows that support the
-    atlas's classes instead, without the network (:mod:`atlas.stages._select`)."""
+    In a class atlas (``classes.parent`` set) the registry hands out
+    :class:`atlas.stages._select.SelectStage` instead (:meth:`for_config`): it copies the parent
+    run's rows that support the atlas's classes, without the network."""
 
     name = NAME
     inputs = ()
@@ -342,45 +322,39 @@ class CollectStage(StageBase):
     lease_window = 32  # chunks leased (and decoded by one DataLoader) at a time
     resources = Resources(tasks=16, time="04:00:00", cpus=8, mem="32G", gpus=1)
 
+    def for_config(self, cfg: Config) -> Stage[Any]:
+        """The class atlas's selection when ``classes.parent`` is set, else this stage."""
+        return _select.STAGE if _select.active(cfg) else self
+
     def settings(self, cfg: Config) -> dict[str, Any]:
-        return _select.settings(cfg) if _select.active(cfg) else _settings(cfg)
+        return _settings(cfg)
 
-    def open(self, job: Job) -> _Context | _select.SelectContext:
-        return _select.open_context(job) if _select.active(job.cfg) else _open(job)
+    def open(self, job: Job) -> _Context:
+        return _open(job)
 
-    def create(self, ctx: _Context | _select.SelectContext) -> None:
-        if isinstance(ctx, _select.SelectContext):
-            _select.create(ctx)
-        else:
-            _create_group(ctx)
+    def create(self, ctx: _Context) -> None:
+        _create_group(ctx)
 
-    def units(self, ctx: _Context | _select.SelectContext) -> list[str]:
-        if isinstance(ctx, _select.SelectContext):
-            return _select.units(ctx)
+    def units(self, ctx: _Context) -> list[str]:
         return plan_units(ctx.n, ctx.cfg.collect.chunk_rows)
 
-    def run_units(self, ctx: _Context | _select.SelectContext, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        if isinstance(ctx, _select.SelectContext):
-            yield from _select.run_units(ctx, units)
-            return
+    def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         ctx.log.info("%d chunks to do (%d images in all, layer %s %s)", len(units), ctx.n, ctx.cfg.model.layer,
                      "x".join(map(str, ctx.layer_shape)))
         yield from _run_chunks(ctx, [int(u.split("-")[1]) for u in units])
 
-    def finish(self, ctx: _Context | _select.SelectContext) -> dict[str, Any]:
-        return _select.finish(ctx) if isinstance(ctx, _select.SelectContext) else _finalize(ctx)
+    def finish(self, ctx: _Context) -> dict[str, Any]:
+        return _finalize(ctx)
 
-    def provenance(self, ctx: _Context | _select.SelectContext) -> dict[str, Any]:
-        if isinstance(ctx, _select.SelectContext):
-            return _select.provenance(ctx)
+    def provenance(self, ctx: _Context) -> dict[str, Any]:
         return {"weights_sha256": ctx.net.weights_sha256, "weights_path": ctx.net.weights_path}
 
     def detail(self, run: RunDir) -> dict[str, Any]:
-        """Images, ok and bad counts, model and layer (and a class atlas's classes)."""
-        g = run.open_group(NAME)
-        st = g["status"][:]
-        return {"images": int(g.attrs["n_images"]), "ok": int((st == 1).sum()), "bad": int((st >= 2).sum()),
-                "model": g.attrs["model"], "layer": g.attrs["layer"], **_select.detail(run)}
+        """Images, ok and bad counts, model and layer."""
+        col = CollectOutput.open(run)
+        st = col.status_all()
+        return {"images": col.n_images, "ok": int((st == 1).sum()), "bad": int((st >= 2).sum()),
+                "model": col.model, "layer": col.layer}
 
 
 STAGE = CollectStage()

@@ -1,8 +1,7 @@
 """Stage 3, grid: aligned multi-level grids over the layout -> ``RUN/grid``.
 
-Two passes over the collect chunks, each chunk a dask task (a ``LocalCluster`` of worker
-processes, the scheduler at ``grid.scheduler``, or in this process with
-``grid.dask_workers: 0``); a task reads only its chunk, so memory is flat in N.
+Two passes over the collect chunks, each chunk a task of the job's fan-out
+(:class:`atlas.cluster.FanOut`); a task reads only its chunk, so memory is flat in N.
 
 ``chunk-XXXXXX``
     per-cell sums of chunk j at the finest level (counts, float64 activation sums,
@@ -19,8 +18,10 @@ processes, the scheduler at ``grid.scheduler``, or in this process with
     the Zarr group written (replacing any partial one), then the marker.
 
 The stage runs in one process (``execution = "driver"``); its chunk tasks go to the
-engine's dask client when there is one (``atlas run --workers N`` / ``--scheduler``), else
-to ``grid.scheduler`` or a LocalCluster of ``grid.dask_workers`` processes.
+engine's dask client when there is one (``atlas run --workers N`` / ``--scheduler``), else to
+``cluster.processes`` spawned processes, else (the default) run in this process. Every task
+writes its own file and the driver combines them in chunk order, so where they ran does not
+change a byte of the output.
 
 Layout of ``RUN/grid``: root array ``whitening`` [C, C] float64; per size s a subgroup
 ``level-<s>`` with ``count`` [s, s] int64, ``mean_activation`` [s, s, C] float32,
@@ -35,7 +36,7 @@ examples -1.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from logging import Logger
@@ -43,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
-from ..config import Config, GridConfig
+from .._cache import cached, clear_cache
+from ..cluster import FanOut
+from ..config import Config
+from ..formats import CollectOutput, GridLevelWriter, GridOutput, GridWriter, ReduceOutput
 from ..ops.binning import (
     add_partials,
     cell_ids,
@@ -65,7 +68,6 @@ from ..ops.binning import (
     unit_rows,
 )
 from ..ops.whitening import whitening_matrix
-from ..progress import progress
 from ..store import RunDir, atomic_save_npz, fingerprint
 from ._protocol import Job, Resources, StageBase
 
@@ -75,6 +77,7 @@ NAME = "grid"
 _COMBINE_BATCH = 32  # chunk partials merged into the totals at a time (fixed: part of the sum order)
 _CLASS_BLOCK = 64    # class_attribution: cell rows written at a time; chunk side in rows, columns, classes
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_MEANS_KIND = "grid.means"  # the cache of means.npz in the processes that run examples units
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,14 @@ class GridPlan:
         return j * self.chunk_rows, min(self.n_rows, (j + 1) * self.chunk_rows)
 
 
-def _make_plan(cfg: Config, run: RunDir, collect: zarr.Group) -> GridPlan:
-    n, c = collect["activations"].shape
-    attribution = bool(collect.attrs.get("attribution", False)) and "attr_classes" in collect
+def _make_plan(cfg: Config, run: RunDir, collect: CollectOutput) -> GridPlan:
+    attribution = collect.has_attribution
     return GridPlan(
         run_root=str(run.root), sizes=tuple(cfg.grid.sizes), min_count=cfg.grid.min_count,
         top_classes=cfg.grid.top_classes, examples=cfg.grid.examples, whiten_eps=cfg.grid.whiten_eps,
-        seed=cfg.seed, n_rows=int(n), chunk_rows=int(collect.attrs["chunk_rows"]), n_channels=int(c),
-        n_classes=len(collect.attrs.get("class_names") or []) if attribution else 0,
-        n_labels=len(collect.attrs.get("label_names") or []), attribution=attribution,
+        seed=cfg.seed, n_rows=collect.n_rows, chunk_rows=collect.chunk_rows, n_channels=collect.n_channels,
+        n_classes=len(collect.class_names) if attribution else 0,
+        n_labels=len(collect.label_names), attribution=attribution,
     )
 
 
@@ -124,17 +126,17 @@ def _make_plan(cfg: Config, run: RunDir, collect: zarr.Group) -> GridPlan:
 
 def _read_chunk(plan: GridPlan, j: int, *, positions: bool = False) -> dict[str, np.ndarray]:
     """Chunk j of the collect arrays the grid uses, plus its reduce coords."""
-    root = Path(plan.run_root)
-    col = zarr.open_group(str(root / "collect"), mode="r", zarr_format=3)
+    run = RunDir(plan.run_root)
+    col = CollectOutput.open(run)
     lo, hi = plan.rows(j)
-    out = {"act": np.asarray(col["activations"][lo:hi], dtype=np.float32), "ok": col["status"][lo:hi] == 1,
-           "coords": zarr.open_group(str(root / "reduce"), mode="r", zarr_format=3)["coords"][lo:hi]}
+    out = {"act": np.asarray(col.activations[lo:hi], dtype=np.float32), "ok": np.asarray(col.status[lo:hi]) == 1,
+           "coords": np.asarray(ReduceOutput.open(run).coords[lo:hi])}
     if plan.attribution:
-        out["attr_classes"], out["attr_values"] = col["attr_classes"][lo:hi], col["attr_values"][lo:hi]
+        out["attr_classes"], out["attr_values"] = np.asarray(col.attr_classes[lo:hi]), np.asarray(col.attr_values[lo:hi])
     if plan.n_labels:
-        out["labels"] = col["labels"][lo:hi]
+        out["labels"] = np.asarray(col.labels[lo:hi])
     if positions:
-        out["positions"] = col["positions"][lo:hi]
+        out["positions"] = np.asarray(col.positions[lo:hi])
     return out
 
 
@@ -149,18 +151,11 @@ def sums_unit(plan: GridPlan, j: int) -> dict[str, Any]:
     return {"points": int(part["count"].sum())}
 
 
-_MEANS_CACHE: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
-
-
 def _cached_means(path: Path) -> dict[str, np.ndarray]:
     """means.npz, loaded once per worker process (keyed by path, size and mtime: the file
     is immutable once written, and a restart with other parameters rewrites it)."""
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _MEANS_CACHE:
-        _MEANS_CACHE.clear()
-        _MEANS_CACHE[key] = _load_npz(path)
-    return _MEANS_CACHE[key]
+    return cached(_MEANS_KIND, (str(path), st.st_size, st.st_mtime_ns), lambda: _load_npz(path))
 
 
 def examples_unit(plan: GridPlan, j: int) -> dict[str, Any]:
@@ -183,41 +178,13 @@ def examples_unit(plan: GridPlan, j: int) -> dict[str, Any]:
     return {}
 
 
-@contextlib.contextmanager
-def _dask_client(gc: GridConfig) -> Iterator[Any]:
-    """A dask Client (scheduler address or a LocalCluster of processes), or None for in-process."""
-    if gc.scheduler is None and gc.dask_workers == 0:
-        yield None
-        return
-    from dask.distributed import Client, LocalCluster
-
-    if gc.scheduler is not None:
-        with Client(gc.scheduler) as client:
-            yield client
-        return
-    with LocalCluster(n_workers=gc.dask_workers, processes=True, threads_per_worker=1,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
-
-
 def _map_units(func: Callable[[GridPlan, int], dict[str, Any]], ctx: _Ctx, units: list[str],
                prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Run the units ``prefix-XXXXXX`` among ``units`` (one per chunk) on the client, or here."""
+    """Run the units ``prefix-XXXXXX`` among ``units`` (one per chunk) through the job's fan-out
+    (the engine's dask client, ``cluster.processes`` local processes, or here)."""
     todo = [int(u[len(prefix) + 1:]) for u in units if u.startswith(prefix + "-")]
-    if not todo:
-        return
-    client = ctx.client()
-    if client is None:
-        for j in progress(todo, desc=f"grid: {prefix}", unit="chunk"):
-            yield f"{prefix}-{j:06d}", func(ctx.plan, j)
-        return
-    from dask.distributed import as_completed
-
-    futures = client.map(func, [ctx.plan] * len(todo), todo, pure=False, retries=2,
-                         key=[f"grid-{prefix}-{ctx.plan.key}-{j}" for j in todo])
-    index = {f.key: j for f, j in zip(futures, todo)}
-    for fut in progress(as_completed(futures), total=len(todo), desc=f"grid: {prefix}", unit="chunk"):
-        yield f"{prefix}-{index[fut.key]:06d}", fut.result()
+    for j, info in ctx.fan.map(functools.partial(func, ctx.plan), todo, desc=f"grid: {prefix}", unit="chunk"):
+        yield f"{prefix}-{j:06d}", info
 
 
 # --------------------------------------------------------------------------- combine
@@ -248,8 +215,9 @@ def _merge_examples(plan: GridPlan, run: RunDir) -> dict[int, dict[str, np.ndarr
     """Per level, the best ``examples`` rows of every cell over all chunks (a total order:
     score, then row id, so the result does not depend on how chunks are batched)."""
     names = ("cells", "rows", "scores", "pos")
-    best = {s: {"cells": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "scores": np.zeros(0),
-                "pos": np.zeros((0, 2), np.int16)} for s in plan.sizes}
+    best: dict[int, dict[str, np.ndarray]] = {
+        s: {"cells": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "scores": np.zeros(0),
+            "pos": np.zeros((0, 2), np.int16)} for s in plan.sizes}
     for lo in range(0, plan.n_chunks, _COMBINE_BATCH):
         parts = [_load_npz(run.unit_data_path(NAME, f"examples-{j:06d}"))
                  for j in range(lo, min(plan.n_chunks, lo + _COMBINE_BATCH))]
@@ -275,13 +243,13 @@ def _shuffled_label_counts(plan: GridPlan, run: RunDir) -> tuple[np.ndarray, np.
 
     Reads only the 1-D ``status``/``labels`` and the coords, chunk by chunk: int64 [m] each.
     """
-    col = run.open_group("collect")
-    coords = run.open_group("reduce")["coords"]
+    col = CollectOutput.open(run)
+    coords = ReduceOutput.open(run).coords
     ids, labels = [], []
     for j in range(plan.n_chunks):
         lo, hi = plan.rows(j)
-        lab = np.asarray(col["labels"][lo:hi], np.int64)
-        cid = np.where(np.asarray(col["status"][lo:hi]) == 1, cell_ids(coords[lo:hi], plan.sizes[-1]), -1)
+        lab = np.asarray(col.labels[lo:hi], np.int64)
+        cid = np.where(np.asarray(col.status[lo:hi]) == 1, cell_ids(np.asarray(coords[lo:hi]), plan.sizes[-1]), -1)
         good = (cid >= 0) & (lab >= 0) & (lab < plan.n_labels)
         ids.append(cid[good])
         labels.append(lab[good])
@@ -307,44 +275,32 @@ def _purities(plan: GridPlan, run: RunDir, levels: dict[int, dict[str, np.ndarra
 # --------------------------------------------------------------------------- write
 
 
-def _put(g: zarr.Group, name: str, data: np.ndarray, fill: Any, dims: tuple[str, ...]) -> None:
-    chunks = tuple(min(d, 64) if i < 2 else d for i, d in enumerate(data.shape))
-    g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill, dimension_names=dims)
-    g[name][...] = data
-
-
-_RC = ("cell_row", "cell_col")
-
-
-def _write_level(g: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarray],
-                 ex: dict[str, np.ndarray]) -> None:
-    sub = g.create_group(f"level-{s}")
-    _put(sub, "count", lev["count"], 0, _RC)
-    _put(sub, "mean_activation", level_means(lev["act_sum"], lev["count"], plan.min_count), np.nan, (*_RC, "channel"))
+def _write_level(g: GridWriter, plan: GridPlan, s: int, lev: dict[str, np.ndarray],
+                 ex: dict[str, np.ndarray]) -> GridLevelWriter:
+    sub = g.level(s)
+    sub.count(lev["count"])
+    sub.mean_activation(level_means(lev["act_sum"], lev["count"], plan.min_count))
     empty = lev["count"].ravel() < plan.min_count
     if plan.attribution and plan.n_classes:
         denom = np.maximum(lev["count"].ravel()[lev["attr_keys"] // plan.n_classes], 1)
         cls, val = top_per_cell(lev["attr_keys"], lev["attr_sums"] / denom, s * s, plan.n_classes, plan.top_classes)
         cls[empty], val[empty] = -1, np.nan
-        _put(sub, "top_classes", cls.reshape(s, s, -1), -1, (*_RC, "top"))
-        _put(sub, "top_values", val.reshape(s, s, -1), np.nan, (*_RC, "top"))
+        sub.top(cls.reshape(s, s, -1), val.reshape(s, s, -1))
         _write_class_attribution(sub, plan, s, lev)
     if plan.n_labels:
         lc = dense_from_keys(lev["label_keys"], lev["label_counts"], s * s, plan.n_labels, np.int32)
-        _put(sub, "label_counts", lc.reshape(s, s, -1), 0, (*_RC, "label"))
-    rows, pos = _dense_examples(ex, s, plan.examples)
-    _put(sub, "examples", rows, -1, (*_RC, "example"))
-    _put(sub, "example_positions", pos, -1, (*_RC, "example", "yx"))
-    sub.attrs.update({"size": s, "empty_cells": int(empty.sum())})
+        sub.label_counts(lc.reshape(s, s, -1))
+    sub.examples(*_dense_examples(ex, s, plan.examples))
+    sub.summary(int(empty.sum()))
+    return sub
 
 
-def _write_class_attribution(sub: zarr.Group, plan: GridPlan, s: int, lev: dict[str, np.ndarray]) -> None:
+def _write_class_attribution(sub: GridLevelWriter, plan: GridPlan, s: int, lev: dict[str, np.ndarray]) -> None:
     """``class_attribution`` [s, s, K] float16: every class's mean attribution per cell (NaN in empty
     cells), written ``_CLASS_BLOCK`` cell rows at a time from the sorted sparse sums, so the
     level's dense float64 matrix is never held whole (a 256 x 256 x 1000 level would be 524 MB)."""
     k, rows = plan.n_classes, min(s, _CLASS_BLOCK)
-    arr = sub.create_array("class_attribution", shape=(s, s, k), chunks=(rows, rows, min(k, _CLASS_BLOCK)),
-                           dtype="float16", fill_value=0.0, dimension_names=(*_RC, "class"))
+    arr = sub.class_attribution(k, _CLASS_BLOCK)
     for r0 in range(0, s, rows):
         r1 = min(s, r0 + rows)
         cnt = lev["count"][r0:r1].reshape(-1)
@@ -358,33 +314,19 @@ def _write(plan: GridPlan, run: RunDir, log: Logger) -> None:
     levels = pyramid(acc, list(plan.sizes), plan.n_classes, plan.n_labels)
     examples = _merge_examples(plan, run)
     purities = _purities(plan, run, levels) if plan.n_labels else {}
-    col = run.open_group("collect")
-    g = zarr.open_group(str(run.stage_path(NAME)), mode="w", zarr_format=3)
-    w = whitening_matrix(np.asarray(col["second_moment"][:]), int(col.attrs["ok_count"]), plan.whiten_eps)
-    _put(g, "whitening", w, 0.0, ("channel", "channel_t"))
+    col = CollectOutput.open(run)
+    g = GridWriter(run)
+    w = whitening_matrix(np.asarray(col.second_moment[:]), col.ok_count, plan.whiten_eps)
+    g.whitening(w)
     for s in plan.sizes:
-        _write_level(g, plan, s, levels[s], examples[s])
+        sub = _write_level(g, plan, s, levels[s], examples[s])
         if s in purities:
-            g[f"level-{s}"].attrs.update({"purity": purities[s][0], "purity_shuffled": purities[s][1]})
-    g.attrs.update(_root_attrs(plan, col, purities))
+            sub.purity(*purities[s])
+    g.finish(sizes=list(plan.sizes), min_count=plan.min_count, top_classes=plan.top_classes, examples=plan.examples,
+             whiten_eps=plan.whiten_eps, class_names=col.class_names,
+             label_names=col.label_names, purities=purities)
     for s, (p, b) in purities.items():
         log.info("level %d: label purity %.3f (shuffled labels %.3f)", s, p, b)
-
-
-def _root_attrs(plan: GridPlan, col: zarr.Group, purities: dict[int, tuple[float, float]]) -> dict[str, Any]:
-    return {
-        "sizes": list(plan.sizes), "min_count": plan.min_count, "top_classes": plan.top_classes,
-        "examples": plan.examples, "whiten_eps": plan.whiten_eps,
-        "whitening": "S = inv(M + eps * trace(M)/C * I), M = second_moment / ok_count (eps relative to the mean eigenvalue)",
-        "cells": "cell (r, c) at size s holds reduce coords (x, y) with r = floor(y*s), c = floor(x*s); 1.0 -> last cell",
-        "empty": "a cell is empty when count < min_count: mean_activation NaN, top_classes -1, class_attribution NaN, examples -1",
-        "class_attribution": "mean over the cell's activations of h . d logit_k / d h at the sampled position (logit units; 0 where class k was in no row's collected top-K)",
-        "examples_rule": "collect rows of the cell with the highest cosine similarity to the cell's mean activation",
-        "class_names": list(col.attrs.get("class_names") or []), "label_names": list(col.attrs.get("label_names") or []),
-        "purity": {str(s): p for s, (p, _) in purities.items()},
-        "purity_shuffled": {str(s): b for s, (_, b) in purities.items()},
-        "complete": True,
-    }
 
 
 # --------------------------------------------------------------------------- the stage
@@ -392,33 +334,20 @@ def _root_attrs(plan: GridPlan, col: zarr.Group, purities: dict[int, tuple[float
 
 @dataclass
 class _Ctx:
-    """The plan and a lazily opened dask client (the engine's, or one of the grid's own)."""
+    """The plan and where the chunk tasks run (:class:`atlas.cluster.FanOut`: the engine's
+    client, local processes that start at the first task, or this process)."""
 
     plan: GridPlan
     run: RunDir
-    gc: GridConfig
     log: Logger
-    engine_client: Any = None
-    stack: contextlib.ExitStack | None = None
-    _client: Any = False
-
-    def client(self) -> Any:
-        if self._client is False:
-            if self.engine_client is not None:
-                self._client = self.engine_client
-            else:
-                self.stack = contextlib.ExitStack()
-                self._client = self.stack.enter_context(_dask_client(self.gc))
-        return self._client
+    fan: FanOut
 
     def close(self) -> None:
-        if self.stack is not None:
-            self.stack.close()
-        self.stack, self._client = None, False
-        _MEANS_CACHE.clear()
+        self.fan.close()
+        clear_cache(_MEANS_KIND)
 
 
-class GridStage(StageBase):
+class GridStage(StageBase[_Ctx]):
     """Stage 3: aligned multi-level grids of cell means, classes, labels, examples -> ``RUN/grid``."""
 
     name = NAME
@@ -428,11 +357,11 @@ class GridStage(StageBase):
     resources = Resources(tasks=1, time="02:00:00", cpus=8, mem="32G", gpus=0)
 
     def settings(self, cfg: Config) -> dict[str, Any]:
-        return {"seed": cfg.seed, "grid": cfg.grid.model_dump(mode="json", exclude={"scheduler", "dask_workers"})}
+        return {"seed": cfg.seed, "grid": cfg.grid.model_dump(mode="json")}
 
     def open(self, job: Job) -> _Ctx:
-        plan = _make_plan(job.cfg, job.run, job.run.open_group("collect"))
-        return _Ctx(plan, job.run, job.cfg.grid, job.log, job.client)
+        plan = _make_plan(job.cfg, job.run, CollectOutput.open(job.run))
+        return _Ctx(plan, job.run, job.log, FanOut.of(job))
 
     def units(self, ctx: _Ctx) -> list[str]:
         n = ctx.plan.n_chunks
@@ -455,12 +384,11 @@ class GridStage(StageBase):
         """Label purity per level (and with shuffled labels), empty levels."""
         if "final" not in run.done_units(NAME):
             return {}
-        g = run.open_group(NAME)
+        g = GridOutput.open(run)
         out: dict[str, Any] = {}
-        if g.attrs.get("purity"):
-            out |= {"purity": g.attrs["purity"], "purity_shuffled": g.attrs.get("purity_shuffled")}
-        sizes = [int(s) for s in g.attrs.get("sizes", [])]
-        empty = [s for s in sizes if g[f"level-{s}"].attrs.get("empty_cells") == s * s]
+        if g.purity:
+            out |= {"purity": g.purity, "purity_shuffled": g.purity_shuffled}
+        empty = [s for s in g.sizes if g.level(s).empty_cells == s * s]
         if empty:
             out["empty_levels"] = empty
         return out

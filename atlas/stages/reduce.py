@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import Logger
 from typing import Any
@@ -37,11 +37,12 @@ import numpy as np
 import zarr
 
 from ..config import Config, ReduceConfig
+from ..formats import CollectOutput, ReduceOutput, ReduceSummary, create_reduce
 from ..ops.knn import FaissKNN, set_faiss_threads
 from ..ops.layout import apply_bounds, choose_init, default_n_neighbors, fit_umap, layout_bounds, trustworthiness
 from ..ops.placement import Projection, fit_projection, place_rows, placement_knn, project
 from ..progress import progress
-from ..store import RunDir, atomic_save_npz, read_rows
+from ..store import RunDir, atomic_save_npz
 from ._protocol import Job, Resources, StageBase
 
 __all__ = ["STAGE", "ReduceStage"]
@@ -68,9 +69,9 @@ class _Plan:
         return -(-self.n_rows // self.chunk_rows)
 
 
-def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
+def _make_plan(cfg: Config, collect: CollectOutput) -> _Plan:
     rc = cfg.reduce
-    status = np.asarray(collect["status"][:])
+    status = collect.status_all()
     ok_rows = np.flatnonzero(status == 1).astype(np.int64)
     if ok_rows.size < 3:
         raise ValueError(f"reduce needs at least 3 ok rows in RUN/collect, found {ok_rows.size}")
@@ -81,7 +82,7 @@ def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
     k = rc.n_neighbors if rc.n_neighbors is not None else default_n_neighbors(ok_rows.size)
     if k >= fit_rows.size:
         raise ValueError(f"reduce.n_neighbors={k} needs more than {fit_rows.size} fitted points")
-    n, c = collect["activations"].shape
+    n, c, chunk_rows = collect.n_rows, collect.n_channels, collect.chunk_rows
     params = {
         "n_neighbors": int(k), "min_dist": rc.min_dist, "metric": rc.metric, "pca": rc.pca,
         "init": choose_init(rc.init, int(fit_rows.size), rc.spectral_max), "n_epochs": rc.n_epochs,
@@ -90,11 +91,11 @@ def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
         "hnsw_ef_construction": rc.hnsw_ef_construction, "hnsw_ef_search": rc.hnsw_ef_search,
         "recall_queries": rc.recall_queries, "placement": rc.placement, "place_k": rc.place_k,
         "clip_percentile": rc.clip_percentile, "margin": rc.margin, "trust_sample": rc.trust_sample,
-        "seed": cfg.seed, "n_rows": int(n), "ok_count": int(ok_rows.size), "chunk_rows": int(collect.attrs["chunk_rows"]),
-        "collect": {k: collect.attrs.get(k) for k in ("model", "layer", "seed", "n_images")}
-        | {"status_sha256": hashlib.sha256(status.tobytes()).hexdigest()[:16]},
+        "seed": cfg.seed, "n_rows": int(n), "ok_count": int(ok_rows.size), "chunk_rows": chunk_rows,
+        "collect": {"model": collect.model, "layer": collect.layer, "seed": collect.seed, "n_images": collect.n_images,
+                    "status_sha256": hashlib.sha256(status.tobytes()).hexdigest()[:16]},
     }
-    return _Plan(int(n), int(c), int(collect.attrs["chunk_rows"]), status, fit_rows, params)
+    return _Plan(n, c, chunk_rows, status, fit_rows, params)
 
 
 # --------------------------------------------------------------------------- context
@@ -103,16 +104,18 @@ def _make_plan(cfg: Config, collect: zarr.Group) -> _Plan:
 @dataclass
 class _Ctx:
     run: RunDir
-    collect: zarr.Group
+    collect: CollectOutput
     plan: _Plan
     rc: ReduceConfig
     log: Logger
+    done: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # the runner's unit records (Job.done)
     _x: np.ndarray | None = None
     _knn: FaissKNN | None = None
     _pca: Projection = field(default=None)
 
-    def group(self) -> zarr.Group:
-        return self.run.open_group(NAME, mode="r+")
+    def group(self) -> ReduceOutput:
+        """The run's reduce group, opened for writing."""
+        return ReduceOutput.open(self.run, mode="r+")
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Apply the PCA fitted on the sample (identity without ``reduce.pca``)."""
@@ -121,7 +124,7 @@ class _Ctx:
     def fit_vectors(self) -> np.ndarray:
         """Activations of the fitted rows (after PCA): float32 [M, C or pca]."""
         if self._x is None:
-            x = read_rows(self.collect["activations"], self.plan.fit_rows, self.plan.chunk_rows)
+            x = self.collect.read_activations(self.plan.fit_rows)
             self._pca = fit_projection(x, self.rc.pca)
             self._x = self.project(x)
         return self._x
@@ -139,27 +142,15 @@ class _Ctx:
 def _create(ctx: _Ctx) -> None:
     """The group and its arrays (the runner has removed any earlier attempt)."""
     plan = ctx.plan
-    g = zarr.open_group(str(ctx.run.stage_path(NAME)), mode="w", zarr_format=3)
-    n, r, m, k = plan.n_rows, plan.chunk_rows, plan.fit_rows.size, plan.params["n_neighbors"]
-    for name in ("coords", "raw_coords"):
-        g.create_array(name, shape=(n, 2), chunks=(r, 2), dtype="float32", fill_value=np.nan, dimension_names=("row", "xy"))
-    g.create_array("knn_indices", shape=(m, k), chunks=(min(m, 65536), k), dtype="int64", fill_value=-1,
-                   dimension_names=("fit_row", "neighbour"))
-    g.create_array("knn_dists", shape=(m, k), chunks=(min(m, 65536), k), dtype="float32", fill_value=np.nan,
-                   dimension_names=("fit_row", "neighbour"))
-    g.create_array("fit_rows", shape=(m,), chunks=(min(m, 1 << 20),), dtype="int64", fill_value=-1,
-                   dimension_names=("fit_row",))
-    g.attrs.update({"params": plan.params, "complete": False})
+    create_reduce(ctx.run, plan.n_rows, plan.chunk_rows, int(plan.fit_rows.size), int(plan.params["n_neighbors"]),
+                  plan.params)
 
 
 def _knn_step(ctx: _Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     knn = ctx.index()
     idx, dists = knn.neighbor_graph()
-    g = ctx.group()
-    g["knn_indices"][:] = idx
-    g["knn_dists"][:] = dists
-    g["fit_rows"][:] = ctx.plan.fit_rows
+    ctx.group().write_knn(idx, dists, ctx.plan.fit_rows)
     secs = time.perf_counter() - t0
     recall = None if knn.recall_ is None else round(float(knn.recall_), 6)
     ctx.log.info("kNN graph of %d points (k=%d, %s): %.1f s%s", idx.shape[0], idx.shape[1], knn.method_, secs,
@@ -170,7 +161,7 @@ def _knn_step(ctx: _Ctx) -> dict[str, Any]:
 def _fit_step(ctx: _Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     p, g = ctx.plan.params, ctx.group()
-    emb = fit_umap(ctx.fit_vectors(), g["knn_indices"][:], g["knn_dists"][:], n_neighbors=p["n_neighbors"],
+    emb = fit_umap(ctx.fit_vectors(), np.asarray(g.knn_indices[:]), np.asarray(g.knn_dists[:]), n_neighbors=p["n_neighbors"],
                    min_dist=p["min_dist"], metric=p["metric"], init=p["init"], n_epochs=p["n_epochs"],
                    random_state=p["seed"])
     atomic_save_npz(ctx.run.unit_data_path(NAME, "fit"), embedding=emb)
@@ -184,7 +175,7 @@ def _place_rows(ctx: _Ctx, x: np.ndarray, emb: np.ndarray, chunk: int) -> np.nda
     return place_rows(ctx.index(), ctx.project(x), emb, ctx.plan.params, salt=chunk)
 
 
-def _place_chunk(ctx: _Ctx, g: zarr.Group, emb: np.ndarray, j: int) -> dict[str, Any]:
+def _place_chunk(ctx: _Ctx, g: ReduceOutput, emb: np.ndarray, j: int) -> dict[str, Any]:
     plan = ctx.plan
     lo, hi = j * plan.chunk_rows, min(plan.n_rows, (j + 1) * plan.chunk_rows)
     rows = np.arange(lo, hi, dtype=np.int64)
@@ -195,9 +186,9 @@ def _place_chunk(ctx: _Ctx, g: zarr.Group, emb: np.ndarray, j: int) -> dict[str,
     out[fitted] = emb[pos[fitted]]
     todo = ok & ~fitted
     if todo.any():
-        x = np.asarray(ctx.collect["activations"][lo:hi], dtype=np.float32)[todo]
+        x = np.asarray(ctx.collect.activations[lo:hi], dtype=np.float32)[todo]
         out[todo] = _place_rows(ctx, x, emb, j)
-    g["raw_coords"][lo:hi] = out
+    g.write_raw_coords(lo, out)
     return {"placed": int(todo.sum()), "fitted": int(fitted.sum())}
 
 
@@ -218,16 +209,16 @@ def _place_steps(ctx: _Ctx, units: list[str]) -> Iterator[tuple[str, dict[str, A
 
 def _normalise_step(ctx: _Ctx) -> dict[str, Any]:
     p, g = ctx.plan.params, ctx.group()
-    raw = np.asarray(g["raw_coords"][:])
+    raw = np.asarray(g.raw_coords[:])
     ok = ctx.plan.status == 1
     lo, hi = layout_bounds(raw[ok], p["clip_percentile"])
     coords = apply_bounds(raw, lo, hi, p["margin"])
     coords[~ok] = np.nan
-    g["coords"][:] = coords
+    g.write_coords(coords)
     return {"lo": lo.tolist(), "hi": hi.tolist()}
 
 
-def _trust(ctx: _Ctx, coords: zarr.Array) -> float | None:
+def _trust(ctx: _Ctx, coords: zarr.Array[Any]) -> float | None:
     """Trustworthiness (k=10, reduce.metric) of the final coords on a seeded sample."""
     ok_rows = np.flatnonzero(ctx.plan.status == 1)
     m = min(ctx.rc.trust_sample, ok_rows.size)
@@ -235,23 +226,18 @@ def _trust(ctx: _Ctx, coords: zarr.Array) -> float | None:
         return None
     rng = np.random.default_rng([ctx.plan.params["seed"], 0x7857])
     sample = np.sort(rng.choice(ok_rows, size=m, replace=False))
-    x = read_rows(ctx.collect["activations"], sample, ctx.plan.chunk_rows)
+    x = ctx.collect.read_activations(sample)
     xy = np.asarray(coords[:])[sample]
     return round(trustworthiness(x, xy, n_neighbors=10, metric=ctx.plan.params["metric"]), 6)
 
 
 def _finish(ctx: _Ctx) -> dict[str, Any]:
     g = ctx.group()
-    trust = _trust(ctx, g["coords"])
-    knn_info = ctx.run.read_json(f"state/{NAME}/done/knn")
-    bounds = ctx.run.read_json(f"state/{NAME}/done/normalise")
-    g.attrs.update({
-        "params": ctx.plan.params, "init": ctx.plan.params["init"], "knn_method": knn_info["method"],
-        "bounds": {"lo": bounds["lo"], "hi": bounds["hi"]},
-        "knn_recall": knn_info["recall"], "trustworthiness": trust, "trustworthiness_k": 10,
-        "knn_indices_refer_to": "fit_rows (positions 0..M-1); fit_rows[i] is the collect row",
-        "coords_axes": ["x", "y"], "complete": True,
-    })
+    trust = _trust(ctx, g.coords)
+    knn_info, bounds = ctx.done["knn"], ctx.done["normalise"]  # what those units recorded
+    g.write_summary(ctx.plan.params, ReduceSummary(knn_method=knn_info["method"], knn_recall=knn_info["recall"],
+                                                   bounds_lo=bounds["lo"], bounds_hi=bounds["hi"],
+                                                   trustworthiness=trust))
     ctx.log.info("trustworthiness (k=10, %d-point sample): %s; kNN %s%s", min(ctx.rc.trust_sample,
                  int((ctx.plan.status == 1).sum())), trust, knn_info["method"],
                  "" if knn_info["recall"] is None else f" (recall@k {knn_info['recall']})")
@@ -267,18 +253,19 @@ def _set_threads(n: int | None) -> int:
     import numba
 
     threads = set_faiss_threads(n)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba_config: Any = numba.config  # its settings are set at import time, untyped
+    numba.set_num_threads(min(threads, int(numba_config.NUMBA_NUM_THREADS)))
     return threads
 
 
 def _open(job: Job) -> _Ctx:
-    collect = job.run.open_group("collect")
+    collect = CollectOutput.open(job.run)
     plan = _make_plan(job.cfg, collect)
     _set_threads(job.cfg.reduce.threads)
-    return _Ctx(job.run, collect, plan, job.cfg.reduce, job.log)
+    return _Ctx(job.run, collect, plan, job.cfg.reduce, job.log, job.done)
 
 
-class ReduceStage(StageBase):
+class ReduceStage(StageBase[_Ctx]):
     """Stage 2: faiss kNN + UMAP, a 2-D layout of the collected activations -> ``RUN/reduce``."""
 
     name = NAME

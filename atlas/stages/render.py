@@ -39,8 +39,6 @@ Every icon is measured twice:
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,9 +46,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 
 from ..config import Config
+from ..formats import (
+    CollectOutput,
+    DecodeLimits,
+    GridLevel,
+    GridOutput,
+    RenderOutput,
+    RenderRows,
+    create_render,
+    example_crop,
+    run_manifest,
+    write_render_rows,
+    write_render_summaries,
+)
 from ..ops.inversion import RenderResult, fit_batch_size, render_icons
 from ..ops.objectives import own_rank, retrieval_at
 from ..progress import progress
@@ -61,7 +71,6 @@ __all__ = ["STAGE", "RenderStage", "plan_units", "unit_name", "unit_seed", "fait
            "distinctness_summary", "level_icon_sizes", "example_patches", "RenderResult"]
 
 NAME = "render"
-GRID = "grid"
 CPU_BATCH = 100  # `batch_size: auto` off CUDA
 
 # Settings that change an icon's pixels: a rerun with other values would mix two runs.
@@ -92,34 +101,36 @@ class _Grid:
     channels: int
 
 
-def _read_level(g: zarr.Group, size: int, min_count: int) -> _Level:
-    count = np.asarray(g[f"level-{size}/count"][...])
-    mean = np.asarray(g[f"level-{size}/mean_activation"][...], dtype=np.float32)
+def _read_level(gl: GridLevel, min_count: int) -> _Level:
+    count = np.asarray(gl.count[...])
+    mean = np.asarray(gl.mean_activation[...], dtype=np.float32)
     keep = (count >= min_count) & np.isfinite(mean).all(axis=2) & (np.abs(mean).sum(axis=2) > 0)
     rows, cols = np.nonzero(keep)  # row-major: the order of icons in the level's arrays
-    lvl = _Level(size, np.stack([rows, cols], axis=1).astype(np.int32), mean[rows, cols])
-    if f"level-{size}/examples" in g:
-        examples = np.asarray(g[f"level-{size}/examples"][...])
+    lvl = _Level(gl.size, np.stack([rows, cols], axis=1).astype(np.int32), mean[rows, cols])
+    ex, pos = gl.examples, gl.example_positions
+    if ex is not None and pos is not None:
+        examples = np.asarray(ex[...])
         if examples.ndim == 3 and examples.shape[2] and (examples[rows, cols, 0] >= 0).all():
             lvl.examples = examples[rows, cols, 0].astype(np.int64)
-            lvl.example_positions = np.asarray(g[f"level-{size}/example_positions"][...])[rows, cols, 0]
+            lvl.example_positions = np.asarray(pos[...])[rows, cols, 0]
     return lvl
 
 
 def _read_grid(cfg: Config, run: RunDir) -> _Grid:
     """Non-empty cells and targets of every grid level (+ S when whitening)."""
-    g = run.open_group(GRID)
-    sizes = [int(s) for s in g.attrs.get("sizes", cfg.grid.sizes)]
-    missing = [f"level-{s}/{a}" for s in sizes for a in ("count", "mean_activation") if f"level-{s}/{a}" not in g]
+    grid = GridOutput.open(run)
+    sizes = grid.sizes
+    missing = grid.missing()
     if missing:
-        raise StoreError(f"{run.stage_path(GRID)} lacks {', '.join(missing)}: finish `atlas grid` before `atlas render`")
-    levels = {s: _read_level(g, s, cfg.grid.min_count) for s in sorted(sizes)}
-    channels = int(np.asarray(g[f"level-{sizes[0]}/mean_activation"].shape)[-1])
+        raise StoreError(f"{grid.path} lacks {', '.join(missing)}: finish `atlas grid` before `atlas render`")
+    levels = {s: _read_level(grid.level(s), cfg.grid.min_count) for s in sizes}
+    channels = int(grid.level(sizes[0]).mean_activation.shape[-1])
     whitening = None
     if cfg.render.whiten:
-        if "whitening" not in g:
-            raise StoreError(f"{run.stage_path(GRID)} has no `whitening` array; rerun `atlas grid` or set render.whiten=false")
-        whitening = np.asarray(g["whitening"][...], dtype=np.float64)
+        w = grid.whitening
+        if w is None:
+            raise StoreError(f"{grid.path} has no `whitening` array; rerun `atlas grid` or set render.whiten=false")
+        whitening = np.asarray(w[...], dtype=np.float64)
     return _Grid(levels, whitening, channels)
 
 
@@ -145,7 +156,7 @@ def unit_name(level: int, batch: int) -> str:
 
 def plan_units(n_cells: dict[int, int], batch_size: int, levels: list[int] | None = None) -> list[_Unit]:
     """Units of the given levels (default all), levels in increasing size, batches in order."""
-    out = []
+    out: list[_Unit] = []
     for s in sorted(n_cells if levels is None else levels):
         n = n_cells[s]
         out.extend(_Unit(unit_name(s, b), s, b, lo, min(lo + batch_size, n))
@@ -170,19 +181,14 @@ class _Context:
     log: logging.Logger
     batch_size: int
     acts: Any = None
-    manifest: Any = None  # the run's manifest, read by the first unit that starts from dataset examples
     _units: dict[str, _Unit] | None = None
-
-    @property
-    def group(self) -> zarr.Group:
-        return self.run.open_group(NAME, mode="r+")
 
     @property
     def units(self) -> dict[str, _Unit]:
         """The units of the selected levels, planned with the batch size the render group records
         (so ``batch_size: auto`` gives every process the same units)."""
         if self._units is None:
-            bs = int(self.run.open_group(NAME).attrs["batch_size"]) if self.run.has_group(NAME) else self.batch_size
+            bs = RenderOutput.open(self.run).batch_size if RenderOutput.exists(self.run) else self.batch_size
             units = plan_units({s: len(lvl.cells) for s, lvl in self.grid.levels.items()}, bs,
                                _selected_levels(self.cfg, self.grid))
             self._units = {u.name: u for u in units}
@@ -223,32 +229,14 @@ def _create_group(ctx: _Context) -> None:
     r = cfg.render
     bs = _resolve_batch_size(ctx)
     sides = level_icon_sizes(cfg, list(grid.levels))
-    tmp = run.root / f".{NAME}.creating"
-    shutil.rmtree(tmp, ignore_errors=True)
-    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    for s, lvl in grid.levels.items():
-        n, s_px = len(lvl.cells), sides[s]
-        sub = g.create_group(f"level-{s}")
-        sub.create_array("icons", shape=(n, s_px, s_px, 3), chunks=(bs, s_px, s_px, 3), dtype="uint8", fill_value=0,
-                         dimension_names=("icon", "y", "x", "rgb"))
-        cells = sub.create_array("cells", shape=(n, 2), chunks=(bs, 2), dtype="int32", fill_value=-1,
-                                 dimension_names=("icon", "rc"))
-        for name in ("objective", "cossim"):
-            sub.create_array(name, shape=(n,), chunks=(bs,), dtype="float32", fill_value=np.nan, dimension_names=("icon",))
-        sub.create_array("rank", shape=(n,), chunks=(bs,), dtype="int32", fill_value=0, dimension_names=("icon",))
-        sub.create_array("activation", shape=(n, grid.channels), chunks=(bs, grid.channels), dtype="float32",
-                         fill_value=np.nan, dimension_names=("icon", "channel"))
-        if n:
-            cells[...] = lvl.cells
-        sub.attrs.update({"grid_size": s, "n_cells": n, "n_units": -(-n // bs), "icon_size": s_px})
-    g.attrs.update({
+    cells = {s: lvl.cells for s, lvl in grid.levels.items()}
+    create_render(run, cells, sides, grid.channels, bs, {
         "model": cfg.model.name, "layer": cfg.model.layer, "seed": cfg.seed, "sizes": list(grid.levels),
         "n_cells": {str(s): len(lvl.cells) for s, lvl in grid.levels.items()}, "channels": grid.channels,
         **{k: getattr(r, k) for k in _PIXEL_KEYS if k not in ("icon_sizes", "batch_size")}, "batch_size": bs,
         "batch_size_setting": r.batch_size, "min_count": cfg.grid.min_count,
         "icon_sizes": {str(s): px for s, px in sides.items()},
     })
-    os.replace(tmp, run.stage_path(NAME))  # the group appears whole or not at all
     ctx._units = None
 
 
@@ -290,30 +278,23 @@ def _layer_activations(cfg: Config, grid: _Grid) -> Any:
 
 
 def example_patches(run: RunDir, rows: np.ndarray, positions: np.ndarray, size: int, *, window: float,
-                    max_pixels: int, min_side: int, manifest: Any = None) -> tuple[torch.Tensor, list[int]]:
-    """Each cell's dataset-example patch: collect row ``rows[i]``'s image as the network saw it,
-    cut to ``window`` layer cells around its sampled position ``positions[i]`` (y, x) (the crop
-    the viewer shows) and resized to ``size``: float32 [n, 3, size, size] in [0, 1], and the
-    indices whose image could not be read (those are mid-grey). ``manifest``: the run's, when
-    already read (else it is read here)."""
+                    images: DecodeLimits) -> tuple[torch.Tensor, list[int]]:
+    """Each cell's dataset-example patch: collect row ``rows[i]``'s crop (:func:`atlas.formats.example_crop`,
+    the crop the viewer shows: ``window`` layer cells around its sampled position ``positions[i]`` (y, x),
+    decoded with the run's ``images`` limits) resized to ``size``: float32 [n, 3, size, size] in [0, 1],
+    and the indices whose image could not be read (those are mid-grey)."""
     from PIL import Image
 
-    from ..ops.canvas import crop_box
-    from ..sources import load_image, read_manifest
-
-    col = run.open_group("collect")
-    _, lh, lw = (int(v) for v in col.attrs["layer_shape"])
-    in_size = int(col.attrs["input_size"])
-    manifest = manifest if manifest is not None else read_manifest(run.root)
-    out, failed = np.full((len(rows), size, size, 3), 0.5, np.float32), []
+    col = CollectOutput.open(run)
+    (lh, lw), in_size = col.layer_grid, col.input_size
+    manifest = run_manifest(run.root)
+    out, failed = np.full((len(rows), size, size, 3), 0.5, np.float32), list[int]()
     for i, (row, (y, x)) in enumerate(zip(rows.tolist(), positions.tolist())):
-        try:
-            img = load_image(manifest.locations[row], size=in_size, max_pixels=max_pixels, min_side=min_side)
-        except Exception:  # noqa: BLE001 - a source gone since collect: start that icon from grey
+        crop = example_crop(manifest, int(row), (int(y), int(x)), (lh, lw), in_size, window, images)
+        if crop.pixels is None:  # a source gone since collect: start that icon from grey
             failed.append(i)
             continue
-        top, left, bottom, right = crop_box(int(y), int(x), lh, lw, in_size, window)
-        patch = Image.fromarray(img[top:bottom, left:right]).resize((size, size), Image.Resampling.BOX)
+        patch = Image.fromarray(crop.pixels).resize((size, size), Image.Resampling.BOX)
         out[i] = np.asarray(patch, dtype=np.float32) / 255.0
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), failed
 
@@ -324,16 +305,12 @@ def _init_images(ctx: _Context, unit: _Unit, side: int) -> torch.Tensor | None:
         return None
     lvl = ctx.grid.levels[unit.level]
     if lvl.examples is None:
-        raise StoreError(f"{ctx.run.stage_path(GRID)} has no dataset examples (grid.examples = 0): "
+        raise StoreError(f"{GridOutput.open(ctx.run).path} has no dataset examples (grid.examples = 0): "
                          "set render.init=noise or rerun `atlas grid` with examples")
+    assert lvl.example_positions is not None  # read with the examples
     rows, pos = lvl.examples[unit.lo:unit.hi], lvl.example_positions[unit.lo:unit.hi]
-    images = ctx.cfg.images
-    if ctx.manifest is None:  # read once per process, not per unit
-        from ..sources import read_manifest
-
-        ctx.manifest = read_manifest(ctx.run.root)
     init, failed = example_patches(ctx.run, rows, pos, side, window=ctx.cfg.tile.example_window,
-                                   max_pixels=images.max_pixels, min_side=images.min_side, manifest=ctx.manifest)
+                                   images=ctx.cfg.images)
     if failed:
         ctx.log.warning("%s: %d example images could not be read; those icons start from grey", unit.name, len(failed))
     return init
@@ -352,15 +329,19 @@ def _run_unit(ctx: _Context, unit: _Unit, on_step: Callable[[int], None]) -> dic
                        whitening=s, on_step=on_step, init_images=_init_images(ctx, unit, side), icon_size=side)
     ranks = own_rank(torch.from_numpy(res.activation), torch.from_numpy(lvl.targets),
                      torch.arange(unit.lo, unit.hi)).numpy().astype(np.int32)
-    sub = ctx.group[f"level-{unit.level}"]
-    sub["icons"][unit.lo:unit.hi] = res.icons
-    sub["objective"][unit.lo:unit.hi] = res.objective
-    sub["cossim"][unit.lo:unit.hi] = res.cossim
-    sub["rank"][unit.lo:unit.hi] = ranks
-    sub["activation"][unit.lo:unit.hi] = res.activation
+    write_render_rows(ctx.run, unit.level, unit.lo, unit.hi,
+                      RenderRows(res.icons, res.objective, res.cossim, ranks, res.activation))
     return {"level": unit.level, "batch": unit.batch, "cells": [unit.lo, unit.hi],
             "median_cossim": float(np.median(res.cossim)), "retrieval@1": float(np.mean(ranks <= 1)),
             "seconds": round(time.time() - t0, 3)}
+
+
+def _step_counter(bar: Any, m: int, steps: int) -> Callable[[int], None]:
+    """An ``on_step`` callback advancing ``bar`` by ``m`` icons spread over ``steps`` steps."""
+    def on_step(step: int) -> None:
+        bar.update((step + 1) * m // steps - step * m // steps)
+
+    return on_step
 
 
 def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -372,7 +353,7 @@ def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str,
     t0, icons = time.time(), 0
     for unit in todo:
         m = unit.size  # the bar advances by whole icons, spread over the steps
-        info = _run_unit(ctx, unit, lambda step, m=m: bar.update((step + 1) * m // steps - step * m // steps))
+        info = _run_unit(ctx, unit, _step_counter(bar, m, steps))
         icons += m
         ctx.log.info("%s done: %d icons, median faithfulness %.3f, retrieval@1 %.2f (%.2f icons/s)", unit.name, m,
                      info["median_cossim"], info["retrieval@1"], icons / max(time.time() - t0, 1e-9))
@@ -400,18 +381,22 @@ def distinctness_summary(rank: np.ndarray) -> dict[str, Any]:
             "retrieval@5": round(retrieval_at(r, 5), 6), "median_rank": float(r.double().median())}
 
 
-def _level_summaries(g: zarr.Group, sizes: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
-    faith = {str(s): faithfulness_summary(np.asarray(g[f"level-{s}/cossim"][...])) for s in sizes}
-    dist = {str(s): distinctness_summary(np.asarray(g[f"level-{s}/rank"][...])) if "rank" in g[f"level-{s}"]
-            else distinctness_summary(np.zeros(0, np.int32)) for s in sizes}
+def _rank(render: RenderOutput, s: int) -> np.ndarray:
+    """int32 [n]: level ``s``'s ranks (empty in a render made before they were stored)."""
+    rank = render.level(s).rank
+    return np.zeros(0, np.int32) if rank is None else np.asarray(rank[...])
+
+
+def _level_summaries(render: RenderOutput, sizes: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    faith = {str(s): faithfulness_summary(np.asarray(render.level(s).cossim[...])) for s in sizes}
+    dist = {str(s): distinctness_summary(_rank(render, s)) for s in sizes}
     return faith, dist
 
 
 def _summarize(ctx: _Context) -> dict[str, Any]:
     """Store the faithfulness and distinctness of every level with rendered icons and log them."""
-    g = ctx.group
-    faith, dist = _level_summaries(g, sorted({u.level for u in ctx.units.values()}))
-    g.attrs.update({"faithfulness": faith, "distinctness": dist})
+    faith, dist = _level_summaries(RenderOutput.open(ctx.run), sorted({u.level for u in ctx.units.values()}))
+    write_render_summaries(ctx.run, faith, dist)
     for s, st in faith.items():
         if st["n"]:
             d = dist[s]
@@ -422,7 +407,7 @@ def _summarize(ctx: _Context) -> dict[str, Any]:
             "retrieval@1": {s: d["retrieval@1"] for s, d in dist.items()}}
 
 
-class RenderStage(StageBase):
+class RenderStage(StageBase[_Context]):
     """Stage 4: feature inversion, one icon per non-empty grid cell -> ``RUN/render``."""
 
     name = NAME
@@ -436,7 +421,7 @@ class RenderStage(StageBase):
     def settings(self, cfg: Config) -> dict[str, Any]:
         return _settings(cfg)
 
-    def scope(self, cfg: Config) -> list[int] | None:
+    def scope(self, cfg: Config, done: frozenset[str]) -> list[int] | None:
         """The levels asked for (``render.levels``): more may be added later without a redo."""
         return None if cfg.render.levels is None else sorted(set(cfg.render.levels))
 
@@ -457,16 +442,16 @@ class RenderStage(StageBase):
 
     def detail(self, run: RunDir) -> dict[str, Any]:
         """Icons, icon size, units done per level, median faithfulness and retrieval@1 per level."""
-        g = run.open_group(NAME)
-        n_cells = {int(s): int(n) for s, n in g.attrs["n_cells"].items()}
-        units = plan_units(n_cells, int(g.attrs["batch_size"]))
+        render = RenderOutput.open(run)
+        n_cells = render.n_cells
+        units = plan_units(n_cells, render.batch_size)
         done = run.done_units(NAME)
         level_units = {}
         for s in sorted(n_cells):
             mine = [u for u in units if u.level == s]
             level_units[str(s)] = f"{sum(u.name in done for u in mine)}/{len(mine)}"
-        faith, dist = _level_summaries(g, sorted(n_cells))
-        return {"icons": sum(n_cells.values()), "icon_size": g.attrs["icon_size"], "level_units": level_units,
+        faith, dist = _level_summaries(render, sorted(n_cells))
+        return {"icons": sum(n_cells.values()), "icon_size": render.icon_size, "level_units": level_units,
                 "median_cossim": {s: st["median"] for s, st in faith.items()},
                 "retrieval@1": {s: d["retrieval@1"] for s, d in dist.items()},
                 "retrieval@5": {s: d["retrieval@5"] for s, d in dist.items()}}

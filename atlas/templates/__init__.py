@@ -51,7 +51,7 @@ def config_names() -> list[str]:
     return sorted(p.stem for p in (root / CONFIGS).glob("*.yaml"))
 
 
-def builtin_config(name: str | os.PathLike) -> Path | None:
+def builtin_config(name: str | os.PathLike[str]) -> Path | None:
     """The packaged config for a built-in name (``demo`` or ``demo.yaml``), else None.
 
     Only bare names qualify: anything with a folder in it is a path.
@@ -75,7 +75,7 @@ def project_files() -> dict[str, Path]:
     return files
 
 
-def write_project(dest: str | os.PathLike, *, force: bool = False) -> list[Path]:
+def write_project(dest: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
     """Write the starting project into ``dest`` (created if needed); returns the files written.
 
     Existing files are left alone and reported (FileExistsError, nothing written) unless ``force``.

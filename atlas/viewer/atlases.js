@@ -8,8 +8,11 @@
  * from file:// and served alike. Switching opens the other atlas's index.html: the page's path names
  * the atlas shown (RUN/tiles/ or RUN/classes/<slug>/tiles/), and nothing else of the view is kept.
  *
- * Runs after viewer.js and uses its API (window.atlasViewer): the overlay draw hooks, loadCells,
- * openPanel, the OpenSeadragon viewer. window.atlasViewer.atlases exposes its state (for tests).
+ * Runs after viewer.js and uses its API (window.atlasViewer): one overlay ("class-compare", core.js's
+ * registerOverlay: the colours on the map and each cell's two values in its click panel), loadCells,
+ * flyToCell, the grids as lod.js sorts them, the colours of core.js. It tells the others the run's
+ * index (api.emit("atlas-index", index); located.js listens). window.atlasViewer.atlases exposes
+ * its state (for tests).
  */
 (function () {
   "use strict";
@@ -59,9 +62,8 @@
     box.hidden = false;
     sel.addEventListener("change", function () { switchTo(list[Number(sel.value)].slug || null); });
   }
-  // other parts (located.js) wait for the index: api.onAtlasIndex.push(function (index) { ... })
-  api.onAtlasIndex = api.onAtlasIndex || [];
-  function indexLoaded() { api.onAtlasIndex.forEach(function (f) { f(out.index); }); }
+  // other parts (located.js) wait for the index: api.on("atlas-index", function (index) { ... })
+  function indexLoaded() { api.emit("atlas-index", out.index); }
   function loadIndex() {
     if (!indexSrc) { out.index = { atlases: [] }; indexLoaded(); return; }
     api.loadScript(indexSrc, function () { out.index = window.ATLAS_INDEX || null; buildSwitch(out.index); indexLoaded(); },
@@ -72,8 +74,7 @@
 
   // ------------------------------------------------------------------ two classes compared
   if (!ca || ca.names.length !== 2) return;
-  var grids = A.grids.slice().sort(function (a, b) { return a.size - b.size; });
-  var finest = grids[grids.length - 1];
+  var finest = api.lod.finest;
   var cmp = { on: true, columns: [[], []], lastDraw: { cells: 0, sides: [0, 0] } };
   out.compare = cmp;
 
@@ -83,53 +84,34 @@
     if (a <= 0 && b <= 0) return null;
     return { side: a >= b ? 0 : 1, strength: Math.abs(a - b) / (Math.abs(a) + Math.abs(b)) };
   }
-  function rgba(hex, alpha) {
-    return "rgba(" + [1, 3, 5].map(function (i) { return parseInt(hex.slice(i, i + 2), 16); }).join(",") + "," + alpha.toFixed(3) + ")";
-  }
-  function drawPair(ctx, v) {  // an overlay hook: every visible cell in the colour of the class it supports more
+  function drawPair(ctx, v) {  // the overlay's draw: every visible cell in the colour of the class it supports more
     var n = 0, sides = [0, 0];
     if (cmp.on && v.query === null && v.level) {
-      for (var r = v.r0; r <= v.r1; r++) {
-        for (var c = v.c0; c <= v.c1; c++) {
-          var cell = v.level.byKey.get(r * v.s + c), l = cell && lead(cell);
-          if (!l) continue;
-          var x = v.origin.x + c * v.cw, y = v.origin.y + r * v.ch;
-          ctx.fillStyle = rgba(COLOURS[l.side], 0.16 + 0.36 * l.strength);
-          ctx.fillRect(x, y, v.cw, v.ch);
-          if (v.cw >= 8) {
-            ctx.strokeStyle = COLOURS[l.side];
-            ctx.lineWidth = Math.max(1, Math.min(3, v.cw / 24));
-            ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, v.cw - ctx.lineWidth, v.ch - ctx.lineWidth);
-          }
-          n += 1;
-          sides[l.side] += 1;
+      v.forEachCell(function (r, c, x, y) {
+        var cell = v.level.byKey.get(r * v.s + c), l = cell && lead(cell);
+        if (!l) return;
+        ctx.fillStyle = api.colour.rgba(COLOURS[l.side], 0.16 + 0.36 * l.strength);
+        ctx.fillRect(x, y, v.cw, v.ch);
+        if (v.cw >= 8) {
+          ctx.strokeStyle = COLOURS[l.side];
+          ctx.lineWidth = Math.max(1, Math.min(3, v.cw / 24));
+          ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, v.cw - ctx.lineWidth, v.ch - ctx.lineWidth);
         }
-      }
+        n += 1;
+        sides[l.side] += 1;
+      });
     }
     cmp.lastDraw = { cells: n, sides: sides };
   }
-
-  function zoomPxFor(g) {  // atlas width on screen that shows grid g (viewer.js's level-of-detail rule)
-    var i = grids.indexOf(g), f = A.lod_fraction || 1;
-    if (i <= 0) return api.homePx();
-    var lo = f * g.size * g.icon_size, next = grids[i + 1];
-    return next ? Math.min(lo * 1.25, (lo + f * next.size * next.icon_size) / 2) : lo * 1.25;
+  function pairSection(hit) {  // the overlay's panelSection: the cell's mean attribution to both classes
+    var pair = hit.cell && hit.cell.pair, l = hit.cell && lead(hit.cell);
+    if (!pair) return null;
+    return "<h3>" + esc(ca.names[0]) + " vs " + esc(ca.names[1]) + "</h3><p class='explain' id='panel-pair'>mean attribution: " +
+      ca.names.map(function (name, i) {
+        return "<span style='color:" + COLOURS[i] + "'>" + esc(name) + " " + esc(fmtVal(pair[i])) + "</span>";
+      }).join(" \u00b7 ") + (l ? "; the cell supports " + esc(ca.names[l.side]) + " more" : "") + "</p>";
   }
-  function flyTo(s, row, col) {  // show cell (row, col) of grid s in the middle, at that grid's zoom, and open its panel
-    var g = grids.filter(function (x) { return x.size === s; })[0], vp = api.viewer.viewport;
-    if (!g) return;
-    var open = function () {
-      api.loadCells(s).then(function (level) {
-        var cell = level.byKey.get(row * s + col);
-        if (cell) api.openPanel({ s: s, row: row, col: col, cell: cell });
-      }, function () {});
-    };
-    api.viewer.addOnceHandler("animation-finish", open);
-    vp.zoomTo(Math.min(vp.getMaxZoom(), zoomPxFor(g) / (vp.getContainerSize().x || 1)));
-    vp.panTo(new OpenSeadragon.Point((col + 0.5) / s, (row + 0.5) / s));
-    vp.applyConstraints();
-  }
-  cmp.flyTo = flyTo;
+  cmp.flyTo = function (s, row, col) { api.flyToCell(s, row, col); };
 
   function strongest(doc, side) {  // the cells whose activations support class ``side`` more, strongest first
     return doc.cells.filter(function (cell) { var l = lead(cell); return l && l.side === side; })
@@ -162,7 +144,7 @@
     $("compare-cols").innerHTML = "<div class='compare-col' id='compare-col-0'>" + columnHtml(doc, 0) + "</div>" +
       "<div class='compare-col' id='compare-col-1'>" + columnHtml(doc, 1) + "</div>";
     box.querySelectorAll("button[data-row]").forEach(function (b) {
-      b.addEventListener("click", function () { flyTo(doc.size, Number(b.getAttribute("data-row")), Number(b.getAttribute("data-col"))); });
+      b.addEventListener("click", function () { api.flyToCell(doc.size, Number(b.getAttribute("data-row")), Number(b.getAttribute("data-col"))); });
     });
   }
   function setup() {
@@ -178,7 +160,7 @@
       "<p class='explain'>Each class's strongest cells of the " + finest.size + "\u00d7" + finest.size +
       " grid; click one to fly there.</p></div>";
     box.hidden = false;
-    $("compare-colour").addEventListener("change", function (e) { cmp.on = e.target.checked; api.redraw(); });
+    $("compare-colour").addEventListener("change", function (e) { cmp.on = e.target.checked; api.scheduleDraw(); });
     $("compare-fold").addEventListener("click", function (e) {
       var body = $("compare-body"), hide = !body.hidden;
       body.hidden = hide;
@@ -186,7 +168,7 @@
       e.target.setAttribute("aria-expanded", String(!hide));
     });
     if (window.innerWidth <= 640) $("compare-fold").click();  // narrow screens: the lists folded, the legend shown
-    api.drawHooks.push(drawPair);
+    api.registerOverlay({ name: "class-compare", draw: drawPair, panelSection: pairSection });
     api.loadCells(finest.size).then(fill, function () {});
   }
   setup();

@@ -6,8 +6,10 @@
  * Choosing an image loads ../locate/<unit>/points.js (window.ATLAS_LOCATED_POINTS): its layer
  * positions are drawn as dots at their atlas points (x, y in the [0, 1] square the OpenSeadragon
  * world spans, as the cells are), each in its cell's colour, the colours of its overlay.png; a card
- * shows overlay.png and activation-grid.png. The choice is kept in the URL as located=<unit>
- * (through window.atlasViewer.urlParts, which viewer.js's writeUrl appends).
+ * shows overlay.png and activation-grid.png. The choice is kept in the URL as located=<unit>.
+ *
+ * One overlay ("located", core.js's registerOverlay): the dots (draw, above the labels), the URL
+ * (urlPart, fromUrl) and Esc (onEscape: hides the image).
  */
 (function () {
   "use strict";
@@ -15,7 +17,6 @@
   var api = window.atlasViewer;
   if (!api || !api.viewer || !window.OpenSeadragon) return;  // the viewer did not start (its message says why)
   var BASE = "../locate/";
-  var viewer = api.viewer;
   var state = { index: null, unit: null, points: null, errors: [], drawn: 0, loads: 0 };
   api.located = state;
 
@@ -23,7 +24,6 @@
     ".located-pick { display: flex; align-items: center; gap: 6px; color: #cfd4e3; font-size: 13px; white-space: nowrap; }",
     ".located-pick[hidden] { display: none; }",
     ".located-pick select { max-width: 180px; padding: 4px 6px; border-radius: 6px; border: 1px solid #50586f; background: #2b3142; color: #fff; font: inherit; }",
-    ".located-dots { position: absolute; inset: 0; pointer-events: none; }",
     ".located-card { position: absolute; z-index: 8; top: 10px; left: 54px; width: 272px; max-height: calc(100% - 60px); overflow-y: auto;",
     "  padding: 8px 10px 10px; background: rgba(255, 255, 255, .97); border: 1px solid #c9ccd6; border-radius: 8px; box-shadow: 0 4px 16px rgba(0, 0, 0, .18); font-size: 12px; }",
     ".located-card[hidden] { display: none; }",
@@ -47,11 +47,6 @@
   header.insertBefore(pick, share);
   var select = pick.querySelector("select");
 
-  var canvas = document.createElement("canvas");
-  canvas.className = "located-dots";
-  canvas.setAttribute("aria-hidden", "true");
-  viewer.canvas.appendChild(canvas);
-
   var card = document.createElement("aside");
   card.className = "located-card";
   card.id = "located-card";
@@ -62,21 +57,12 @@
   var esc = api.esc, loadScript = api.loadScript;
 
   // ------------------------------------------------------------------ dots
-  var pending = false;
-  function scheduleDraw() {
-    if (pending) return;
-    pending = true;
-    window.requestAnimationFrame(function () { pending = false; draw(); });
-  }
-  function draw() {
-    var el = viewer.element;
-    var w = el.clientWidth, h = el.clientHeight;
-    var ctx = api.fitCanvas(canvas, w, h);
+  function draw(ctx, view) {  // the overlay's draw: every position of the image at its atlas point
     state.drawn = 0;
     if (!state.points) return;
-    var pts = state.points.points, r = 5;
+    var pts = state.points.points, r = 5, w = view.w, h = view.h;
     for (var i = 0; i < pts.length; i++) {
-      var p = viewer.viewport.pixelFromPoint(new OpenSeadragon.Point(pts[i][0], pts[i][1]), true);
+      var p = view.toScreen(pts[i][0], pts[i][1]);
       if (p.x < -r || p.y < -r || p.x > w + r || p.y > h + r) continue;
       ctx.beginPath();
       ctx.arc(p.x, p.y, r, 0, 2 * Math.PI);
@@ -88,9 +74,6 @@
       state.drawn += 1;
     }
   }
-  api.drawLocated = draw;
-  ["update-viewport", "animation", "resize", "open"].forEach(function (name) { viewer.addHandler(name, scheduleDraw); });
-  window.addEventListener("resize", scheduleDraw);
 
   // ------------------------------------------------------------------ card
   function showCard(doc) {
@@ -117,7 +100,7 @@
     if (!unit) {
       state.points = null;
       card.hidden = true;
-      scheduleDraw();
+      api.scheduleDraw();
       if (api.writeUrl) api.writeUrl();
       return;
     }
@@ -128,36 +111,36 @@
       state.points = doc;
       state.loads += 1;
       showCard(doc);
-      scheduleDraw();
+      api.scheduleDraw();
       if (api.writeUrl) api.writeUrl();
     }, function () { state.errors.push("cannot load " + BASE + unit + "/points.js"); });
   }
   api.chooseLocated = choose;
   select.addEventListener("change", function () { choose(select.value || null); });
-  document.addEventListener("keydown", function (e) {  // capture: before viewer.js closes its panel on the same Esc
-    if (e.key === "Escape" && state.unit && document.getElementById("panel").hidden) choose(null);
-  }, true);
 
-  // ------------------------------------------------------------------ the URL
-  api.urlParts = api.urlParts || [];
-  api.urlParts.push(function () { return state.unit ? "located=" + encodeURIComponent(state.unit) : null; });
-  function urlUnit() {
-    var m = /(?:^#|&)located=([^&]*)/.exec(location.hash);
-    return m ? decodeURIComponent(m[1]) : null;
-  }
-  function fromUrl() {
-    var unit = urlUnit();
+  // ------------------------------------------------------------------ the overlay
+  function fromUrl(params) {  // at registration: kept (the URL is rewritten on open) until the list has loaded
+    var unit = params.located || null;
     if (unit !== state.unit || (unit && !state.points)) choose(unit);
   }
-  window.addEventListener("hashchange", fromUrl);
-  state.unit = urlUnit();  // kept in the URL (viewer.js rewrites it on open) until the list has loaded
+  api.registerOverlay({
+    name: "located",
+    order: 70,  // above the labels
+    draw: draw,
+    urlPart: function () { return state.unit ? "located=" + encodeURIComponent(state.unit) : null; },
+    fromUrl: fromUrl,
+    onEscape: function () {
+      if (!state.unit) return false;
+      choose(null);
+      return true;
+    }
+  });
 
   // ------------------------------------------------------------------ the list
   // Located images belong to the main atlas (placed by its layout). The run's index (atlases.js)
   // counts them, so the list is asked for only when there is one (no failed request otherwise).
   if (window.ATLAS && window.ATLAS.class_atlas) { state.unit = null; return; }
-  api.onAtlasIndex = api.onAtlasIndex || [];
-  api.onAtlasIndex.push(function (index) {
+  api.on("atlas-index", function (index) {  // atlases.js tells
     if (index && index.located) loadList(); else state.unit = null;
   });
   function loadList() { loadScript(BASE + "index.js", function () {

@@ -60,6 +60,15 @@ def test_sbatch_options_come_from_the_config(tmp_path: Path) -> None:
         f"--output={logs}/%x-%j.out", "--partition=gpu", "--qos=long"]
 
 
+def test_a_class_atlas_collect_asks_for_the_selections_resources(tmp_path: Path) -> None:
+    """The engines ask the registry with the config: a class atlas's collect (a row copy) wants no GPU."""
+    main = load_config(DEMO, [f"run_dir={tmp_path / 'run'}"])
+    sub = load_config(DEMO, [f"run_dir={tmp_path / 'sub'}", f"classes.parent={tmp_path / 'run'}"])
+    assert "--gres=gpu:1" in sbatch_options(main, "collect")
+    opts = sbatch_options(sub, "collect")
+    assert not any(o.startswith("--gres") for o in opts) and "--cpus-per-task=4" in opts and "--array=0-3" in opts
+
+
 def test_slurm_plan_cli_lists_every_stage(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "atlas", "slurm-plan", str(DEMO), f"--set=run_dir={tmp_path}"],
                        capture_output=True, text=True, cwd=ROOT, check=True)

@@ -25,7 +25,6 @@ WHOLE = [
     "collect.batch_size=8",
     "collect.workers=0",
     "grid.sizes=[4, 8]",
-    "grid.dask_workers=0",
     "render.steps=8",
     "render.icon_size=16",
     "render.batch_size=6",

@@ -79,8 +79,7 @@ def _first_changed(overrides: tuple[str, ...]) -> int:
         return len(STAGES)
     base, new = load_config(DEMO, list(WHOLE)), load_config(DEMO, [*WHOLE, *overrides])
     for i, name in enumerate(STAGES):
-        stage = get_stage(name)
-        if stage.settings(base) != stage.settings(new):
+        if get_stage(name, base).settings(base) != get_stage(name, new).settings(new):  # the config's own stage
             return i
     return len(STAGES)
 

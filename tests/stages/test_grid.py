@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import zarr
 
+from atlas.cluster import run_stage_on_dask
 from atlas.config import Config, ConfigError, config_from_dict
+from atlas.formats import CollectOutput
 from atlas.ops.whitening import whitening_matrix
 from atlas.stages import get_stage, run_stage, stage_status
 from atlas.stages import grid as G
@@ -40,9 +42,9 @@ def copy_inputs(src: Path, dst: Path) -> Path:
     return dst
 
 
-def config(root: Path, **grid_kw: Any) -> Config:
-    grid = {"sizes": list(SIZES), "examples": 3, "dask_workers": 0, **grid_kw}
-    return config_from_dict({"run_dir": str(root), "seed": 1, "grid": grid})
+def config(root: Path, cluster: dict[str, Any] | None = None, **grid_kw: Any) -> Config:
+    grid = {"sizes": list(SIZES), "examples": 3, **grid_kw}
+    return config_from_dict({"run_dir": str(root), "seed": 1, "grid": grid, "cluster": cluster or {}})
 
 
 def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> bool:
@@ -86,9 +88,30 @@ def inproc(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_local_cluster_equals_in_process(inproc: Path, src: Path, tmp_path: Path, cluster: Any) -> None:
+    """The engine's dask client (worker processes) runs the chunk tasks: the same bytes."""
+    from dask.distributed import Client, get_task_stream
+
     root = copy_inputs(src, tmp_path / "dask")
-    run(config(root, scheduler=cluster.scheduler_address))
+    cfg = config(root, {"engine": "dask", "scheduler": cluster.scheduler_address})
+    with Client(cluster) as client, get_task_stream(client) as stream:
+        run_stage_on_dask(client, "grid", cfg)
+    tasks = [t for t in stream.data if str(t["key"]).startswith("atlas-fan-out-")]
+    assert len(tasks) == 2 * (N // CHUNK + 1)  # every chunk's sums and examples, as tasks on the workers
     assert_identical(inproc, root)
+
+
+def test_local_processes_equal_in_process(inproc: Path, src: Path, tmp_path: Path) -> None:
+    """cluster.processes: the chunk tasks on spawned processes that are gone when the job ends."""
+    import psutil
+
+    root = copy_inputs(src, tmp_path / "pool")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    run(config(root, {"processes": 2}))
+    assert_identical(inproc, root)
+    assert "tasks on 2 spawned processes" in (root / "logs" / "grid-0of1.log").read_text()
+    left = [p for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not left, [p.cmdline() for p in left]
 
 
 def _brute_force(root: Path, s: int, min_count: int, t: int, e: int) -> dict[str, np.ndarray]:
@@ -154,7 +177,7 @@ def test_whitening_purity_and_attrs(inproc: Path) -> None:
 
 
 def _peak_chunk_bytes(root: Path) -> int:
-    plan = G._make_plan(config(root), RunDir(root), zarr.open_group(str(root / "collect"), mode="r"))
+    plan = G._make_plan(config(root), RunDir(root), CollectOutput.open(RunDir(root)))
     tracemalloc.start()
     try:
         G.sums_unit(plan, 0)
@@ -204,3 +227,14 @@ class TestGridContract(StageContract):
     shardable = False
     redo = ("collect", "collect.top_k=5")  # reduce becomes stale: grid refuses it
     slow = ("test_refuses_unfinished_or_stale_inputs",)  # redoes collect, reduce and grid
+
+
+class TestGridContractOnProcesses(TestGridContract):
+    """kill -9 while the chunk tasks run on ``cluster.processes`` spawned processes (they die with
+    the job), rerun: the bytes of an uninterrupted run."""
+
+    overrides = ("cluster.processes=2",)
+    slow = ()
+    test_rerun_does_nothing = None  # type: ignore[assignment]  # as in-process: the fan-out is not reached
+    test_shards_match_single = None  # type: ignore[assignment]
+    test_refuses_unfinished_or_stale_inputs = None  # type: ignore[assignment]

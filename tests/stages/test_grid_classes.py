@@ -23,7 +23,7 @@ SIZES = [4, 8, 16]
 
 def _run(root: Path) -> None:
     cfg = config_from_dict({"run_dir": str(root), "seed": 1,
-                            "grid": {"sizes": SIZES, "examples": 2, "min_count": MIN_COUNT, "dask_workers": 0}})
+                            "grid": {"sizes": SIZES, "examples": 2, "min_count": MIN_COUNT}})
     run_stage(get_stage("grid"), cfg)
 
 

@@ -176,6 +176,12 @@ def test_cli_rerun_does_nothing_and_a_new_image_adds_one_unit(located: tuple[Pat
     old = {k: v for k, v in before.items() if "/state/" not in k and not k.endswith(("index.json", "index.js", "bad_inputs.tsv"))
            and k != str(run_dir / "locate")}
     assert {k: after[k] for k in old} == old, "the images located before were touched"
+    kept = {k: v for k, v in before.items() if "/state/locate/" in k and (k.endswith("setup.json") or "/done/" in k)
+            and not k.endswith("/final")}  # the scope grew without a redo: the attempt and its markers stay
+    state_after = _snapshot(run_dir / "state" / "locate")
+    assert len(kept) > len(HELD_OUT) and {k: state_after.get(k) for k in kept} == kept, "the stage was redone"
+    assert json.loads((run_dir / "state" / "locate" / "done" / "final").read_text())["scope"] == \
+        sorted(p.name for p in (run_dir / "state" / "locate" / "done").iterdir() if p.name != "final")
     index = json.loads((run_dir / "locate" / "index.json").read_text())
     assert len(index["images"]) == len(HELD_OUT) + 2
 

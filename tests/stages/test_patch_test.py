@@ -10,6 +10,7 @@ second most frequent; both are found here by classifying those images, not writt
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -248,6 +249,27 @@ def test_other_settings_under_one_name_redo_that_test(icon_test: tuple[Path, tup
     assert len(list((folder / "units").iterdir())) == n  # the old key's unit files are gone
     done = RunDir(run_dir).done_units("patch-test") - {"final"}
     assert len(done) == n and all(".{}.".format(json.loads((folder / "test.json").read_text())["key"][:8]) in u for u in done)
+
+
+def test_a_deleted_test_folder_is_redone_through_the_runner(icon_test: tuple[Path, tuple[str, ...]],
+                                                            tmp_path: Path) -> None:
+    """The test is finished by its markers; its folder deleted, the stage's ``refresh`` asks the runner
+    for a redo and its ``forget`` names the test's done units: the same results, the markers rewritten."""
+    run_dir = copy_run(icon_test[0], tmp_path / "run")
+    folder = next((run_dir / "patch-test").iterdir())
+    results = json.loads((folder / "results.json").read_text())
+    state = run_dir / "state" / "patch-test"
+    units = sorted(p.name for p in (state / "done").iterdir() if p.name != "final")
+    setup = (state / "setup.json").read_bytes()
+    old = {u: (state / "done" / u).stat().st_mtime_ns for u in units}
+    shutil.rmtree(folder)
+    res = api.patch_test(_cfg(run_dir, *icon_test[1]))
+    assert res["folder"] == str(folder) and (folder / "results.json").is_file()
+    assert {k: v for k, v in res.items() if k not in ("folder", "table")} == results  # the same test, redone
+    assert sorted(p.name for p in (state / "done").iterdir() if p.name != "final") == units
+    assert all((state / "done" / u).stat().st_mtime_ns != old[u] for u in units), "the units were not run again"
+    assert (state / "setup.json").read_bytes() == setup  # the attempt kept: only this test was redone
+    assert len(list((folder / "units").iterdir())) == len(units)
 
 
 def test_a_folder_of_images(whole_run: Path, classes: tuple[str, str], tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import zarr
 
-from atlas.config import ConfigError, ModelConfig, RenderConfig, load_config
+from atlas.config import ConfigError, ImagesConfig, ModelConfig, RenderConfig, load_config
 from atlas.models import layer_output, load_network
 from atlas.models._activations import LayerActivations
 from atlas.ops.inversion import render_icons
@@ -216,7 +216,8 @@ def test_init_from_dataset_examples_starts_at_the_example_patch(tmp_path, whole_
     rows = g["level-4/examples"][...][cells[:, 0], cells[:, 1], 0]
     pos = g["level-4/example_positions"][...][cells[:, 0], cells[:, 1], 0]
     side = icons["example"].shape[1]
-    want, failed = render.example_patches(run, rows, pos, side, window=3.0, max_pixels=10**9, min_side=1)
+    want, failed = render.example_patches(run, rows, pos, side, window=3.0,
+                                          images=ImagesConfig(max_pixels=10**9, min_side=1))
     want = want.permute(0, 2, 3, 1).numpy() * 255
     assert not failed
     assert np.abs(icons["example"] - want).mean() < 6, np.abs(icons["example"] - want).mean()

@@ -22,6 +22,7 @@ from atlas.ops.canvas import crop_box
 from atlas.ops.dzi import grid_for_zoom, grid_switch_px, level_size, max_level, tile_bounds, tile_counts
 from atlas.sources import load_image
 from atlas.stages import get_stage, run_stage, stage_status, tile
+from atlas.stages.tile._viewer import page_files, static_files
 from atlas.store import RunDir, StoreError
 from tests.cluster.util import status
 from tests.stages.contract import (
@@ -290,6 +291,8 @@ def test_viewer_files_are_relative_and_complete(tiny):
         if not r.startswith("data:"):
             assert (tiles / r).is_file(), r
     assert "http://" not in (tiles / "viewer.js").read_text().replace("http://schemas.microsoft.com", "")
+    for part in page_files(tile.viewer_source_dir()):  # every part of the viewer: nothing from the network
+        assert (tiles / part).is_file() and "http://" not in (tiles / part).read_text().replace("http://schemas.microsoft.com", "")
     # everything atlas.json points the viewer at is relative and there: pyramids, cells, icons, heat, examples
     atlas = json.loads((tiles / "atlas.json").read_text())
     for g in atlas["grids"]:
@@ -306,6 +309,27 @@ def test_viewer_files_are_relative_and_complete(tiny):
             path = tiles / atlas["heat_url"].format(size=s, **{"class": k})
             assert path.is_file() == (atlas["class_cells"][str(s)][i] > 0), path
     assert _relative(atlas["heat_url"])
+
+
+def test_the_viewer_files_are_the_ones_index_html_loads(tmp_path):
+    """One list of the viewer's parts, index.html's: it loads every script of atlas/viewer (core.js
+    first, the extensions after viewer.js), and tile copies exactly those, index.html last."""
+    src = tile.viewer_source_dir()
+    parts = page_files(src)
+    scripts = [p for p in parts if p.endswith(".js")]
+    assert sorted(scripts) == sorted(p.name for p in src.glob("*.js")) and "viewer.css" in parts
+    assert scripts[0] == "core.js" and scripts.index("viewer.js") < scripts.index("located.js")
+    assert scripts.index("viewer.js") < scripts.index("atlases.js")
+    files = static_files()
+    assert list(files)[-1] == "index.html" and all(files[p] == src / p for p in parts)
+    assert not [f for f in files if "eslint" in f or f.startswith("node_modules")]  # the lint is development only
+    # a part index.html loads but the install lacks: one line naming it
+    broken = tmp_path / "viewer"
+    shutil.copytree(src, broken)
+    (broken / "index.html").write_text((src / "index.html").read_text().replace(
+        '<script src="viewer.js">', '<script src="heatmaps.js"></script>\n<script src="viewer.js">'))
+    with pytest.raises(FileNotFoundError, match=r"loads heatmaps\.js, missing from"):
+        page_files(broken)
 
 
 def test_status_reports_done(tiny):
@@ -338,6 +362,35 @@ def test_index_html_comes_last_and_viewer_files_are_refreshed(tiny, tmp_path):
     (run_dir / "tiles" / "viewer.css").write_text("/* old */")
     _run(run_dir)
     assert _tree(run_dir / "tiles") == _tree(ref / "tiles")
+
+
+def test_local_processes_and_the_dask_engine_write_the_same_bytes(tiny, tmp_path):
+    """cluster.processes: units on spawned processes, gone when the shard ends; the dask engine
+    (a LocalCluster of worker processes): the shards as tasks. Both: the in-process bytes."""
+    import psutil
+    from dask.distributed import get_task_stream
+
+    from atlas.cluster import dask_client, run_stage_on_dask
+
+    ref, _ = tiny
+    run_dir = tmp_path / "pool"
+    _tiny_atlas(run_dir)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert _run(run_dir, "cluster.processes=2")
+    assert _tree(run_dir / "tiles") == _tree(ref / "tiles")
+    assert "tasks on 2 spawned processes" in (run_dir / "logs" / "tile-0of1.log").read_text()
+    left = [p for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not left, [p.cmdline() for p in left]
+    run_dir = tmp_path / "dask"
+    _tiny_atlas(run_dir)
+    cfg = load_config(None, _overrides(run_dir, "cluster.engine=dask", "cluster.workers=2", "cluster.tasks=3",
+                                       "cluster.processes=2"))  # ignored on dask: its tasks are the parallelism
+    with dask_client(cfg.cluster, cfg.run_dir) as client, get_task_stream(client) as stream:
+        run_stage_on_dask(client, "tile", cfg)
+    assert len({t["worker"] for t in stream.data}) >= 1 and len(stream.data) >= 3
+    assert _tree(run_dir / "tiles") == _tree(ref / "tiles")
+    assert "spawned processes" not in (run_dir / "logs" / "tile-0of3.log").read_text()
 
 
 def test_other_settings_start_over(tmp_path):

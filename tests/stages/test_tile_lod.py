@@ -82,7 +82,7 @@ def _js_doc(path: Path, var: str) -> dict:
 
 
 def _heat(doc: dict) -> np.ndarray:
-    """A heat file's values, uint8 [s * s] (as viewer.js decodes them)."""
+    """A heat file's values, uint8 [s * s] (as the viewer's data.js decodes them)."""
     out = np.zeros(doc["size"] ** 2, np.uint8)
     values = np.frombuffer(base64.b64decode(doc["values"]), np.uint8)
     if doc["encoding"] == "sparse":

@@ -44,7 +44,7 @@ from ._unit import FILES, run_unit
 __all__ = ["STAGE", "LocateStage", "FILES", "absolute_arguments", "expand_images", "image_refs", "read_index"]
 
 
-class LocateStage(StageBase):
+class LocateStage(StageBase[Context]):
     """Analysis: every position of new images placed on the atlas -> ``RUN/locate``."""
 
     name = NAME
@@ -58,14 +58,13 @@ class LocateStage(StageBase):
     def settings(self, cfg: Config) -> dict[str, Any]:
         return settings(cfg)
 
-    def scope(self, cfg: Config) -> list[str]:
-        """The images located so far and asked for now (unit names): asking for more adds units
-        without a redo; asking again for some already located does nothing."""
-        done = RunDir(cfg.run_dir).done_units(NAME) - {"final"}
+    def scope(self, cfg: Config, done: frozenset[str]) -> list[str]:
+        """The images located so far (``done``, the runner's) and asked for now (unit names): asking
+        for more adds units without a redo; asking again for some already located does nothing."""
         return sorted(done | {r.unit for r in image_refs(cfg.locate.images)})
 
     def open(self, job: Job) -> Context:
-        return open_context(job.cfg, job.run, job.log)
+        return open_context(job.cfg, job.run, job.log, job.done, job.inputs)
 
     def units(self, ctx: Context) -> list[str]:
         return list(ctx.refs)

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import zarr
 
+from ...formats import CollectOutput, GridOutput, ReduceOutput, RenderOutput
 from ...ops.binning import cell_ids
 from ...ops.knn import FaissKNN
 from ...ops.layout import apply_bounds, layout_bounds
 from ...ops.placement import Projection, fit_projection, place_rows, placement_knn, project
-from ...store import RunDir, StoreError, read_rows
+from ...store import RunDir, StoreError
 
 __all__ = ["Placer", "load_placer", "AtlasGrid", "load_grid", "Icons", "load_icons"]
 
@@ -42,28 +44,27 @@ class Placer:
         return apply_bounds(self.raw(x, salt), self.lo, self.hi, float(self.params["margin"]))
 
 
-def _bounds(reduce: Any, collect: Any, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """reduce's normalisation bounds: stored in its attrs, or (runs reduced before they were stored)
-    measured again as its ``normalise`` step did."""
-    b = reduce.attrs.get("bounds")
-    if b:
-        return np.asarray(b["lo"], np.float64), np.asarray(b["hi"], np.float64)
-    ok = np.asarray(collect["status"][:]) == 1
-    return layout_bounds(np.asarray(reduce["raw_coords"][:])[ok], float(params["clip_percentile"]))
+def _bounds(reduce: ReduceOutput, collect: CollectOutput, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """reduce's normalisation bounds (lo, hi: float64 [2]): stored in its attrs, or (runs reduced
+    before they were stored) measured again as its ``normalise`` step did."""
+    b = reduce.bounds
+    if b is not None:
+        return b
+    ok = collect.status_all() == 1
+    return layout_bounds(np.asarray(reduce.raw_coords[:])[ok], float(params["clip_percentile"]))
 
 
 def load_placer(run: RunDir) -> Placer:
     """Reduce's placement rebuilt from the run: PCA and faiss index over the fitted rows."""
-    collect: Any = run.open_group("collect")
-    reduce: Any = run.open_group("reduce")
-    params = dict(reduce.attrs["params"])
-    fit_rows = np.asarray(reduce["fit_rows"][:], np.int64)
+    collect, reduce = CollectOutput.open(run), ReduceOutput.open(run)
+    params = reduce.params
+    fit_rows = np.asarray(reduce.fit_rows[:], np.int64)
     if fit_rows.size == 0 or (fit_rows < 0).any():
         raise StoreError(f"{run.stage_path('reduce')} has no fitted rows: rerun `atlas reduce {run.root / 'config.yaml'}`")
-    x = read_rows(collect["activations"], fit_rows, int(collect.attrs["chunk_rows"]))
+    x = collect.read_activations(fit_rows)
     projection = fit_projection(x, params.get("pca"))
     knn = placement_knn(params).fit(project(x, projection))
-    embedding = np.asarray(reduce["raw_coords"][:], np.float32)[fit_rows]
+    embedding = np.asarray(reduce.raw_coords[:], np.float32)[fit_rows]
     lo, hi = _bounds(reduce, collect, params)
     return Placer(knn, projection, embedding, params, lo, hi)
 
@@ -84,11 +85,12 @@ class AtlasGrid:
 
 
 def load_grid(run: RunDir) -> AtlasGrid:
-    g: Any = run.open_group("grid")
-    sizes = sorted(int(s) for s in g.attrs["sizes"])
-    counts = {s: np.asarray(g[f"level-{s}/count"][...], np.int64) for s in sizes}
-    labels = {s: np.asarray(g[f"level-{s}/label_counts"][...]) for s in sizes if f"level-{s}/label_counts" in g}
-    return AtlasGrid(sizes, counts, int(g.attrs["min_count"]), labels)
+    """The grid's sizes, counts and label counts (``RUN/grid``)."""
+    g = GridOutput.open(run)
+    sizes = g.sizes
+    counts = {s: np.asarray(g.level(s).count[...], np.int64) for s in sizes}
+    labels = {s: np.asarray(lc[...]) for s in sizes if (lc := g.level(s).label_counts) is not None}
+    return AtlasGrid(sizes, counts, g.min_count, labels)
 
 
 @dataclass
@@ -97,7 +99,7 @@ class Icons:
     icon array uint8 [n, px, px, 3] (Zarr, read one icon at a time)."""
 
     index: dict[int, np.ndarray]
-    icons: dict[int, Any]
+    icons: dict[int, zarr.Array[Any]]
 
     @property
     def levels(self) -> list[int]:
@@ -117,16 +119,14 @@ class Icons:
 
 def load_icons(run: RunDir) -> Icons:
     """Every rendered icon (finite faithfulness) of every level of ``RUN/render``."""
-    g: Any = run.open_group("render")
+    render = RenderOutput.open(run)
     index, icons = {}, {}
-    for name, sub in g.groups():
-        if not name.startswith("level-"):
-            continue
-        s = int(name.split("-")[1])
-        cells = np.asarray(sub["cells"][...], np.int64)
-        rendered = np.isfinite(np.asarray(sub["cossim"][...]))
+    for s in render.sizes:
+        lvl = render.level(s)
+        cells = np.asarray(lvl.cells[...], np.int64)
+        rendered = np.isfinite(np.asarray(lvl.cossim[...]))
         idx = np.full((s, s), -1, np.int64)
         keep = np.flatnonzero(rendered & (cells[:, 0] >= 0))
         idx[cells[keep, 0], cells[keep, 1]] = keep
-        index[s], icons[s] = idx, sub["icons"]
+        index[s], icons[s] = idx, lvl.icons
     return Icons(index, icons)

@@ -4,10 +4,13 @@ the network and reduce's placement."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._cache import cached
 from ...config import Config
+from ...formats import CollectOutput
 from ...store import RunDir, StoreError, fingerprint
 from ._atlas import AtlasGrid, Icons, Placer, load_grid, load_icons, load_placer
 from ._images import ImageRef, image_refs
@@ -15,7 +18,6 @@ from ._images import ImageRef, image_refs
 __all__ = ["NAME", "Context", "open_context", "settings"]
 
 NAME = "locate"
-_CACHE: dict[str, Any] = {}  # the last network and placement built in this process (api.locate in a notebook)
 
 
 def settings(cfg: Config) -> dict[str, Any]:
@@ -35,10 +37,12 @@ class Context:
     run: RunDir
     log: logging.Logger
     refs: dict[str, ImageRef]
-    collect: dict[str, Any]  # collect's attrs: model, layer, input_size, layer_shape, class_names, ...
+    collect: CollectOutput  # the atlas's collect: model, layer, input_size, layer_shape, class_names, dtype
     grid: AtlasGrid
     icons: Icons
     level: int
+    done: Mapping[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # the runner's unit records
+    inputs: Mapping[str, str] = field(default_factory=dict, repr=False)  # the inputs' fingerprints
     _sampler: Any = field(default=None, repr=False)
     _placer: Placer | None = field(default=None, repr=False)
 
@@ -48,7 +52,7 @@ class Context:
             from ...models import pin_threads
 
             pin_threads(self.cfg.locate.threads)
-            self._sampler = _cached("sampler", fingerprint([self.cfg.model.model_dump(mode="json"), self.cfg.collect.channels_last,
+            self._sampler = cached("locate.sampler", fingerprint([self.cfg.model.model_dump(mode="json"), self.cfg.collect.channels_last,
                                                             self.cfg.collect.fold_bn]), lambda: _sampler(self.cfg))
             _check_layer(self, self._sampler.layer_shape)
         return self._sampler
@@ -58,19 +62,10 @@ class Context:
             from ...ops.knn import set_faiss_threads
 
             set_faiss_threads(self.cfg.locate.threads)
-            reduce = (self.run.read_json("state/reduce/done/final") or {}).get("fingerprint")
-            self._placer = _cached("placer", fingerprint([str(self.run.root.resolve()), reduce]),
-                                   lambda: load_placer(self.run))
+            reduce = self.inputs.get("reduce")
+            self._placer = cached("locate.placer", fingerprint([str(self.run.root.resolve()), reduce]),
+                                  lambda: load_placer(self.run))
         return self._placer
-
-
-def _cached(kind: str, key: str, make: Any) -> Any:
-    """The one ``kind`` kept in this process, made again when its key changes."""
-    if _CACHE.get(kind + ":key") != key:
-        _CACHE.pop(kind, None)
-        _CACHE[kind] = make()
-        _CACHE[kind + ":key"] = key
-    return _CACHE[kind]
 
 
 def _sampler(cfg: Config) -> Any:
@@ -83,9 +78,9 @@ def _sampler(cfg: Config) -> Any:
                         fold_bn=cfg.collect.fold_bn, autocast=device.type == "cuda")
 
 
-def _check_model(cfg: Config, run: RunDir, col: dict[str, Any]) -> None:
+def _check_model(cfg: Config, run: RunDir, col: CollectOutput) -> None:
     """The config's model and layer must be the ones the atlas was collected with."""
-    want = (col.get("model"), col.get("layer"))
+    want = (col.model, col.layer)
     if want != (cfg.model.name, cfg.model.layer):
         raise StoreError(f"the atlas in {run.root} was collected with model {want[0]} layer {want[1]}, not "
                          f"{cfg.model.name} layer {cfg.model.layer}: locate with the run's own config, "
@@ -93,7 +88,7 @@ def _check_model(cfg: Config, run: RunDir, col: dict[str, Any]) -> None:
 
 
 def _check_layer(ctx: Context, shape: tuple[int, int, int]) -> None:
-    want = tuple(int(v) for v in ctx.collect["layer_shape"])
+    want = ctx.collect.layer_shape
     if shape != want:
         raise StoreError(f"layer `{ctx.cfg.model.layer}` gives a {shape[1]}x{shape[2]}x{shape[0]} grid here but the atlas "
                          f"in {ctx.run.root} was collected from a {want[1]}x{want[2]}x{want[0]} one (another input size?): "
@@ -111,10 +106,12 @@ def _level(cfg: Config, grid: AtlasGrid, icons: Icons, run: RunDir) -> int:
     return icons.levels[-1]
 
 
-def open_context(cfg: Config, run: RunDir, log: logging.Logger) -> Context:
-    group: Any = run.open_group("collect")
-    col = {**group.attrs, "dtype": str(group["activations"].dtype)}
+def open_context(cfg: Config, run: RunDir, log: logging.Logger, done: Mapping[str, dict[str, Any]] | None = None,
+                 inputs: Mapping[str, str] | None = None) -> Context:
+    """The atlas read, the model checked; ``done`` and ``inputs``: the runner's (``Job``)."""
+    col = CollectOutput.open(run)
     _check_model(cfg, run, col)
     grid, icons = load_grid(run), load_icons(run)
     refs = {r.unit: r for r in image_refs(cfg.locate.images)}
-    return Context(cfg, run, log, refs, col, grid, icons, _level(cfg, grid, icons, run))
+    return Context(cfg, run, log, refs, col, grid, icons, _level(cfg, grid, icons, run),
+                   {} if done is None else done, dict(inputs or {}))

@@ -16,11 +16,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..._cache import cached
+
 __all__ = ["ImageRef", "expand_images", "image_refs", "absolute_arguments"]
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 _SLUG_MAX = 40
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+_REFS_KIND = "locate.images"  # the last image_refs answer in this process, keyed by its files' stats
 
 
 @dataclass(frozen=True)
@@ -79,17 +81,24 @@ def _content_hash(location: str) -> str:
     if _is_location(location):
         return hashlib.sha256(location.encode()).hexdigest()[:8]
     try:
-        st = os.stat(location)
-        key = (location, st.st_size, st.st_mtime_ns)
-        if key not in _HASH_CACHE:
-            h = hashlib.sha256()
-            with open(location, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            _HASH_CACHE[key] = h.hexdigest()[:8]
-        return _HASH_CACHE[key]
+        h = hashlib.sha256()
+        with open(location, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:8]
     except OSError:
         return hashlib.sha256(location.encode()).hexdigest()[:8]
+
+
+def _stat_key(location: str) -> tuple[str, int, int]:
+    """What a location's unit name depends on: the location, and a file's size and mtime."""
+    if _is_location(location):
+        return location, -1, -1
+    try:
+        st = os.stat(location)
+    except OSError:
+        return location, -1, -1
+    return location, st.st_size, st.st_mtime_ns
 
 
 def _display_name(location: str) -> str:
@@ -104,9 +113,15 @@ def _slug(name: str) -> str:
 
 
 def image_refs(args: list[str]) -> list[ImageRef]:
-    """The images of ``args``, one per unit, sorted by unit name (the same for any argument order)."""
+    """The images of ``args``, one per unit, sorted by unit name (the same for any argument order).
+    The files are hashed once per process while none of them changes (the runner asks several times)."""
+    locations = expand_images(args)
+    return cached(_REFS_KIND, tuple(_stat_key(loc) for loc in locations), lambda: _image_refs(locations))
+
+
+def _image_refs(locations: list[str]) -> list[ImageRef]:
     refs: dict[str, ImageRef] = {}
-    for loc in expand_images(args):
+    for loc in locations:
         name = _display_name(loc)
         unit = f"{_slug(name)}-{_content_hash(loc)}"
         refs.setdefault(unit, ImageRef(unit, loc, name))

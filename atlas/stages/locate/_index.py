@@ -3,9 +3,10 @@ file://) listing every located image of the run, and ``bad_inputs.tsv`` for the 
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
+from ...formats import LocateOutput, write_locate_index
 from ...store import DurableWriter
 from .._atlases import write_index as write_run_index
 from ._context import NAME, Context
@@ -14,16 +15,16 @@ __all__ = ["write_index", "read_index"]
 
 
 def _entries(ctx: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(located, skipped) of every unit done in this attempt, by unit name: this call's and earlier ones'."""
-    run, out = ctx.run, ctx.run.stage_path(NAME)
+    """(located, skipped) of every unit done in this attempt, by unit name: this call's and earlier ones'
+    (``ctx.done``: what the runner recorded for each)."""
     located, skipped = [], []
-    for unit in sorted(run.done_units(NAME) - {"final"}):
-        info = run.read_json(f"state/{NAME}/done/{unit}")
+    for unit in sorted(ctx.done):
+        info = ctx.done[unit]
         if info.get("status") != 1:
             skipped.append({"unit": unit, "name": info.get("name"), "source": info.get("source"),
                             "status": info.get("status"), "reason": info.get("reason")})
             continue
-        doc = json.loads((out / unit / "located.json").read_text())
+        doc = LocateOutput(ctx.run.root).located(unit)
         located.append({"unit": unit, "name": doc["name"], "source": doc["source"], "layer_grid": doc["layer_grid"],
                         "level": doc["level"], "cells_hit": doc["cells_hit"],
                         "top_class": doc["top_classes"][0]["name"] if doc["top_classes"] else None,
@@ -35,26 +36,16 @@ def _entries(ctx: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 def write_index(ctx: Context) -> dict[str, Any]:
     """index.json, index.js and bad_inputs.tsv; returns what the ``final`` marker records."""
     located, skipped = _entries(ctx)
-    doc = {"model": ctx.collect.get("model"), "layer": ctx.collect.get("layer"), "sizes": ctx.grid.sizes,
+    doc = {"model": ctx.collect.model, "layer": ctx.collect.layer, "sizes": ctx.grid.sizes,
            "level": ctx.level, "images": located, "skipped": skipped}
     out, writer = ctx.run.stage_path(NAME), DurableWriter()
-    lines = ["unit\tlocation\tstatus\treason"] + [
-        f"{s['unit']}\t{s['source']}\t{s['status']}\t{s['reason']}".replace("\n", " ") for s in skipped]
-    writer.put(out / "bad_inputs.tsv", ("\n".join(lines) + "\n").encode())
-    writer.put(out / "index.json", json.dumps(doc, indent=1, sort_keys=True).encode())
-    writer.put(out / "index.js", f"window.ATLAS_LOCATED = {json.dumps(doc, separators=(',', ':'), sort_keys=True)};\n"
-               .encode())
+    write_locate_index(ctx.run.root, doc, writer)
     writer.sync()
     write_run_index(ctx.run.root)  # the viewers' list of atlases counts the located images
     ctx.log.info("%d images located, %d skipped: %s", len(located), len(skipped), out / "index.json")
     return {"located": len(located), "skipped": len(skipped)}
 
 
-def read_index(root: Any) -> dict[str, Any] | None:
+def read_index(root: str | Path) -> dict[str, Any] | None:
     """``RUN/locate/index.json`` of a run directory, or None before the stage first finished."""
-    from pathlib import Path
-
-    try:
-        return dict(json.loads((Path(root) / NAME / "index.json").read_text()))
-    except (FileNotFoundError, ValueError):
-        return None
+    return LocateOutput(root).index()

@@ -45,7 +45,7 @@ def _forward(ctx: Context, image: np.ndarray) -> tuple[np.ndarray, tuple[int, in
     grid, logits = layer_grid(sampler, sampler.net.preprocess(torch.from_numpy(image[None])))
     c, h, w = grid.shape[1:]
     vec = grid[0].permute(1, 2, 0).reshape(h * w, c).numpy()
-    vec = vec.astype(ctx.collect["dtype"]).astype(np.float32)
+    vec = vec.astype(ctx.collect.dtype).astype(np.float32)
     return vec, (h, w), None if logits is None else logits[0].numpy()
 
 
@@ -55,7 +55,7 @@ def _top_classes(ctx: Context, logits: np.ndarray | None) -> list[dict[str, Any]
     z = logits.astype(np.float64)
     prob = np.exp(z - z.max())
     prob /= prob.sum()
-    names = list(ctx.collect.get("class_names") or [])
+    names = ctx.collect.class_names
     order = np.argsort(-z, kind="stable")[:_TOP]
     return [{"class": int(k), "name": names[k] if k < len(names) else f"class {k}",
              "probability": round(float(prob[k]), 6), "logit": round(float(z[k]), 4)} for k in order]
@@ -83,8 +83,8 @@ def _doc(ctx: Context, ref: ImageRef, xy: np.ndarray, h: int, w: int, logits: np
     positions = [{"y": i // w, "x": i % w, "xy": [round(float(v), 6) for v in xy[i]],
                   "cells": {str(s): [int(v) for v in cells[s][i]] for s in sizes}} for i in range(h * w)]
     return {
-        "unit": ref.unit, "name": ref.name, "source": ref.location, "model": ctx.collect.get("model"),
-        "layer": ctx.collect.get("layer"), "input_size": int(ctx.collect["input_size"]), "layer_grid": [h, w],
+        "unit": ref.unit, "name": ref.name, "source": ref.location, "model": ctx.collect.model,
+        "layer": ctx.collect.layer, "input_size": ctx.collect.input_size, "layer_grid": [h, w],
         "sizes": sizes, "level": ctx.level, "top_classes": _top_classes(ctx, logits),
         "coordinates": "xy: (x, y) in [0, 1] of the atlas square, placed as reduce places rows outside its "
                        "fitted sample; cells: (row, col) = (floor(y s), floor(x s)) at grid size s",
@@ -111,7 +111,7 @@ def run_unit(ctx: Context, unit: str) -> dict[str, Any]:
 
     ref = ctx.refs[unit]
     try:
-        image = load_image(ref.location, size=int(ctx.collect["input_size"]), max_pixels=ctx.cfg.images.max_pixels,
+        image = load_image(ref.location, size=ctx.collect.input_size, max_pixels=ctx.cfg.images.max_pixels,
                            min_side=ctx.cfg.images.min_side)
     except BadInput as e:
         ctx.log.warning("skipped %s: %s (status %d); it is listed in %s", ref.location, e.reason, e.status,

@@ -27,8 +27,9 @@ test's markers and finishes with its own scope; nothing of the first is touched.
 whose scope it holds does nothing; running an earlier one again finds all its units done and
 only re-checks its results (``finish`` skips a folder whose ``results.json`` holds the scope).
 The key hashes everything that decides the unit data (``_spec``): another patch, classes,
-sizes, positions, images or seed under the same slug redoes that test (its folder and its
-markers are cleared, under a per-test lock), and a deleted test folder is redone on the next run.
+sizes, positions, images or seed under the same slug redoes that test (``open`` removes its folder
+under a per-test lock; the stage's ``forget`` names its done units, whose markers the runner
+clears), and a deleted test folder is redone on the next run (``refresh`` asks the runner to).
 Redoing collect (the network) redoes the stage, and so every test.
 """
 
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from ...config import Config, config_to_dict, provenance
+from ...formats import CollectOutput, PatchTestOutput
 from ...ops.patches import place_count
 from ...progress import progress
 from ...store import RunDir, StoreError, atomic_save_npz, atomic_write_bytes, atomic_write_text
@@ -72,11 +74,12 @@ class _Context:
     folder: Path
     clf: Classifier | None = None
     selection: Selection | None = None
+    redo: bool = False  # the test's folder was gone or another test's: its done units run again
 
 
 def folder_of(run: RunDir, spec: PatchTestSpec) -> Path:
     """``RUN/patch-test/<slug>``."""
-    return run.stage_path(NAME) / spec.slug
+    return PatchTestOutput(run).folder(spec.slug)
 
 
 def unit_names(cfg: Config, spec: PatchTestSpec, images: int) -> list[str]:
@@ -106,17 +109,16 @@ def _test_lock(run: RunDir, slug: str) -> contextlib.AbstractContextManager[None
 
 
 def _forget_old(ctx: _Context) -> None:
-    """A test whose folder is gone, or holds another key (other settings under this name): clear its
-    done markers and folder so it is redone."""
+    """A test whose folder is gone, or holds another key (other settings under this name): remove
+    its folder and set ``ctx.redo``, so that :meth:`PatchTestStage.forget` names its done units
+    (the runner clears their markers) and the test is redone."""
     about = _read_json(ctx.folder / "test.json")
     if about is not None and about.get("key") == ctx.spec.key:
         return
     if about is not None:
         ctx.log.warning("%s: test %s was run with other settings (key %s, now %s): redoing it", NAME, ctx.spec.slug,
                         about.get("key"), ctx.spec.key)
-    for unit in ctx.run.done_units(NAME):
-        if _slug_of(unit) == ctx.spec.slug:
-            ctx.run.clear_done(NAME, unit)
+    ctx.redo = True
     shutil.rmtree(ctx.folder, ignore_errors=True)
 
 
@@ -140,8 +142,8 @@ def _classifier(ctx: _Context) -> Classifier:
 
     if ctx.clf is None:
         net = load_network(ctx.cfg.model)
-        col: Any = ctx.run.open_group("collect").attrs
-        theirs = (col.get("model"), int(col.get("input_size", 0)), col.get("weights_sha256"))
+        col = CollectOutput.open(ctx.run)
+        theirs = (col.model, col.input_size, col.weights_sha256)
         mine = (ctx.cfg.model.name, net.input_size, net.weights_sha256)
         if theirs[:2] != mine[:2] or (theirs[2] and mine[2] and theirs[2] != mine[2]):
             raise StoreError(f"this config's model ({mine[0]}, input {mine[1]} px, weights {str(mine[2])[:12]}) is not the "
@@ -249,7 +251,7 @@ def _finish(ctx: _Context) -> dict[str, Any]:
     cfg, spec, folder = ctx.cfg, ctx.spec, ctx.folder
     scope = spec.scope(cfg)
     with _test_lock(ctx.run, spec.slug):
-        old = _read_json(folder / "results.json")
+        old = PatchTestOutput(ctx.run).results(folder)
         if old is not None and old.get("scope") == scope:
             ctx.log.info("%s (results already in %s)", old["headline"], folder)
             return {"test": spec.slug, "headline": old["headline"]}
@@ -283,7 +285,7 @@ def _finish(ctx: _Context) -> dict[str, Any]:
                    "original": orig, "model": {"name": cfg.model.name, "input_size": spec.input_size},
                    "best": {"size": best["size"], "position": best["position"]}, "rows": rows,
                    "files": ["table.md", "table.tsv", *(["examples.png"] if cfg.patch_test.examples else [])]}
-        atomic_write_text(folder / "results.json", json.dumps(results, indent=2))
+        PatchTestOutput(ctx.run).write_results(folder, results)
     ctx.log.info("%s", head)
     ctx.log.info("results: %s (table.md, examples.png)", folder)
     return {"test": spec.slug, "headline": head}
@@ -294,13 +296,13 @@ def results_of(cfg: Config) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
     spec = resolve(cfg, run)
     folder = folder_of(run, spec)
-    res = _read_json(folder / "results.json")
+    res = PatchTestOutput(run).results(folder)
     if res is None or res.get("scope") != spec.scope(cfg):
         raise StoreError(f"the patch test {spec.slug} is not finished in {run.root}: run `atlas patch-test` first")
     return {**res, "folder": str(folder), "table": (folder / "table.md").read_text()}
 
 
-class PatchTestStage(StageBase):
+class PatchTestStage(StageBase[_Context]):
     """Analysis: human-adversarial patches on held-out images -> ``RUN/patch-test/<slug>/``."""
 
     name = NAME
@@ -315,12 +317,16 @@ class PatchTestStage(StageBase):
         """Only the format: each test is a scope of its own (see the module docstring)."""
         return {"format": FORMAT}
 
-    def scope(self, cfg: Config) -> dict[str, Any]:
+    def scope(self, cfg: Config, done: frozenset[str]) -> dict[str, Any]:
         """The test the config asks for: its folder name, its key and the examples shown."""
         return resolve(cfg, RunDir(cfg.run_dir)).scope(cfg)
 
     def open(self, job: Job) -> _Context:
         return _open(job)
+
+    def forget(self, ctx: _Context, done: frozenset[str]) -> set[str]:
+        """The done units of a test whose folder ``open`` found gone or another test's."""
+        return {u for u in done if _slug_of(u) == ctx.spec.slug} if ctx.redo else set()
 
     def units(self, ctx: _Context) -> list[str]:
         assert ctx.selection is not None
@@ -332,28 +338,25 @@ class PatchTestStage(StageBase):
     def finish(self, ctx: _Context) -> dict[str, Any]:
         return _finish(ctx)
 
-    def refresh(self, job: Job) -> None:
-        """The test is finished by its markers: redo it when its folder was deleted since."""
-        from .._runner import FINAL, run_stage
-
+    def refresh(self, job: Job) -> bool:
+        """The test is finished by its markers: redo it (True) when its results were deleted since."""
         spec = resolve(job.cfg, job.run)
         folder = folder_of(job.run, spec)
-        res = _read_json(folder / "results.json")
+        res = PatchTestOutput(job.run).results(folder)
         if res is not None and res.get("scope") == spec.scope(job.cfg):
             job.log.info("%s", res["headline"])
-            return
+            return False
         job.log.warning("%s: the results of test %s are missing from %s: redoing it", NAME, spec.slug, folder)
-        job.run.clear_done(NAME, FINAL)
-        run_stage(self, job.cfg, job.shard, job.client)  # type: ignore[arg-type]  # ClassVars vs the Protocol
+        return True
 
     def provenance(self, ctx: _Context) -> dict[str, Any]:
         return {}
 
     def detail(self, run: RunDir) -> dict[str, Any]:
         """The tests with results, and the headline of the latest."""
-        root = run.stage_path(NAME)
-        done = sorted((p for p in root.glob("*/results.json")), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-        latest = _read_json(done[-1]) if done else None
+        out = PatchTestOutput(run)
+        done = out.finished()
+        latest = out.results(done[-1]) if done else None
         return {"tests": len(done), "latest": latest["headline"] if latest else None}
 
 

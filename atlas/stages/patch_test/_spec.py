@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...config import Config
+from ...formats import CollectOutput, GridOutput, RenderOutput, example_crop, run_manifest
 from ...ops.classes import ClassNameError, class_slug, match_class
 from ...store import RunDir, StoreError, fingerprint
 
@@ -117,31 +118,32 @@ def _check_cell(kind: str, g: int, r: int, c: int, sizes: list[int], what: str) 
 
 def _cell_icon(run: RunDir, spec: str, g: int, r: int, c: int) -> np.ndarray:
     final = _need(run, "render", f"patch {spec}")
-    render: Any = run.open_group("render")  # zarr groups and attributes are read as untyped JSON-like values
-    sizes = sorted(int(name.split("-")[1]) for name, _ in render.groups() if name.startswith("level-"))
+    render = RenderOutput.open(run)
+    sizes = render.sizes
     scope = final.get("scope")
     if isinstance(scope, list):
         sizes = [s for s in sizes if s in scope]
     _check_cell("cell", g, r, c, sizes, "rendered ")
-    cells = np.asarray(render[f"level-{g}/cells"][...])
+    level = render.level(g)
+    cells = np.asarray(level.cells[...])
     hit = np.flatnonzero((cells[:, 0] == r) & (cells[:, 1] == c)) if len(cells) else np.zeros(0, np.int64)
     if hit.size == 0:
         near = ", ".join(f"cell:{g}:{rr},{cc}" for rr, cc in _near(cells, r, c))
         raise PatchSpecError(f"patch {spec}: cell ({r}, {c}) of the {g} x {g} grid has no icon (too few points to be "
                              f"rendered); cells near it with icons: {near or 'none'}")
-    return np.asarray(render[f"level-{g}/icons"][int(hit[0])])
+    return np.asarray(level.icons[int(hit[0])])
 
 
 def _example_crop(cfg: Config, run: RunDir, spec: str, g: int, r: int, c: int, k: int) -> np.ndarray:
-    from ...ops.canvas import crop_box
-    from ...sources import BadInput, load_image, read_manifest
-
     _need(run, "grid", f"patch {spec}")
-    grid: Any = run.open_group("grid")
-    col: Any = run.open_group("collect")
-    sizes = [int(s) for s in grid.attrs.get("sizes", [])]
-    _check_cell("example", g, r, c, sizes, "")
-    examples = np.asarray(grid[f"level-{g}/examples"][...])
+    grid, col = GridOutput.open(run), CollectOutput.open(run)
+    _check_cell("example", g, r, c, grid.sizes, "")
+    level = grid.level(g)
+    stored, stored_pos = level.examples, level.example_positions
+    if stored is None or stored_pos is None:
+        raise PatchSpecError(f"patch {spec}: the grid stored no dataset examples (grid.examples = 0): "
+                             "rerun `atlas grid` with examples or use cell:<grid>:<row>,<col>")
+    examples = np.asarray(stored[...])
     rows = [int(x) for x in examples[r, c] if x >= 0]
     if not rows:
         have = np.argwhere((examples >= 0).any(axis=2))
@@ -151,15 +153,13 @@ def _example_crop(cfg: Config, run: RunDir, spec: str, g: int, r: int, c: int, k
     if k >= len(rows):
         raise PatchSpecError(f"patch {spec}: cell ({r}, {c}) of the {g} x {g} grid has {len(rows)} dataset examples: "
                              f"k is 0 to {len(rows) - 1}")
-    y, x = (int(v) for v in np.asarray(grid[f"level-{g}/example_positions"][r, c, k]))
-    size, (_, lh, lw) = int(col.attrs["input_size"]), col.attrs["layer_shape"]
-    location = read_manifest(run.root).locations[rows[k]]
-    try:
-        img = load_image(location, size=size, max_pixels=cfg.images.max_pixels, min_side=cfg.images.min_side)
-    except BadInput as e:
-        raise PatchSpecError(f"patch {spec}: its image {location} cannot be read again ({e.reason})") from None
-    top, left, bottom, right = crop_box(y, x, int(lh), int(lw), size, cfg.tile.example_window)
-    return np.ascontiguousarray(img[top:bottom, left:right])
+    y, x = (int(v) for v in np.asarray(stored_pos[r, c, k]))
+    manifest = run_manifest(run.root)
+    crop = example_crop(manifest, rows[k], (y, x), col.layer_grid, col.input_size, cfg.tile.example_window, cfg.images)
+    if crop.pixels is None:
+        location = manifest.locations[rows[k]] if rows[k] < len(manifest) else f"row {rows[k]}"
+        raise PatchSpecError(f"patch {spec}: its image {location} cannot be read again ({crop.reason})")
+    return crop.pixels
 
 
 def _file_patch(cfg: Config, spec: str, size: int) -> np.ndarray:
@@ -214,15 +214,15 @@ def resolve(cfg: Config, run: RunDir) -> PatchTestSpec:
     pt = cfg.patch_test
     if pt.patch is None:
         raise ValueError(f"patch-test needs --patch PATCH (config key patch_test.patch): {_FORMS}")
-    col: Any = run.open_group("collect")
-    names = [str(n) for n in col.attrs.get("class_names") or []]
+    col = CollectOutput.open(run)
+    names = col.class_names
     if not names:
         raise ValueError(f"model `{cfg.model.name}` has no classifier (no class names): patch-test needs class logits")
     a = _class(names, pt.from_class, "--from", "from_class")
     b = _class(names, pt.to_class, "--to", "to_class")
     if a == b:
         raise ValueError(f"--from and --to name the same class {names[a]!r}: pass two different classes")
-    size = int(col.attrs["input_size"])
+    size = col.input_size
     patch, what, patch_slug = _patch(cfg, run, pt.patch, size)
     digest = hashlib.sha256(patch.tobytes() + str(patch.shape).encode()).hexdigest()
     model = cfg.model.model_dump(mode="json", exclude={"device"})

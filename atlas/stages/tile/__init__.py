@@ -13,7 +13,7 @@ serve it with ``atlas serve RUN``)::
     heat/<s>/<k>.js                 class k's heatmap over grid s (uint8 per cell, scaled to its maximum)
     icons/<s>/<sheet>.<fmt>         every cell's icon at full size (the click panel)
     examples/<row>.jpg              crop of collect row ``row`` around its sampled position
-    index.html viewer.js viewer.css atlases.js openseadragon/   the viewer (atlases.js: the atlas list, a
+    index.html viewer.css *.js openseadragon/   the viewer: the scripts index.html lists (atlases.js: the atlas list, a
                                     two-class atlas's comparison; it loads the run's RUN/atlases.js)
     located.js                      the Located list: images of `atlas locate` (RUN/locate/index.js)
 
@@ -64,8 +64,9 @@ redone grid or render start the stage over (the runner's fingerprint).
 
 Parts: ``_inputs`` (what collect / grid / render left), ``_plan`` (settings, units, example
 rows, the job's context), ``_paint`` (the tiles, icons, heat and examples units), ``_metadata``
-(cells-<s>.json, atlas.json), ``_viewer`` (descriptors and static files), ``_pool`` (units on
-spawned worker processes), ``_context`` (shared names).
+(cells-<s>.json, atlas.json), ``_viewer`` (descriptors and static files), ``_pool`` (units through
+the job's fan-out: here, on ``cluster.processes`` spawned processes or the engine's dask client),
+``_context`` (shared names).
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ from ._classes import update_index
 from ._context import DZI_NAME, HEAT_BLOCK, ICONS_PER_SHEET, NAME, OUTPUT, SHEET_COLS, Context, dzi_name, sheet_cols
 from ._inputs import Inputs, read_inputs
 from ._metadata import example_box, write_metadata
-from ._paint import encode_image, heat_doc, heat_values, run_units
+from ._paint import encode_image, heat_doc, heat_values
 from ._plan import example_sizes, load_plan, open_context, output_settings, save_plan
-from ._pool import pool_units, worker_count
+from ._pool import fan_units
 from ._viewer import refresh_viewer, write_viewer
 
 __all__ = ["DZI_NAME", "HEAT_BLOCK", "ICONS_PER_SHEET", "OUTPUT", "SHEET_COLS", "STAGE", "Inputs", "TileStage",
@@ -91,7 +92,7 @@ __all__ = ["DZI_NAME", "HEAT_BLOCK", "ICONS_PER_SHEET", "OUTPUT", "SHEET_COLS", 
            "read_inputs", "sheet_cols", "viewer_source_dir"]
 
 
-class TileStage(StageBase):
+class TileStage(StageBase[Context]):
     """Stage 5: Deep Zoom pyramid, cell metadata and the web viewer -> ``RUN/tiles``."""
 
     name = NAME
@@ -115,8 +116,7 @@ class TileStage(StageBase):
         return [u["name"] for u in ctx.plan["units"]]
 
     def run_units(self, ctx: Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        workers = worker_count(ctx, len(units))
-        yield from (pool_units(ctx, units, workers) if workers > 1 else run_units(ctx, units))
+        yield from fan_units(ctx, units)
 
     def finish(self, ctx: Context) -> dict[str, Any]:
         """Metadata (JSON + JS twins, one level at a time), the descriptor, the viewer (index.html
@@ -130,9 +130,11 @@ class TileStage(StageBase):
                      p["tiles"], len(p["sizes"]), p["levels"], p["width"], p["height"], ctx.run.root)
         return {"tiles": p["tiles"], "levels": p["levels"]}
 
-    def refresh(self, job: Job) -> None:
+    def refresh(self, job: Job) -> bool:
+        """Bring the viewer's files and the run's atlas index up to date; never a redo."""
         refresh_viewer(job)
         update_index(job.run, job.cfg.classes.parent)
+        return False
 
     def detail(self, run: RunDir) -> dict[str, Any]:
         """Tiles, levels, canvas size, grids and the output folder."""

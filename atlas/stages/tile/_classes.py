@@ -13,17 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from ...formats import ClassAtlasInfo, CollectOutput, GridOutput
 from ...store import RunDir
 from .._atlases import index_root, write_index
 from ._context import Context
 from ._inputs import class_block
 
 
-def class_atlas_info(run: RunDir) -> dict[str, Any] | None:
+def class_atlas_info(run: RunDir) -> ClassAtlasInfo | None:
     """The class atlas's classes (``collect`` attrs ``class_atlas``), None in a main run."""
-    attrs: Any = run.open_group("collect").attrs
-    info = attrs.get("class_atlas")
-    return dict(info) if info else None
+    return CollectOutput.open(run).class_atlas
 
 
 def identity(ctx: Context) -> dict[str, Any]:
@@ -35,9 +34,9 @@ def identity(ctx: Context) -> dict[str, Any]:
     rel = Path(os.path.relpath(root.resolve(), ctx.out.resolve())).as_posix().rstrip("/") + "/"
     doc = None
     if info:
-        doc = {"slug": ctx.run.root.resolve().name, "names": list(info["names"]), "classes": list(info["classes"]),
-               "rows_per_class": list(info.get("rows_per_class") or []), "threshold": info.get("threshold"),
-               "top_k": info.get("top_k"), "max_rows": info.get("max_rows")}
+        doc = {"slug": ctx.run.root.resolve().name, "names": info.names, "classes": info.classes,
+               "rows_per_class": info.rows_per_class, "threshold": info.threshold, "top_k": info.top_k,
+               "max_rows": info.max_rows}
     return {"class_atlas": doc, "atlases_root": rel, "atlases_index": f"{rel}atlases.js"}
 
 
@@ -45,11 +44,11 @@ def pair_values(ctx: Context, s: int) -> np.ndarray | None:
     """float32 [s, s, 2]: the mean attribution of each cell of grid ``s`` to the two classes of a
     comparison (0 in empty cells); None unless this is a two-class atlas with class attribution."""
     info = class_atlas_info(ctx.run)
-    if not info or len(info["classes"]) != 2 or ctx.inputs.class_kind not in ("attribution", "attribution-top"):
+    if not info or len(info.classes) != 2 or ctx.inputs.class_kind not in ("attribution", "attribution-top"):
         return None
-    gl = ctx.run.open_group("grid")[f"level-{s}"]
+    gl = GridOutput.open(ctx.run).level(s)
     cols = [class_block(gl, ctx.inputs.class_kind, k, k + 1, ctx.inputs.count[s], ctx.inputs.min_count)[:, :, 0]
-            for k in info["classes"]]
+            for k in info.classes]
     return np.stack(cols, axis=2)
 
 

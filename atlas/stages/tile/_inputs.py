@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import zarr
 
 from ...config import Config
+from ...formats import CollectHeader, CollectOutput, GridLevel, GridOutput, RenderOutput
 from ...store import RunDir, StoreError
 
 # What the class heatmap shows, by what the grid stored (best first):
@@ -29,12 +31,13 @@ class Inputs:
     min_count: int
     index: dict[int, np.ndarray]      # s -> [s, s] int64 icon row of cell (row, col), -1 when empty
     count: dict[int, np.ndarray]      # s -> [s, s] int64
-    collect_attrs: dict[str, Any]
+    collect: CollectHeader            # the network, layer and rows collect recorded
     class_names: list[str]
     label_names: list[str]
     icon_sizes: dict[int, int]        # s -> icon side of grid s (its pyramid is s * icon_sizes[s] wide)
     class_kind: str = "none"          # one of CLASS_KINDS
     n_classes: int = 0                # classes (or labels) the heatmap covers
+    ok_count: int = 0                 # collect rows read without error
 
     def canvas(self, s: int) -> int:
         """Width (= height) in pixels of grid ``s``'s pyramid: its icons at native size."""
@@ -46,30 +49,39 @@ class Inputs:
         return self.label_names if self.class_kind == "labels" else self.class_names if self.class_kind != "none" else []
 
 
-def _class_kind(grid: Any, sizes: list[int], class_names: list[str], label_names: list[str]) -> tuple[str, int]:
+def _class_kind(grid: GridOutput, sizes: list[int], class_names: list[str], label_names: list[str]) -> tuple[str, int]:
     """(kind, number of classes) of the class heatmap, from what every grid level holds."""
-    levels = [grid[f"level-{s}"] for s in sizes]
-    if all("class_attribution" in gl for gl in levels):
-        return "attribution", int(levels[0]["class_attribution"].shape[2])
-    if all("top_classes" in gl for gl in levels) and class_names:
+    levels = [grid.level(s) for s in sizes]
+    attribution = [gl.class_attribution for gl in levels]
+    labels = [gl.label_counts for gl in levels]
+    if attribution[0] is not None and all(a is not None for a in attribution):
+        return "attribution", int(attribution[0].shape[2])
+    if all(gl.top_classes is not None for gl in levels) and class_names:
         return "attribution-top", len(class_names)
-    if all("label_counts" in gl for gl in levels) and label_names:
-        return "labels", int(levels[0]["label_counts"].shape[2])
+    if labels[0] is not None and all(lc is not None for lc in labels) and label_names:
+        return "labels", int(labels[0].shape[2])
     return "none", 0
 
 
-def class_block(gl: Any, kind: str, k0: int, k1: int, count: np.ndarray, min_count: int) -> np.ndarray:
+def _stored(arr: zarr.Array[Any] | None, gl: GridLevel, kind: str) -> zarr.Array[Any]:
+    if arr is None:
+        raise StoreError(f"grid level {gl.size} has no {kind} data: redo `atlas tile` after `atlas grid`")
+    return arr
+
+
+def class_block(gl: GridLevel, kind: str, k0: int, k1: int, count: np.ndarray, min_count: int) -> np.ndarray:
     """float32 [s, s, k1 - k0]: classes ``k0 .. k1 - 1`` of the heatmap of a grid level ``gl``
     (see :data:`CLASS_KINDS`); 0 where a class has nothing and in empty cells."""
     s = count.shape[0]
+    out: np.ndarray
     if kind == "attribution":
-        out = np.asarray(gl["class_attribution"][:, :, k0:k1], np.float32)
+        out = np.asarray(_stored(gl.class_attribution, gl, kind)[:, :, k0:k1], np.float32)
     elif kind == "labels":
-        lc = np.asarray(gl["label_counts"][:, :, k0:k1], np.float32)
+        lc = np.asarray(_stored(gl.label_counts, gl, kind)[:, :, k0:k1], np.float32)
         out = lc / np.maximum(count, 1)[:, :, None].astype(np.float32)
     elif kind == "attribution-top":
-        cls = np.asarray(gl["top_classes"][:], np.int64)
-        val = np.asarray(gl["top_values"][:], np.float32)
+        cls = np.asarray(_stored(gl.top_classes, gl, kind)[:], np.int64)
+        val = np.asarray(_stored(gl.top_values, gl, kind)[:], np.float32)
         out = np.zeros((s, s, k1 - k0), np.float32)
         r, c, j = np.nonzero((cls >= k0) & (cls < k1) & np.isfinite(val))
         out[r, c, cls[r, c, j] - k0] = val[r, c, j]
@@ -82,22 +94,22 @@ def class_block(gl: Any, kind: str, k0: int, k1: int, count: np.ndarray, min_cou
 
 def read_inputs(cfg: Config, run: RunDir) -> Inputs:
     """Open collect / grid / render (finished: the runner checked) and build the cell -> icon maps."""
-    col, grid, render = run.open_group("collect"), run.open_group("grid"), run.open_group("render")
-    grid_sizes = [int(s) for s in (grid.attrs.get("sizes") or cfg.grid.sizes)]
-    sizes = sorted(s for s in grid_sizes if f"level-{s}" in render and "icons" in render[f"level-{s}"])
+    col, grid, render = CollectOutput.open(run), GridOutput.open(run), RenderOutput.open(run)
+    grid_sizes = grid.sizes
+    sizes = sorted(s for s in grid_sizes if render.has_level(s))
     if not sizes:
-        raise StoreError(f"{run.stage_path('render')} has no rendered level among the grid sizes {grid_sizes}: "
+        raise StoreError(f"{render.path} has no rendered level among the grid sizes {grid_sizes}: "
                          "run `atlas render` first")
-    min_count = int(grid.attrs.get("min_count", cfg.grid.min_count))
+    min_count = grid.min_count
     index, count, icon_sizes = {}, {}, {}
     for s in sizes:
-        rl, gl = render[f"level-{s}"], grid[f"level-{s}"]
-        cells = np.asarray(rl["cells"][:], dtype=np.int64).reshape(-1, 2)
-        shape = rl["icons"].shape
+        rl, gl = render.level(s), grid.level(s)
+        cells = np.asarray(rl.cells[:], dtype=np.int64).reshape(-1, 2)
+        shape = rl.icons.shape
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[0] != len(cells):
             raise StoreError(f"render level-{s}: icons {shape} do not match cells {cells.shape} "
                              "(expected [cells, h, h, 3] uint8)")
-        cnt = np.asarray(gl["count"][:], dtype=np.int64)
+        cnt = np.asarray(gl.count[:], dtype=np.int64)
         idx = np.full((s, s), -1, np.int64)
         if len(cells) and (cells.min() < 0 or cells.max() >= s):
             raise StoreError(f"render level-{s}: cell coordinates outside the {s} x {s} grid")
@@ -105,10 +117,8 @@ def read_inputs(cfg: Config, run: RunDir) -> Inputs:
         idx[cnt < min_count] = -1  # only non-empty cells are painted
         index[s], count[s], icon_sizes[s] = idx, cnt, int(shape[1])
     icon = icon_sizes[sizes[-1]]
-    ca = dict(col.attrs)
-    keep = {k: ca.get(k) for k in ("model", "layer", "layer_shape", "input_size", "n_images", "ok_count")}
-    class_names = list(grid.attrs.get("class_names") or ca.get("class_names") or [])
-    label_names = list(grid.attrs.get("label_names") or ca.get("label_names") or [])
+    class_names = grid.class_names or col.class_names
+    label_names = grid.label_names or col.label_names
     kind, n_classes = _class_kind(grid, sizes, class_names, label_names)
-    return Inputs(sizes, icon, sizes[-1] * icon, sizes[-1] * icon, min_count, index, count, keep,
-                  class_names, label_names, icon_sizes, kind, n_classes)
+    return Inputs(sizes, icon, sizes[-1] * icon, sizes[-1] * icon, min_count, index, count, col.header,
+                  class_names, label_names, icon_sizes, kind, n_classes, ok_count=col.ok_count)

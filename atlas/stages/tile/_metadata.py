@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from ...formats import CollectOutput, GridLevel, GridOutput, RenderOutput
 from ...ops.canvas import crop_box
+from ...ops.dzi import grid_switch_px
 from ...store import DurableWriter
 from ._classes import identity, pair_values
 from ._context import HEAT_BLOCK, NAME, Context, dzi_name, sheet_cols
 from ._inputs import Inputs
+from ._plan import level_examples
 
 # What the values of the cells' top lists and of the heatmap mean, by class kind (the viewer shows it).
 VALUE_TEXT = {
@@ -37,13 +40,14 @@ def _js(var: str, doc: Any) -> str:
     return f"window.{var} = {json.dumps(doc, separators=(',', ':'), sort_keys=True)};\n"
 
 
-def _top_classes(gl: Any, inp: Inputs, s: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_classes(gl: GridLevel, inp: Inputs, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Per cell of grid ``s``: (top classes [s, s, k] (-1: none), their values) of the kind shown:
     the grid's attribution top classes, else its label counts, else nothing."""
-    if inp.class_kind in ("attribution", "attribution-top") and "top_classes" in gl:
-        return np.asarray(gl["top_classes"][:], np.int64), np.asarray(gl["top_values"][:], np.float64)
-    if inp.class_kind == "labels":
-        lc = np.asarray(gl["label_counts"][:], np.int64)
+    stored_c, stored_v, lcs = gl.top_classes, gl.top_values, gl.label_counts
+    if inp.class_kind in ("attribution", "attribution-top") and stored_c is not None and stored_v is not None:
+        return np.asarray(stored_c[:], np.int64), np.asarray(stored_v[:], np.float64)
+    if inp.class_kind == "labels" and lcs is not None:
+        lc = np.asarray(lcs[:], np.int64)
         top_c = np.argsort(-lc, axis=2, kind="stable")[:, :, :5]
         top_v = np.take_along_axis(lc, top_c, axis=2).astype(np.float64)
         return np.where(top_v > 0, top_c, -1), top_v
@@ -71,18 +75,18 @@ def _heat_summary(ctx: Context, s: int) -> dict[str, np.ndarray]:
 
 def _example_labels(ctx: Context, rows: np.ndarray) -> dict[int, int]:
     """Source label id (into ``label_names``) of each collect row in ``rows``; -1 when unlabelled."""
-    col, n = ctx.run.open_group("collect"), len(ctx.inputs.label_names)
+    col, n = CollectOutput.open(ctx.run), len(ctx.inputs.label_names)
     uniq = np.unique(rows[rows >= 0])
-    if "labels" not in col or not n or not uniq.size:
+    if not col.has_labels or not n or not uniq.size:
         return {}
-    labels = np.asarray(col["labels"].get_orthogonal_selection(uniq), np.int64)
+    labels = np.asarray(col.labels.get_orthogonal_selection(uniq), np.int64)
     return {int(r): int(lab) if 0 <= lab < n else -1 for r, lab in zip(uniq.tolist(), labels.tolist())}
 
 
 def example_box(y: int, x: int, layer_shape: list[int], input_size: int, window: float) -> list[float]:
     """Where layer position (y, x) lies in its example crop (:func:`atlas.ops.canvas.crop_box`):
     [top, left, bottom, right] as fractions of the crop, the input-image patch of that one cell
-    of the layer's H x W grid. ``viewer.js`` (``exampleBox``) computes the same from the cells'
+    of the layer's H x W grid. The viewer (``panel.js``, ``exampleBox``) computes the same from the cells'
     ``example_positions``."""
     _, lh, lw = (int(v) for v in layer_shape)
     top, left, bottom, right = crop_box(y, x, lh, lw, input_size, window)
@@ -99,17 +103,16 @@ def cells_doc(ctx: Context, s: int, failed: set[int], heat: dict[str, np.ndarray
     class's share, examples (not those in ``failed``) with their sampled (y, x) on the layer's grid and
     their source label ids, icon sheet and slot, and render faithfulness."""
     inp, t = ctx.inputs, ctx.cfg.tile
-    gl = ctx.run.open_group("grid")[f"level-{s}"]
-    rl = ctx.run.open_group("render")[f"level-{s}"]
+    gl = GridOutput.open(ctx.run).level(s)
+    rl = RenderOutput.open(ctx.run).level(s)
     count = inp.count[s]
-    examples = np.asarray(gl["examples"][:], dtype=np.int64)
-    positions = np.asarray(gl["example_positions"][:], dtype=np.int64)
+    examples, positions = level_examples(gl)
     show_examples = s in ctx.plan["example_sizes"]
     labels = _example_labels(ctx, examples[count >= inp.min_count].ravel()) if show_examples else {}
-    objective, cossim = np.asarray(rl["objective"][:]), np.asarray(rl["cossim"][:])
-    rank = np.asarray(rl["rank"][:]) if "rank" in rl else np.zeros(len(cossim), np.int32)
+    objective, cossim = np.asarray(rl.objective[:]), np.asarray(rl.cossim[:])
+    rank = np.asarray(rl.rank[:]) if rl.rank is not None else np.zeros(len(cossim), np.int32)
     icon_of = np.full((s, s), -1, np.int64)
-    cells = np.asarray(rl["cells"][:], dtype=np.int64).reshape(-1, 2)
+    cells = np.asarray(rl.cells[:], dtype=np.int64).reshape(-1, 2)
     icon_of[cells[:, 0], cells[:, 1]] = np.arange(len(cells))
     top_c, top_v = _top_classes(gl, inp, s)
     names = inp.class_names_shown
@@ -152,20 +155,22 @@ def atlas_doc(ctx: Context, counts: dict[int, int], heat: dict[int, dict[str, np
     """``atlas.json``: model, layer, image count, the grids and their pyramids (the level of detail),
     the viewer's settings, class names and, per grid, each searchable class's cell counts."""
     p, t, inp = ctx.plan, ctx.cfg.tile, ctx.inputs
-    ca = inp.collect_attrs
+    col = inp.collect
     kind = inp.class_kind
     names = inp.class_names_shown
     present = sorted({int(k) for h in heat.values() for k in np.flatnonzero(h["n_pos"])})
     unit, explain = VALUE_TEXT[kind]
     grids = []
+    # the level of detail's table: where each grid takes over (the viewer's lod.js reads it, derives nothing)
+    switch = grid_switch_px(p["sizes"], {s: p["pyramids"][str(s)]["icon_size"] for s in p["sizes"]}, t.lod_fraction)
     for s in p["sizes"]:
         pyr = p["pyramids"][str(s)]
         grids.append({"size": s, "icon_size": pyr["icon_size"], "width": pyr["width"], "height": pyr["height"],
                       "max_level": pyr["max_level"], "dzi": f"{dzi_name(s)}.dzi", "tiles_url": f"{dzi_name(s)}_files/",
-                      "cells": f"cells-{s}.js", "cell_count": counts[s]})
+                      "cells": f"cells-{s}.js", "cell_count": counts[s], "switch_px": switch[s]})
     return {
-        "format": 2, "model": ca.get("model"), "layer": ca.get("layer"), "layer_shape": ca.get("layer_shape"),
-        "input_size": ca.get("input_size"), "n_images": ca.get("n_images"), "ok_images": ca.get("ok_count"),
+        "format": 2, "model": col.model, "layer": col.layer, "layer_shape": list(col.layer_shape),
+        "input_size": col.input_size, "n_images": col.n_images, "ok_images": inp.ok_count,
         "sizes": p["sizes"], "icon_size": p["icon_size"], "icon_sizes": p["icon_sizes"],
         "width": p["width"], "height": p["height"], "grids": grids,
         "lod_fraction": t.lod_fraction, "home_cell_px": t.home_cell_px, "max_zoom": t.max_zoom,

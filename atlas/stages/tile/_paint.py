@@ -18,10 +18,11 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from ...ops.canvas import crop_box, density_fraction, paint_region, parse_colour, resize_icon
+from ...formats import GridOutput, RenderOutput, example_crop, run_manifest
+from ...ops.canvas import density_fraction, paint_region, parse_colour, resize_icon
 from ...ops.dzi import cell_edges, cells_in_span, level_size, supersample, tile_bounds, tile_bounds_1d, tile_counts
 from ...progress import progress
-from ...store import DurableWriter, RunDir, atomic_save_npz, atomic_write_text
+from ...store import DurableWriter, atomic_save_npz, atomic_write_text
 from ._context import HEAT_BLOCK, NAME, Context, dzi_name, sheet_cols
 from ._inputs import class_block
 from ._plan import unit_tile_count
@@ -42,7 +43,7 @@ def encode_image(arr: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _load_icons(icons: zarr.Array, wanted: np.ndarray, side: int | None = None) -> dict[int, np.ndarray]:
+def _load_icons(icons: zarr.Array[Any], wanted: np.ndarray, side: int | None = None) -> dict[int, np.ndarray]:
     """Icons ``wanted`` (sorted unique rows), read one chunk of the array at a time; with ``side``
     smaller than the icons, each is shrunk to ``side`` x ``side`` as it is read (a zoomed-out level
     needs no more), so holding every icon of a grid stays small."""
@@ -95,7 +96,7 @@ class _Painter:
         rlo, rhi = cells_in_span(self.edges, y0 * self.k, y1 * self.k)
         wanted = np.unique(self.index[rlo:rhi][self.index[rlo:rhi] >= 0])
         side = int(np.diff(self.edges).max())
-        self.icons = _load_icons(ctx.run.open_group("render")[f"level-{s}"]["icons"], wanted, side)
+        self.icons = _load_icons(RenderOutput.open(ctx.run).level(s).icons, wanted, side)
         self.resized: dict[tuple[int, int, int], np.ndarray] = {}
 
     def _icon_at(self, i: int, w: int, h: int) -> np.ndarray:
@@ -133,7 +134,7 @@ def _tiles_unit(ctx: Context, unit: dict[str, Any], writer: DurableWriter, bar: 
         for row in range(r0, r1):
             for col in range(cols):
                 put(level, col, row, painter.paint(*tile_bounds(col, row, lw, lh, t.tile_size, t.overlap)))
-        return (r1 - r0) * cols
+        return int((r1 - r0) * cols)
     whole, n = painter.paint(0, 0, lw, lh), 0
     for lv in range(level, -1, -1):
         if lv < level:
@@ -162,7 +163,7 @@ def _icons_unit(ctx: Context, unit: dict[str, Any], writer: DurableWriter, bar: 
     index = ctx.inputs.index[s]
     rows, cols = np.nonzero(index >= 0)
     ids = index[rows, cols][part * per_sheet:(part + 1) * per_sheet]
-    icons = _load_icons(ctx.run.open_group("render")[f"level-{s}"]["icons"], np.unique(ids))
+    icons = _load_icons(RenderOutput.open(ctx.run).level(s).icons, np.unique(ids))
     n = len(ids)
     sheet = np.empty((-(-n // cols_per_row) * icon, cols_per_row * icon, 3), np.uint8)
     sheet[...] = np.asarray(parse_colour(t.background), np.uint8)
@@ -206,7 +207,7 @@ def _heat_unit(ctx: Context, unit: dict[str, Any], writer: DurableWriter, bar: A
     s, inp = unit["size"], ctx.inputs
     k0 = unit["part"] * HEAT_BLOCK
     k1 = min(inp.n_classes, k0 + HEAT_BLOCK)
-    gl = ctx.run.open_group("grid")[f"level-{s}"]
+    gl = GridOutput.open(ctx.run).level(s)
     vals = class_block(gl, inp.class_kind, k0, k1, inp.count[s], inp.min_count).reshape(s * s, k1 - k0)
     n_pos = (vals > 0).sum(axis=0)
     for j in np.flatnonzero(n_pos).tolist():
@@ -226,42 +227,23 @@ def _heat_unit(ctx: Context, unit: dict[str, Any], writer: DurableWriter, bar: A
 # --------------------------------------------------------------------------- example crops
 
 
-_MANIFEST: dict[str, Any] = {}
-
-
-def _manifest(run: RunDir) -> Any:
-    """The run's image manifest, read once per process (the last run's only)."""
-    from ...sources import read_manifest
-
-    key = str(run.root.resolve())
-    if key not in _MANIFEST:
-        _MANIFEST.clear()
-        _MANIFEST[key] = read_manifest(run.root)
-    return _MANIFEST[key]
-
-
 def _examples_unit(ctx: Context, unit: dict[str, Any], writer: DurableWriter, bar: Any) -> int:
     """Example crops ``part``: each image read again and cropped around its sampled position;
     images that cannot be read are listed in the unit's side file (``RUN/state/tile/units``)."""
-    from ...sources import BadInput, load_image
-
     cfg, t = ctx.cfg, ctx.cfg.tile
     with np.load(ctx.run.state_path(NAME) / "examples.npz") as z:
         sel = slice(unit["part"] * t.examples_per_unit, (unit["part"] + 1) * t.examples_per_unit)
         rows, pos = z["rows"][sel], z["positions"][sel]
-    manifest = _manifest(ctx.run)
-    _, lh, lw = (int(v) for v in ctx.inputs.collect_attrs["layer_shape"])
-    size = int(ctx.inputs.collect_attrs["input_size"])
-    failed = []
+    manifest = run_manifest(ctx.run.root)
+    _, lh, lw = ctx.inputs.collect.layer_shape
+    size = ctx.inputs.collect.input_size
+    failed: list[dict[str, Any]] = []
     for row, (y, x) in zip(rows.tolist(), pos.tolist()):
-        try:
-            img = load_image(manifest.locations[row], size=size, max_pixels=cfg.images.max_pixels,
-                             min_side=cfg.images.min_side)
-        except (BadInput, IndexError) as e:
-            failed.append({"row": row, "reason": getattr(e, "reason", str(e))})
+        crop = example_crop(manifest, row, (y, x), (lh, lw), size, t.example_window, cfg.images)
+        if crop.pixels is None:
+            failed.append({"row": row, "reason": crop.reason})
             continue
-        top, left, bottom, right = crop_box(y, x, lh, lw, size, t.example_window)
-        writer.put(ctx.out / "examples" / f"{row}.jpg", encode_image(img[top:bottom, left:right], "jpg", t.quality))
+        writer.put(ctx.out / "examples" / f"{row}.jpg", encode_image(crop.pixels, "jpg", t.quality))
     atomic_write_text(ctx.run.unit_data_path(NAME, unit["name"], ".json"), json.dumps(failed))
     if failed:
         ctx.log.info("%s: %d example images could not be read again (first: row %d, %s)", unit["name"],

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...config import Config
+from ...formats import GridLevel, GridOutput
 from ...ops.dzi import level_size, max_level, tile_counts
 from ...store import RunDir, atomic_save_npz, atomic_write_text
 from ...viewer_assets import openseadragon_dir
@@ -19,8 +20,8 @@ from ._inputs import Inputs, read_inputs
 
 
 def output_settings(cfg: Config) -> dict[str, Any]:
-    """Tile settings that change the output (not ``workers``)."""
-    return cfg.tile.model_dump(mode="json", exclude={"workers"})
+    """Tile settings that change the output (every ``tile.*`` key)."""
+    return cfg.tile.model_dump(mode="json")
 
 
 def example_sizes(sizes: list[int], example_levels: int | None) -> list[int]:
@@ -30,13 +31,22 @@ def example_sizes(sizes: list[int], example_levels: int | None) -> list[int]:
     return list(sizes[len(sizes) - example_levels:]) if example_levels else []
 
 
+def level_examples(gl: GridLevel) -> tuple[np.ndarray, np.ndarray]:
+    """Grid level ``gl``'s examples int64 [s, s, E] and their positions int64 [s, s, E, 2] (E = 0 when
+    the grid stored none)."""
+    ex, pos = gl.examples, gl.example_positions
+    if ex is None or pos is None:
+        s = gl.size
+        return np.zeros((s, s, 0), np.int64), np.zeros((s, s, 0, 2), np.int64)
+    return np.asarray(ex[:], dtype=np.int64), np.asarray(pos[:], dtype=np.int64)
+
+
 def example_rows(run: RunDir, inp: Inputs, ex_sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique collect rows shown as examples (non-empty cells of ``ex_sizes``) and their (y, x)."""
-    grid = run.open_group("grid")
+    grid = GridOutput.open(run)
     rows_l, pos_l = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)]
     for s in ex_sizes:
-        ex = np.asarray(grid[f"level-{s}"]["examples"][:], dtype=np.int64)
-        pos = np.asarray(grid[f"level-{s}"]["example_positions"][:], dtype=np.int64)
+        ex, pos = level_examples(grid.level(s))
         keep = (inp.count[s] >= inp.min_count)[:, :, None] & (ex >= 0)
         rows_l.append(ex[keep])
         pos_l.append(pos[keep])
@@ -97,7 +107,7 @@ def unit_tile_count(plan: dict[str, Any], unit: dict[str, Any]) -> int:
         return 0
     w, tile = plan["pyramids"][str(unit["size"])]["width"], plan["settings"]["tile_size"]
     cols, _ = tile_counts(*level_size(w, w, unit["level"]), tile)
-    n = (unit["rows"][1] - unit["rows"][0]) * cols
+    n = int((unit["rows"][1] - unit["rows"][0]) * cols)
     if unit.get("base"):
         n += sum(c * r for c, r in (tile_counts(*level_size(w, w, lv), tile) for lv in range(unit["level"])))
     return n
@@ -125,4 +135,5 @@ def save_plan(ctx: Context) -> None:
 
 def load_plan(run: RunDir) -> dict[str, Any]:
     """The plan a finished (or started) stage kept."""
-    return json.loads(plan_path(run).read_text())
+    plan: dict[str, Any] = json.loads(plan_path(run).read_text())
+    return plan

@@ -1,67 +1,54 @@
-"""The tile stage's process pool: units on ``tile.workers`` spawned processes, each of which
-dies with the process that started it (a killed shard stops its workers)."""
+"""The tile stage's units fanned out (:class:`atlas.cluster.FanOut`): in this process by default,
+else on ``cluster.processes`` spawned processes (each dies with the shard that started it) or the
+engine's dask client. A worker process opens the stage's context once and reuses it for every
+unit it runs (:func:`atlas._cache.cached`, keyed by the run and the attempt it belongs to)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
+import functools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from ...config import Config
-from ...progress import progress
-from ...store import RunDir, StoreError
+from ..._cache import cached
+from ...cluster import FanOut
+from ...config import Config, config_to_dict
+from ...progress import progress, stage_logger
+from ...store import RunDir, StoreError, fingerprint
 from .._protocol import Job
 from ._context import NAME, Context
-from ._paint import run_unit
+from ._paint import run_unit, run_units
 from ._plan import open_context
 
-_WORKER_CTX: dict[str, Context] = {}
+_CONTEXT_KIND = "tile.context"
 
 
-def _die_with_parent() -> None:
-    """Linux: ask the kernel to SIGKILL this worker when its parent dies (a killed shard stops its workers)."""
-    with contextlib.suppress(Exception):
-        import ctypes
+def _worker_context(cfg: Config) -> Context:
+    """The context a worker process runs units with: built once per run, config and attempt
+    (``state/tile/setup.json``: a redone stage, or its redone inputs, gets a new one)."""
+    run = RunDir(cfg.run_dir)
+    try:
+        setup = (run.state_path(NAME) / "setup.json").read_text()
+    except FileNotFoundError:
+        raise StoreError(f"the tile stage's attempt in {run.root} was forgotten while its units ran: "
+                         f"rerun `atlas tile {run.root / 'config.yaml'}` to resume") from None
+    key = (str(Path(cfg.run_dir).resolve()), fingerprint(config_to_dict(cfg)), setup)
+    return cached(_CONTEXT_KIND, key, lambda: open_context(Job(cfg, run, (0, 1), stage_logger(run.root, NAME, (0, 1)))))
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
-
-def _worker_unit(cfg: Config, name: str, ppid: int) -> tuple[str, dict[str, Any]]:
-    """A pool worker: one unit (leased by the parent), with a context built once per process."""
-    _die_with_parent()
-    if os.getppid() != ppid:
-        raise StoreError("the tile process that started this worker has gone")
-    if cfg.run_dir not in _WORKER_CTX:
-        from ...progress import stage_logger
-
-        run = RunDir(cfg.run_dir)
-        _WORKER_CTX[cfg.run_dir] = open_context(Job(cfg, run, (0, 1), stage_logger(run.root, NAME, (0, 1))))
-    ctx = _WORKER_CTX[cfg.run_dir]
+def worker_unit(cfg: Config, name: str) -> tuple[str, dict[str, Any]]:
+    """A task: unit ``name`` (leased by the job that fanned it out) with this process's context."""
+    ctx = _worker_context(cfg)
     unit = next(u for u in ctx.plan["units"] if u["name"] == name)
     return name, run_unit(ctx, unit, progress(total=0, disable=True))
 
 
-def pool_units(ctx: Context, names: list[str], workers: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Units on ``workers`` spawned processes; each is yielded (and so marked done) as it completes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    mp = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
-        futures = [pool.submit(_worker_unit, ctx.cfg, n, os.getpid()) for n in names]
-        bar = progress(as_completed(futures), total=len(futures), desc="tile", unit="unit")
-        for fut in bar:
-            yield fut.result()
-
-
-def worker_count(ctx: Context, n_units: int) -> int:
-    """``tile.workers`` capped by the units to do; 1 inside a daemonic process (it cannot have children)."""
-    import multiprocessing
-
-    workers = min(ctx.cfg.tile.workers, n_units)
-    if workers > 1 and multiprocessing.current_process().daemon:
-        ctx.log.info("running in a daemonic process (a dask worker?): tiling in-process instead of %d workers", workers)
-        return 1
-    return workers
+def fan_units(ctx: Context, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Units ``names`` where the job's fan-out runs them; each is yielded (and so marked done) as it
+    completes. In this process they run with the job's own context and its tile progress bar."""
+    with FanOut(ctx.cfg, ctx.log) as fan:
+        if fan.where(len(names)) == "here":
+            yield from run_units(ctx, names)
+            return
+        for _, done in fan.map(functools.partial(worker_unit, ctx.cfg), names, desc="tile", unit="unit"):
+            yield done

@@ -1,9 +1,13 @@
 """The tile stage's viewer: the Deep Zoom descriptors (one per grid) and the static files (OpenSeadragon,
-``viewer.js``, ``viewer.css``, ``index.html`` last: its presence means the folder is complete),
-and their refresh in a finished folder."""
+the page's own scripts and stylesheet, ``index.html`` last: its presence means the folder is complete),
+and their refresh in a finished folder.
+
+The page's files are the ones ``atlas/viewer/index.html`` loads (its ``<script src>`` and
+``<link href>``): that list, in one place, is what the browser runs and what is copied."""
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 from ...ops.dzi import descriptor_xml
@@ -12,7 +16,36 @@ from ...viewer_assets import openseadragon_dir, viewer_source_dir
 from .._protocol import Job
 from ._context import OUTPUT, Context, dzi_name
 
-_VIEWER_FILES = ("index.html", "viewer.js", "viewer.css", "atlases.js", "located.js")
+# What index.html loads that is not a file of atlas/viewer: OpenSeadragon (copied from its own folder)
+# and the atlas's metadata (written by the metadata step).
+_ELSEWHERE = ("openseadragon/", "atlas.js")
+
+
+class _Refs(HTMLParser):
+    """The local files an HTML page loads: ``<script src>`` and ``<link href>``, in page order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        ref = dict(attrs).get({"script": "src", "link": "href"}.get(tag, ""))
+        if ref and not ref.startswith("data:"):
+            self.refs.append(ref)
+
+
+def page_files(src: Path) -> list[str]:
+    """The viewer's own files that ``src/index.html`` loads (scripts and stylesheet), in its order.
+
+    Raises FileNotFoundError naming a file index.html loads that ``src`` lacks (a broken install)."""
+    parser = _Refs()
+    parser.feed((src / "index.html").read_text(encoding="utf-8"))
+    own = [r for r in parser.refs if not r.startswith(_ELSEWHERE)]
+    missing = [r for r in own if not (src / r).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the viewer's index.html loads {', '.join(missing)}, missing from {src}: "
+                                "reinstall atlas (or restore atlas/viewer in a checkout)")
+    return own
 
 
 def static_files() -> dict[str, Path]:
@@ -23,7 +56,7 @@ def static_files() -> dict[str, Path]:
     lic = osd.parents[1] / "LICENSE.txt"
     if lic.is_file():
         files["openseadragon/LICENSE.txt"] = lic
-    for name in _VIEWER_FILES[1:] + _VIEWER_FILES[:1]:  # index.html last: its presence means "complete"
+    for name in [*page_files(src), "index.html"]:  # index.html last: its presence means "complete"
         files[name] = src / name
     return files
 
