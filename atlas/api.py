@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +16,22 @@ from .stages import ANALYSES, STAGES, available_stages, get_stage, parse_shard, 
 from .store import RunDir, StoreError
 
 __all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
-           "resolve_config", "builtin_configs", "init_project", "version", "format_layer", "use_model", "class_atlas",
-           "locate", "patch_test"]
+           "resolve_config", "resolve_run", "builtin_configs", "init_project", "version", "format_layer", "use_model", "class_atlas",
+           "locate", "patch_test", "model_names"]
 
 log = logging.getLogger("atlas")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that are the user's to fix: printed as one line, no traceback."""
-    errors: list[type[BaseException]] = [ConfigError, StoreError, NotImplementedError, FileNotFoundError, ValueError]
-    try:
-        from .models import ModelError
-        from .sources import SourceError
+    """Exception types that are the user's to fix: printed as one line, no traceback.
 
-        errors += [ModelError, SourceError]
-    except ImportError:  # pragma: no cover - partial installs
-        pass
+    ModelError and SourceError are ValueErrors; they are listed once loaded, never imported here
+    (that would import torch on the way to printing any error).
+    """
+    errors: list[type[BaseException]] = [ConfigError, StoreError, NotImplementedError, FileNotFoundError, ValueError]
+    for module, name in (("atlas.models._network", "ModelError"), ("atlas.sources._errors", "SourceError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
 
 
@@ -50,25 +51,44 @@ def builtin_configs() -> list[str]:
 
 
 def resolve_config(path: str | os.PathLike[str] | None) -> Path | None:
-    """A config argument as a file: an existing file, else a built-in name (``demo``, see
-    :func:`builtin_configs`), else the path as given (loading it says it does not exist).
+    """A config argument as a file: an existing file, a run directory (its ``config.yaml``: the
+    run as it was last started), else a built-in name (``demo``, see :func:`builtin_configs`),
+    else the path as given (loading it says it does not exist).
 
-    A folder is refused with a ConfigError: a config is a YAML file.
+    Another folder is refused with a ConfigError: a config is a YAML file.
     """
     if path is None:
         return None
     p = Path(path).expanduser()
     if p.is_dir():
+        if (p / "config.yaml").is_file():
+            return p / "config.yaml"
         found = sorted(f.name for f in p.glob("*.yaml"))[:4]
         hint = f"; it holds {', '.join(found)}" if found else ""
-        run_hint = " (a run directory's own settings are in its config.yaml)" if (p / "config.yaml").is_file() else ""
-        raise ConfigError(f"{path} is a folder, not a config file: pass a YAML config such as "
-                          f"pipelines/demo.yaml or a built-in name ({', '.join(builtin_configs())}){hint}{run_hint}")
+        raise ConfigError(f"{path} is a folder, not a config file nor a run directory (no config.yaml in it): pass a "
+                          f"YAML config such as pipelines/demo.yaml, a built-in name ({', '.join(builtin_configs())}) "
+                          f"or a run directory{hint}")
     if p.exists():
         return p
     from .templates import builtin_config
 
     return builtin_config(path) or p
+
+
+def resolve_run(arg: str | os.PathLike[str]) -> Path:
+    """A run argument as the run directory: a folder as given; a run's own ``config.yaml`` (or any
+    run config file) as the run it means: its folder, or the ``run_dir`` a config of your own
+    names; a built-in config name that is no file here as its ``run_dir``. Errors are one line
+    (:func:`status` and ``atlas serve`` check the folder is a run)."""
+    p = Path(arg).expanduser()
+    if p.is_dir():
+        return p
+    if p.is_file() and p.suffix.lower() not in (".yaml", ".yml"):
+        raise StoreError(f"{arg} is a file, not a run directory: pass a run directory or its config.yaml, "
+                         "e.g. `atlas status runs/demo` or `atlas status runs/demo/config.yaml`")
+    if p.is_file() or (not p.exists() and str(arg) in builtin_configs()):
+        return Path(load(str(arg)).run_dir)
+    return p
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -89,7 +109,8 @@ def init_project(dest: str | Path = ".", *, force: bool = False) -> list[Path]:
 
 
 def load_run(run_dir: str | Path) -> Config:
-    """The resolved config a run was last started with (``RUN/config.yaml``, provenance left out)."""
+    """The resolved config a run was last started with (``RUN/config.yaml``, provenance left out;
+    its ``run_dir`` is ``run_dir``, wherever the run was made)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory (run a stage first)")
@@ -139,8 +160,9 @@ def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:
-    """Per stage: state (done / partial / not started), units done/total and details."""
-    run = RunDir(run_dir)
+    """Per stage: state (done / partial / not started), units done/total and details. ``run_dir``:
+    a run directory or its config.yaml (:func:`resolve_run`)."""
+    run = RunDir(resolve_run(run_dir))
     _check_run_dir(run.root)
     report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
     cfg = None
@@ -212,7 +234,10 @@ def format_status(report: dict[str, Any]) -> str:
         extra = {k: v for k, v in st.items()
                  if k not in ("stage", "state", "done", "total", "failures", "empty_levels") and v is not None}
         info = "  ".join(f"{k} {_fmt(v)}" if isinstance(v, dict) else f"{k}={_fmt(v)}" for k, v in extra.items())
-        lines.append(f"  {st['stage']:8s} {st['state']:12s} {st['done']}/{total} units  {info}".rstrip())
+        units = f"{st['done']}/{total} unit{'' if total == 1 else 's'}"
+        if st["state"] == "partial" and st["done"] == st["total"]:
+            units += " (the final step to do)"
+        lines.append(f"  {st['stage']:8s} {st['state']:12s} {units}  {info}".rstrip())
         for f in st.get("failures", []):
             where = " ".join(str(f[k]) for k in ("host", "slurm_job", "time") if f.get(k))
             lines.append(f"           FAILED shard {f.get('shard', '?')} ({where}): {f.get('reason')}")
@@ -278,6 +303,14 @@ def layers(model: Any, *, weights: str | None = None, input_size: int | None = N
     return layer_specs(net)
 
 
+def model_names() -> list[str]:
+    """The model names that need no factory (``atlas layers --list-models``): the bundled ones, then
+    torchvision's classifiers; ``timm:<architecture>`` and ``object:<name>`` work as well."""
+    from .models import model_names as names
+
+    return names()
+
+
 def format_layer(spec: Any) -> str:
     """One row of ``atlas layers``: name, layout, grid rows x cols x channels, output shape (no batch axis)."""
     output = "x".join(map(str, spec.output))
@@ -314,6 +347,8 @@ _LAYERS_FLAGS = [  # the model loaders speak config keys; `atlas layers` takes f
     (r"--set model\.input_size=", "--input-size "),
     (r"\bmodel\.weights\b", "--weights"),
     (r"\bmodel\.input_size\b", "--input-size"),
+    (r"set model\.name to", "pass --model with"),
+    (r"with model\.factory=", "with --factory "),
 ]
 
 

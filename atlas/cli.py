@@ -3,37 +3,181 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
+import re
 import select
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from . import api
-from .stages import STAGES
-from .store import WRITE_ERRNOS, explain_oserror
+from ._names import STAGES
 
 __all__ = ["main", "build_parser"]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default where it has one worth showing (not None, off, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = action.option_strings or action.nargs in ("?", "*")
+        if (not shown or "default" in text or default is None or default is False or default == []
+                or default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {default})"
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    """``; did you mean 'status'?`` for the closest of ``choices``, else nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """One line for arguments a command does not take: the first, the closest option, the fix."""
+    flagged = [a for a in extras if a.startswith("-") and not _NUMBER.fullmatch(a)]
+    first = (flagged or list(extras))[0]
+    if flagged:
+        flags = sorted({s for a in parser._actions for s in a.option_strings if s.startswith("--")})
+        hint = _suggest(first.split("=", 1)[0], flags) or f" ({parser.prog} takes {', '.join(flags)})"
+        return f"unrecognized option {first}{hint}"
+    return f"unrecognized argument {first!r} (see {parser.prog} --help)"
+
+
+_NUMBER = re.compile(r"-\d+(\.\d*)?")
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """The subcommand's own parser reads the rest, options anywhere among its arguments
+    (``atlas locate RUN --set k=v cat.png``); its errors show its own usage."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        name, *rest = [str(v) for v in values or [""]]
+        setattr(namespace, self.dest, name)
+        sub = self._name_parser_map[name]  # an unknown name failed _Parser._check_value already
+        found, extras = sub.parse_known_intermixed_args(rest)
+        if extras:
+            sub.error(_unrecognized(sub, extras))
+        for key, value in vars(found).items():
+            setattr(namespace, key, value)
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options (``--stage`` is not ``--stages``), defaults shown in the help,
+    subcommands parsed intermixed, and a suggestion for a misspelled command or option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and action.choices is not None and value not in action.choices:
+            names = list(action.choices)
+            raise argparse.ArgumentError(None, f"unknown command {value!r}{_suggest(value, names)} "
+                                               f"(commands: {', '.join(names)})")
+        super()._check_value(action, value)
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            message = _unrecognized(self, message.removeprefix(prefix).split(" "))
+        super().error(message)
+
+
+def _whole(low: int) -> Callable[[str], int]:
+    """An option's type: a whole number at least ``low``; argparse names the option in its message."""
+    def whole(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
+        return n
+
+    return whole
+
+
+def _port(text: str) -> int:
+    """``--port``: 1..65535, or 0 for any free port (``atlas.serve.check_port`` checks the same)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port: give 1 to 65535 (0 picks a free one)")
+    return port
+
+
+def _builtin_names() -> str:
+    from .templates import config_names
+
+    return ", ".join(config_names())
+
+
 def _add_config_args(p: argparse.ArgumentParser, shard: bool, engine: bool = True) -> None:
-    p.add_argument("config", help="YAML run config, e.g. pipelines/demo.yaml, or a built-in name: "
-                                  + ", ".join(api.builtin_configs()))
+    p.add_argument("config", metavar="CONFIG", help="YAML run config, e.g. pipelines/demo.yaml, or a built-in name: "
+                                  + _builtin_names())
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set images.path=/data/imgs (repeatable)")
+                   help="override a config key, e.g. --set images.path=/data/imgs (repeatable; any key of "
+                        "docs/configuration.md)")
     if shard:
-        p.add_argument("--shard", default=None, metavar="I/N",
+        p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                        help="run only shard I of N (0-based; units are split round robin), or `slurm`: "
-                            "this array task's shard from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT")
+                            "this array task's shard from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT "
+                            "(default: every unit)")
     if engine:
-        p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="run on this dask scheduler (sets cluster.engine=dask, cluster.scheduler)")
-        p.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="run on a dask LocalCluster of N worker processes (sets cluster.engine=dask)")
+        p.add_argument("--scheduler", type=_non_empty, default=None, metavar="ADDRESS",
+                       help="run on this dask scheduler, e.g. tcp://host:8786 (sets cluster.engine=dask, "
+                            "cluster.scheduler; default: the config's cluster settings)")
+        p.add_argument("--workers", type=_whole(1), default=None, metavar="N",
+                       help="run on a dask LocalCluster of N worker processes (sets cluster.engine=dask, "
+                            "cluster.workers; default: the config's cluster settings)")
+
+
+def _shard(text: str) -> str:
+    """``--shard``: ``I/N`` with 0 <= I < N, or ``slurm`` (its variables are read when the stage starts)."""
+    i, _, n = text.partition("/")
+    if text != "slurm" and not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"expects I/N with 0 <= I < N, such as 0/4, or slurm; got {text!r}")
+    return text
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give an address such as tcp://host:8786")
+    return text
+
+
+_FLAG_KEYS = {  # option dest -> (the flag, the config key it sets): errors about the key name the flag
+    "scheduler": ("--scheduler", "cluster.scheduler"), "workers": ("--workers", "cluster.workers"),
+    "from_class": ("--from", "patch_test.from_class"), "to_class": ("--to", "patch_test.to_class"),
+    "patch": ("--patch", "patch_test.patch"), "sizes": ("--sizes", "patch_test.sizes"),
+    "positions": ("--positions", "patch_test.positions"), "max_images": ("--max-images", "patch_test.max_images"),
+    "name": ("--name", "patch_test.name"),
+}
+
+
+def _as_flags(message: str, args: argparse.Namespace | None) -> str:
+    """An error about a config key that an option set, naming the option the user typed."""
+    keys = {key: flag for dest, (flag, key) in _FLAG_KEYS.items() if getattr(args, dest, None) is not None}
+    if getattr(args, "command", None) == "patch-test" and getattr(args, "images", None) is not None:
+        keys["patch_test.images"] = "--images"
+    for key, flag in keys.items():
+        def named(m: re.Match[str], flag: str = flag) -> str:
+            return flag + (f" item {int(m[1][1:-1]) + 1}" if m[1] else "")
+
+        message = re.sub(rf"(?:config key )?`{re.escape(key)}((?:\[\d+\])?)`|\b{re.escape(key)}\b", named, message)
+    return message
 
 
 def _engine_overrides(args: argparse.Namespace) -> list[str]:
@@ -64,36 +208,54 @@ def _stage_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"empty name in {text!r}; e.g. --stages collect,reduce")
     bad = [s for s in names if s not in STAGES]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
+        raise argparse.ArgumentTypeError(f"unknown stage {bad[0]!r}{_suggest(bad[0], STAGES)} "
+                                         f"(stages: {', '.join(STAGES)})")
     return names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atlas", description="Activation atlases at scale.")
-    parser.add_argument("--version", action="version", version=f"atlas {api.version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = _Parser(prog="atlas", description="Activation atlases at scale: collect -> reduce -> grid -> render "
+                                                "-> tile over one run directory, each stage resumable and shardable. "
+                                                "Options go anywhere after the command; `atlas COMMAND --help` for one.")
+    parser.add_argument("--version", action="version", version=f"atlas {__version__}",
+                        help="print atlas's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     p = sub.add_parser("init", help="write a starting project: configs, SLURM scripts, README.md",
                        description="Write a starting project into DIR: pipelines/*.yaml (the built-in configs "
-                                   f"{', '.join(api.builtin_configs())}), scripts/slurm/ (submit.sh and one "
+                                   f"{_builtin_names()}), scripts/slurm/ (submit.sh and one "
                                    "script per stage) and README.md. Existing files are not overwritten.")
-    p.add_argument("dir", nargs="?", default=".", help="folder to write into, created if needed (default: .)")
+    p.add_argument("dir", nargs="?", default=".", help="folder to write into, created if needed")
     p.add_argument("--force", action="store_true", help="overwrite files that already exist")
 
-    p = sub.add_parser("layers", help="list a model's hookable layers: layout, grid (rows x cols x channels), output shape")
+    p = sub.add_parser("layers", help="list a model's hookable layers: layout, grid (rows x cols x channels), output shape",
+                       description="Load the model (never downloading: bundled weights, --weights or the torch hub "
+                                   "cache) and list every layer with a spatial grid, one per line: its name (for "
+                                   "model.layer), layout (nchw, nhwc or tokens), grid rows x cols x channels and "
+                                   "output shape. --list-models lists the model names instead.")
     p.add_argument("--model", default="efficientnet_lite0",
-                   help="model name as in model.name: a torchvision name, timm:<name>, or your own name with --factory "
-                        "(default: efficientnet_lite0)")
-    p.add_argument("--weights", default=None, help="weights file (a state_dict; the TorchScript file for torchscript)")
-    p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's)")
+                   help="model name as in model.name: a torchvision name, timm:<name>, or your own name with --factory")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the model names that need no --factory (bundled, torchvision) and exit")
+    p.add_argument("--weights", default=None,
+                   help="weights file (a state_dict; the TorchScript file for torchscript; default: bundled, or "
+                        "the torch hub cache)")
+    p.add_argument("--input-size", type=_whole(1), default=None, metavar="PIXELS",
+                   help="input side in pixels (default: the model's)")
     p.add_argument("--factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
-                   help="a function of your own code returning the network (as model.factory)")
+                   help="a function of your own code returning the network (as model.factory; default: none)")
     p.add_argument("--layout", default="auto", choices=("auto", "nchw", "nhwc", "tokens"),
                    help="read every layer in this layout (as model.layout; default: probed)")
-    p.add_argument("--prefix-tokens", type=int, default=None, metavar="N",
-                   help="class/register tokens before the patch grid of token layers (as model.prefix_tokens)")
+    p.add_argument("--prefix-tokens", type=_whole(0), default=None, metavar="N",
+                   help="class/register tokens before the patch grid of token layers (as model.prefix_tokens; "
+                        "default: probed)")
 
-    p = sub.add_parser("run", help="run the stages in order, skipping finished work")
+    p = sub.add_parser("run", help="run the stages in order, skipping finished work",
+                       description="Run collect, reduce, grid, render and tile in order on CONFIG's run directory, "
+                                   "skipping the work already finished: rerun the same command to resume. A run's "
+                                   "own RUN/config.yaml resumes that run.")
     _add_config_args(p, shard=False)
     p.add_argument("--stages", default=None, type=_stage_list, metavar="LIST",
                    help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
@@ -140,30 +302,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, shard=True)
     p.add_argument("--from", dest="from_class", default=None, metavar="CLASS_A",
                    help="images classified as this class get the patch (matched like the viewer's search: "
-                        "case-insensitive, part of a name, #<index>)")
-    p.add_argument("--to", dest="to_class", default=None, metavar="CLASS_B", help="the class the patch should cause")
+                        "case-insensitive, part of a name, #<index>; default: the config's patch_test.from_class)")
+    p.add_argument("--to", dest="to_class", default=None, metavar="CLASS_B",
+                   help="the class the patch should cause (default: the config's patch_test.to_class)")
     p.add_argument("--patch", default=None, metavar="PATCH",
                    help="cell:<grid>:<row>,<col> (that cell's icon), example:<grid>:<row>,<col>[:k] (its k-th "
-                        "dataset example crop) or an image file")
+                        "dataset example crop) or an image file (default: the config's patch_test.patch)")
     p.add_argument("--images", default=None, metavar="PATH",
                    help="held-out images: a folder, a .txt/.csv list or tar shards (default: demo images the run "
                         "did not collect)")
-    p.add_argument("--sizes", default=None, metavar="LIST", help="patch sides as fractions of the input side, e.g. 0.2,0.3,0.4")
+    p.add_argument("--sizes", default=None, metavar="LIST",
+                   help="patch sides as fractions of the input side, e.g. 0.2,0.3,0.4 (default: the config's "
+                        "patch_test.sizes, 0.2,0.3,0.4)")
     p.add_argument("--positions", default=None, metavar="LIST",
-                   help="center, corners, top-left, top-right, bottom-left, bottom-right, random:N; e.g. center,random:4")
-    p.add_argument("--max-images", type=int, default=None, metavar="N", help="test at most N images of CLASS_A")
+                   help="center, corners, top-left, top-right, bottom-left, bottom-right, random:N; e.g. "
+                        "center,random:4 (default: the config's patch_test.positions, center,corners)")
+    p.add_argument("--max-images", type=_whole(1), default=None, metavar="N",
+                   help="test at most N images of CLASS_A (default: the config's patch_test.max_images, 50)")
     p.add_argument("--name", default=None, help="the test's folder name under RUN/patch-test/ (default: from the classes and the patch)")
 
-    p = sub.add_parser("serve", help="serve a run's atlases (RUN_DIR/tiles, its class atlases) on 127.0.0.1")
-    p.add_argument("run_dir")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p = sub.add_parser("serve", help="serve a run's atlases (RUN_DIR/tiles, its class atlases) on 127.0.0.1",
+                       description="Serve the viewer of a finished run (RUN_DIR/tiles, its class atlases and located "
+                                   "images; nothing else of the run) over HTTP until Ctrl-C, and print its URL. "
+                                   "Loopback only unless --host says otherwise. RUN_DIR/classes/<slug> opens that "
+                                   "class atlas.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (its tiles/ written by `atlas tile`), or its config.yaml")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port to listen on, 1 to 65535; 0 picks a free one")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address or host name to bind; 0.0.0.0 serves every network interface (default: "
+                        "127.0.0.1, this machine only)")
 
-    p = sub.add_parser("status", help="per stage: units done/total, failures with reasons, bad inputs")
-    p.add_argument("run_dir")
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = sub.add_parser("status", help="per stage: units done/total, failures with reasons, bad inputs",
+                       description="Read a run directory without changing it and print, per stage, its state, "
+                                   "units done of total, its quality numbers, the failures recorded (with their "
+                                   "reasons and log files) and the inputs that did not decode.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory, or its config.yaml (or any config: the run its run_dir names)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
 
-    p = sub.add_parser("slurm-plan", help="per stage: todo/done and its sbatch options (used by scripts/slurm/submit.sh)")
+    p = sub.add_parser("slurm-plan", help="per stage: todo/done and its sbatch options (used by scripts/slurm/submit.sh)",
+                       description="Print one tab-separated line per stage: its name, todo or done, then the "
+                                   "sbatch options its SLURM job needs (array size, time, CPUs, memory, GPUs) from "
+                                   "cluster.slurm. scripts/slurm/submit.sh reads it to submit the stages still to "
+                                   "do as dependent jobs.")
     _add_config_args(p, shard=False, engine=False)
     return parser
 
@@ -180,12 +360,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from . import api
+    from .progress import plural
+
     if args.command == "init":
         written = api.init_project(args.dir, force=args.force)
-        print(f"atlas: wrote {len(written)} files into {args.dir}:")
+        print(f"atlas: wrote {plural(len(written), 'file')} into {args.dir}:")
         for path in written:
             print(f"  {path}")
         print(f"Next: read {os.path.join(args.dir, 'README.md')}, or run `atlas run demo`")
+        return 0
+    if args.command == "layers" and args.list_models:
+        print("\n".join(api.model_names()))
         return 0
     if args.command == "layers":
         for spec in api.layers(args.model, weights=args.weights, input_size=args.input_size, layout=args.layout,
@@ -196,7 +382,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .serve import serve
 
         try:
-            serve(args.run_dir, host=args.host, port=args.port)
+            serve(api.resolve_run(args.run_dir), host=args.host, port=args.port)
         except Terminated:  # `kill`, or the job ended: a server just stops
             pass
         return 0
@@ -235,6 +421,9 @@ def _list_flag(text: str, number: bool) -> str:
 
 def _patch_test(args: argparse.Namespace) -> int:
     """``atlas patch-test``: the flags become ``patch_test`` overrides (so the test's config.yaml repeats it)."""
+    from . import api
+    from .progress import plural
+
     flags = {"from_class": args.from_class, "to_class": args.to_class, "patch": args.patch, "images": args.images,
              "name": args.name}
     extra = [f"patch_test.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
@@ -247,7 +436,7 @@ def _patch_test(args: argparse.Namespace) -> int:
     cfg = api.load(args.config, args.overrides + extra + _engine_overrides(args))
     res = api.patch_test(cfg, shard=args.shard)
     print(f"atlas: {res['headline']}")
-    print(f"{res['images']['tested']} {res['from']['name']} images ({res['images']['source']}); patch: "
+    print(f"{plural(res['images']['tested'], res['from']['name'] + ' image')} ({res['images']['source']}); patch: "
           f"{res['patch']['what']}; shares of trials:\n")
     print(res["table"])
     print(f"atlas: results in {res['folder']}/ ({', '.join(['results.json', *res['files']])})")
@@ -256,19 +445,21 @@ def _patch_test(args: argparse.Namespace) -> int:
 
 def _print_located(doc: dict[str, Any], run_dir: str) -> None:
     """Where ``atlas locate``'s outputs are: one line per image asked for."""
+    from .progress import plural
+
     out, asked = doc["output"], set(doc["asked"])
     mine = [d for d in doc["images"] if d["unit"] in asked]
     bad = [d for d in doc["skipped"] if d["unit"] in asked]
-    print(f"atlas: located {len(mine)} image(s) on the atlas of {run_dir} (in {out}/):")
+    print(f"atlas: located {plural(len(mine), 'image')} on the atlas of {run_dir} (in {out}/):")
     for d in mine:
         print(f"  {d['name']}: {out}/{d['unit']}/ (overlay.png, activation-grid.png, located.json); "
               f"top class {d['top_class'] or '-'}")
     if bad:
-        print(f"skipped {len(bad)} image(s) that do not decode (listed in {out}/bad_inputs.tsv):")
+        print(f"skipped {plural(len(bad), 'image')} that {'does' if len(bad) == 1 else 'do'} not decode (listed in {out}/bad_inputs.tsv):")
         for d in bad:
             print(f"  {d['source']}: {d['reason']}")
     if len(asked) > len(mine) + len(bad):
-        print(f"{len(doc['done'])} of {len(asked)} image(s) done; the shard that finishes the last one writes "
+        print(f"{len(doc['done'])} of {plural(len(asked), 'image')} done; the shard that finishes the last one writes "
               f"{out}/index.json (rerun to resume)")
     print(f"See them on the atlas: atlas serve {run_dir}, then pick one in the viewer's Located list.")
 
@@ -310,14 +501,25 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _close_bars() -> None:
+    """Clear any progress bar still drawn, so nothing is redrawn under the last message."""
+    from .progress import close_bars
+
+    close_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import api  # after parsing: --help, --version and argument errors answer without it
+    from .store import WRITE_ERRNOS, explain_oserror
+
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except Terminated:
+        _close_bars()
         print("atlas: terminated by SIGTERM (walltime, preemption or scancel?); rerun the same command to resume",
               file=sys.stderr)
         return 143
@@ -327,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()  # the reader (head, less) has what it wanted: end quietly, like other tools
         return 128 + signal.SIGPIPE
     except api.user_errors() as e:
-        print(f"atlas: error: {_message(e)}", file=sys.stderr)
+        print(f"atlas: error: {_as_flags(_message(e), args)}", file=sys.stderr)
         return 2
     except OSError as e:  # a write outside the store's own helpers, e.g. a Zarr chunk or a log file
         if e.errno is None:  # raised with just a message (a missing file of the installation, ...)
@@ -338,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas: error: {explain_oserror(e.filename or 'the run directory', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_bars()
         print("atlas: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 

@@ -9,6 +9,7 @@ naming the key by its dotted name.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.metadata
 import itertools
@@ -32,7 +33,7 @@ __all__ = [
     "Config", "ConfigError", "ImagesConfig", "ModelConfig", "CollectConfig", "ReduceConfig", "GridConfig", "RenderConfig",
     "TileConfig", "ClassesConfig", "LocateConfig", "PatchTestConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
     "load_config", "config_from_dict", "with_updates", "apply_overrides", "expand_env", "config_to_dict", "dump_config",
-    "provenance", "file_sha256", "schema_rows", "check_grid_sizes", "slurm_stage_resources",
+    "provenance", "file_sha256", "schema_rows", "check_grid_sizes", "slurm_stage_resources", "run_config_text",
 ]
 
 
@@ -401,7 +402,7 @@ class ClusterConfig(_Section):
 
 
 class Config(_Section):
-    run_dir: Annotated[str, _non_empty("a folder such as runs/demo")] = _f("runs/demo", "Run directory; every stage reads and writes under it.")
+    run_dir: Annotated[str, _non_empty("a folder such as runs/demo")] = _f("runs/demo", "Run directory; every stage reads and writes under it. Relative to the current folder; in a run's own RUN/config.yaml, that file's folder (whatever it records).")
     seed: int = _f(0, "Run seed: fixes sampled positions, layout, render noise.", ge=0)
     images: ImagesConfig = _section(ImagesConfig, "Image source.")
     model: ModelConfig = _section(ModelConfig, "Network and layer.")
@@ -607,14 +608,33 @@ def expand_env(data: Any, key: str = "") -> Any:
     return _ENV_REF.sub(sub, data)
 
 
+def _missing_config(p: Path) -> ConfigError:
+    """A config that is no file: the built-in names (the closest first), or a YAML file."""
+    from .templates import config_names
+
+    names = config_names()
+    close = difflib.get_close_matches(p.name.removesuffix(".yaml"), names, n=1) if p.parent == Path(".") else []
+    hint = f"did you mean {close[0]}? Or " if close else ""
+    return ConfigError(f"config file {p} does not exist; {hint}give a YAML file such as pipelines/demo.yaml or a "
+                       f"built-in name ({', '.join(names)})")
+
+
+def _yaml_error(p: Path, e: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as one line naming the file, the line and the column."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return ConfigError(f"config file {p} is not valid YAML{where}: {' '.join(str(problem).split())}")
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; pass a YAML file such as pipelines/demo.yaml")
+        raise _missing_config(p)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        raise _yaml_error(p, e) from None
     if isinstance(data, dict) and data.pop("provenance", None) is not None:
         # RUN/config.yaml: the resolved config plus provenance, loads again. One written by an
         # earlier version lists every key of its day: drop the removed ones (execution only, never
@@ -623,14 +643,41 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
             section, _, name = key.partition(".")
             if isinstance(data.get(section), dict):
                 data[section].pop(name, None)
+        if "run_dir" in data:
+            _in_its_folder(data, p)
     return data
+
+
+def _in_its_folder(data: dict[str, Any], path: Path) -> None:
+    """A run's own config.yaml means that run wherever it is: ``run_dir`` is the file's folder
+    (whatever it records: a moved or copied run keeps working from any folder), and a class
+    atlas's ``classes.parent`` the run holding ``RUN/classes/<slug>/``."""
+    folder = path.parent
+    data["run_dir"] = str(folder)
+    classes = data.get("classes")
+    if isinstance(classes, dict) and classes.get("parent") is not None and folder.resolve().parent.name == "classes":
+        classes["parent"] = os.path.normpath(os.path.join(folder, os.pardir, os.pardir))
+
+
+def run_config_text(cfg: Config, prov: Mapping[str, Any]) -> str:
+    """``RUN/config.yaml``: ``cfg`` with its paths as the run sees them (``run_dir: .``, a class
+    atlas's ``classes.parent: ../..``; loading resolves them against the file's folder), then
+    ``prov`` as its ``provenance`` block."""
+    data = config_to_dict(cfg)
+    data["run_dir"] = "."
+    if data["classes"].get("parent") is not None:
+        data["classes"]["parent"] = os.path.join(os.pardir, os.pardir)
+    return ("# the config this run was last started with; run_dir is this file's folder wherever it is\n"
+            + yaml.safe_dump(data, sort_keys=False) + "\n" + yaml.safe_dump({"provenance": dict(prov)}, sort_keys=False))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate.
 
     A run's ``RUN/config.yaml`` loads too (its ``provenance`` block is left out), so
-    ``atlas run RUN/config.yaml`` resumes that run with the settings it was started with.
+    ``atlas run RUN/config.yaml`` resumes that run with the settings it was started with, from
+    any folder: its ``run_dir`` is the file's folder. An explicit ``run_dir=...`` override still
+    wins (a new run with the same settings).
     """
     data = _read_yaml(path) if path is not None else {}
     return config_from_dict(expand_env(apply_overrides(data, overrides or [])))

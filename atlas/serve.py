@@ -21,15 +21,19 @@ For a quick look without a server, ``RUN_DIR/tiles/index.html`` also opens from 
 
 from __future__ import annotations
 
+import errno
 import http.server
+import ipaddress
 import mimetypes
 import os
 import re
+import socket
 import sys
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["serve", "make_server", "tiles_dir", "resolve_request_path", "served_root", "Refused", "Redirect"]
+__all__ = ["serve", "make_server", "tiles_dir", "resolve_request_path", "served_root", "check_host", "check_port", "Refused",
+           "Redirect"]
 
 _TYPES = {
     ".dzi": "application/xml", ".xml": "application/xml", ".js": "text/javascript; charset=utf-8",
@@ -40,6 +44,7 @@ _TYPES = {
 _INDEX_FILES = ("atlases.json", "atlases.js")
 _LOCATE_SUFFIXES = (".js", ".json", ".png", ".jpg")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class Refused(Exception):
@@ -221,14 +226,55 @@ def make_server(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: 
     return server
 
 
+def check_port(port: int) -> int:
+    """``port`` when it is a TCP port (1 to 65535, or 0: any free port), else a ValueError naming ``--port``."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port: give 1 to 65535 (0 picks a free one), e.g. --port 8000")
+    return port
+
+
+def check_host(host: str) -> str:
+    """``host`` when it is an IP address or a name this machine resolves, else a ValueError naming ``--host``."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        if not _HOST_NAME.fullmatch(host) or host.rstrip(".").rpartition(".")[2].isdigit():
+            raise OSError("not a host name")  # e.g. 999.1.1.1: refused here, never asked of DNS
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ValueError(f"--host {host} is neither an IP address nor a host name this machine resolves: give e.g. "
+                         "--host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)") from None
+    return host
+
+
+def _bind_error(host: str, port: int, e: OSError) -> ValueError:
+    """A failed bind as one line naming the option to change: --port (in use, privileged) or --host."""
+    why = e.strerror or str(e)
+    if e.errno == errno.EADDRINUSE:
+        return ValueError(f"cannot listen on {host}:{port}: port {port} is in use; choose another --port "
+                          "(--port 0 picks a free one)")
+    if e.errno == errno.EACCES:
+        return ValueError(f"cannot listen on {host}:{port}: {why} (ports below 1024 need privileges); "
+                          "choose another --port, e.g. --port 8000")
+    return ValueError(f"cannot listen on {host}:{port}: {why}; --host must be an address of this machine "
+                      "(127.0.0.1, 0.0.0.0 or one of its interfaces)")
+
+
 def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve a run's atlases until Ctrl-C, printing the URL (``atlas serve`` also stops quietly,
-    with exit status 0, on SIGTERM)."""
+    with exit status 0, on SIGTERM). A port or host that cannot be used is a one-line ValueError."""
+    check_port(port)
+    check_host(host)
     tiles_dir(run_dir)  # a missing folder is reported as such, not as a socket error
     try:
         server = make_server(run_dir, host, port)
-    except OSError as e:  # address in use, no permission for a low port, unknown host
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port") from None
+    except (OSError, OverflowError) as e:  # address in use, no permission for a low port, not this machine's
+        if not isinstance(e, OSError):
+            raise ValueError(f"cannot listen on {host}:{port}: {e}; check --host and --port") from None
+        raise _bind_error(host, port, e) from None
     h, p = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{h}]" if ":" in h else h
     root, home = served_root(run_dir)

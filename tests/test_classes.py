@@ -138,9 +138,11 @@ def made(whole_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"run": run_dir, "cfg": cfg, "names": (a, b), "one": one, "two": two}
 
 
-def test_one_class_atlas_holds_the_supporting_rows_and_is_tiled(made):
+def test_one_class_atlas_holds_the_supporting_rows_and_is_tiled(made, whole_run):
     run_dir, one, (a, _) = made["run"], made["one"], made["names"]
     sub = Path(one.run_dir)
+    assert (run_dir / "config.yaml").read_bytes() == (whole_run / "config.yaml").read_bytes()  # the parent's: untouched
+    assert "parent: ../..\n" in (sub / "config.yaml").read_text()  # as the class atlas sees it, wherever the run is
     assert sub == run_dir / "classes" / atlas_slug([NAMES.index(a)], NAMES)
     parent, child = zarr.open_group(str(run_dir / "collect"), mode="r"), zarr.open_group(str(sub / "collect"), mode="r")
     k = NAMES.index(a)

@@ -38,9 +38,10 @@ def _error_line(capsys) -> str:
 
 
 def _fake_run(path: Path) -> Path:
-    """A run directory as the stages leave it before any unit: just its config."""
+    """A run directory as the stages leave it before any unit: just its config (``run_dir`` as an
+    earlier version recorded it: the file's folder is the run, whatever it says)."""
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text("run_dir: x\n")
+    (path / "config.yaml").write_text("run_dir: x\nprovenance: {atlas: '0.0'}\n")
     return path
 
 
@@ -155,7 +156,10 @@ def test_a_pickled_model_as_weights_says_to_save_a_state_dict(tmp_path, capsys):
 
 def test_status_of_a_file_or_a_folder_that_is_not_a_run(tmp_path, capsys):
     run = _fake_run(tmp_path / "runs" / "demo")
-    assert main(["status", str(run / "config.yaml")]) == 2
+    assert main(["status", str(run / "config.yaml")]) == 0  # a run's config.yaml means that run
+    assert capsys.readouterr().out.splitlines()[0] == f"run {run}"
+    (run / "notes.txt").write_text("mine\n")
+    assert main(["status", str(run / "notes.txt")]) == 2
     assert "is a file, not a run directory" in _error_line(capsys)
     (tmp_path / "other").mkdir()
     assert main(["status", str(tmp_path / "other")]) == 2
@@ -168,6 +172,7 @@ def test_status_of_a_file_or_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 def test_status_prints_numbers_in_level_order():
     report = {"run_dir": "runs/x", "stages": [
+        {"stage": "collect", "state": "partial", "done": 1, "total": 1, "failures": []},
         {"stage": "reduce", "state": "done", "done": 5, "total": 5, "knn": "exact", "knn_recall": None,
          "trustworthiness": 0.91234, "failures": []},
         {"stage": "grid", "state": "done", "done": 4, "total": 4, "purity": {"16": 0.5, "8": 0.61234, "32": math.nan},
@@ -182,6 +187,7 @@ def test_status_prints_numbers_in_level_order():
     assert "purity 8:0.612 16:0.5 32:-" in text
     assert "median_cossim 8:0.61 16:0.58" in text and "level_units 8:1/1 16:0/1" in text
     assert "grids=8,16" in text and "complete=no" in text and "0/? units" in text
+    assert "1/1 unit (the final step to do)" in text and "5/5 units" in text and "1/3 units" in text
     warning = [line for line in text.splitlines() if "WARNING" in line]
     assert len(warning) == 1 and "grid level 32 is empty" in warning[0]
     assert "grid.min_count" in warning[0] and "grid.sizes" in warning[0]

@@ -12,6 +12,7 @@ from atlas.config import (
     dump_config,
     load_config,
     provenance,
+    run_config_text,
     schema_rows,
     slurm_stage_resources,
     with_updates,
@@ -182,8 +183,8 @@ def test_a_run_config_of_an_earlier_version_still_loads_without_its_removed_keys
     old["tile"]["workers"] = 0
     run_cfg = tmp_path / "config.yaml"
     run_cfg.write_text(yaml.safe_dump(old) + yaml.safe_dump({"provenance": {"atlas": "0.0"}}))
-    cfg = load_config(run_cfg)
-    assert cfg.run_dir == "runs/old" and config_to_dict(cfg)["grid"] == config_to_dict(load_config(None))["grid"]
+    cfg = load_config(run_cfg)  # its run_dir is its folder, whatever it recorded
+    assert cfg.run_dir == str(tmp_path) and config_to_dict(cfg)["grid"] == config_to_dict(load_config(None))["grid"]
     user_cfg = tmp_path / "mine.yaml"
     user_cfg.write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match=r"^config key `(grid|tile)\.\w+` was removed: "):
@@ -327,8 +328,12 @@ def test_config_yaml_round_trip(tmp_path):
     assert config_to_dict(cfg)["cluster"]["slurm"]["stages"]["collect"]["tasks"] == 16
     run_yaml = tmp_path / "config.yaml"  # what a run directory holds: the config, then its provenance
     run_yaml.write_text(dump_config(cfg) + "\n" + yaml.safe_dump({"provenance": provenance({"x": 1})}, sort_keys=False))
-    assert load_config(run_yaml) == cfg
-    assert load_config(run_yaml, ["render.steps=9"]) == with_updates(cfg, {"render.steps": 9})
+    here = with_updates(cfg, {"run_dir": str(tmp_path)})  # a run's config.yaml: run_dir is its folder
+    assert load_config(run_yaml) == here
+    assert load_config(run_yaml, ["render.steps=9"]) == with_updates(here, {"render.steps": 9})
+    assert load_config(run_yaml, ["run_dir=/scratch/r"]) == cfg  # an explicit run_dir wins
+    run_yaml.write_text(run_config_text(cfg, provenance()))  # as a run writes it: run_dir ".", read as its folder
+    assert "run_dir: .\n" in run_yaml.read_text() and load_config(run_yaml) == here
 
 
 def test_resolve_device_accepts_the_configured_forms_and_says_what_is_missing():

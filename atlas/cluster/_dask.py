@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ClusterConfig, Config, ConfigError
-from ..progress import progress
+from ..progress import plural, progress
 from ..stages import get_stage
 from ..store import RunDir, StoreError
+from ._gpu import gpu_plugin, gpu_resources
 from ._local import failure_info, run_shard, stage_finished
 
 __all__ = ["dask_client", "run_stage_on_dask", "StageIncomplete"]
@@ -46,7 +47,7 @@ def dask_client(cc: ClusterConfig, run_dir: str | None = None) -> Iterator[Any]:
 
     if cc.scheduler:
         with Client(cc.scheduler) as client:
-            log.info("dask: scheduler %s, %d workers", cc.scheduler, len(client.scheduler_info()["workers"]))
+            log.info("dask: scheduler %s, %s", cc.scheduler, plural(len(client.scheduler_info()["workers"]), "worker"))
             yield _prepare(client)
         return
     if cc.jobqueue.jobs > 0:
@@ -57,10 +58,12 @@ def dask_client(cc: ClusterConfig, run_dir: str | None = None) -> Iterator[Any]:
             client.wait_for_workers(1)
             yield _prepare(client)
         return
+    gpus = _local_gpus()  # each worker declares one GPU: GpuPerWorker gives it its own
     with dask.config.set({"distributed.worker.daemon": False}), \
-            LocalCluster(n_workers=cc.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            LocalCluster(n_workers=cc.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                         resources={"GPU": 1} if gpus else None) as cluster, \
             Client(cluster) as client:
-        log.info("dask: LocalCluster of %d worker processes", cc.workers)
+        log.info("dask: LocalCluster of %d worker processes%s", cc.workers, f", {gpus} GPUs" if gpus else "")
         yield _prepare(client)
 
 
@@ -75,8 +78,16 @@ def _quiet_task_errors() -> None:
     logging.getLogger("distributed.worker").addFilter(_NoComputeFailed())
 
 
+def _local_gpus() -> int:
+    """The CUDA devices this process sees (0 without torch's CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _prepare(client: Any) -> Any:
-    """Install the quiet-errors set-up on every worker, present and future (restarted ones too)."""
+    """Install the quiet-errors set-up and one GPU per GPU worker (:mod:`atlas.cluster._gpu`) on every
+    worker, present and future (restarted ones too)."""
     from dask.distributed import WorkerPlugin
 
     class QuietTaskErrors(WorkerPlugin):
@@ -86,13 +97,15 @@ def _prepare(client: Any) -> Any:
             _quiet_task_errors()
 
     client.register_plugin(QuietTaskErrors())
+    client.register_plugin(gpu_plugin())
     return client
 
 
 def _n_tasks(client: Any, cc: ClusterConfig) -> int:
     if cc.tasks:
         return cc.tasks
-    workers = len(client.scheduler_info()["workers"]) or cc.jobqueue.jobs * cc.jobqueue.processes or 1
+    requested = cc.jobqueue.jobs * cc.jobqueue.processes  # a SLURMCluster's workers arrive one by one
+    workers = max(len(client.scheduler_info()["workers"]), requested) or 1
     return 2 * workers
 
 
@@ -110,11 +123,11 @@ def _submit_round(client: Any, name: str, cfg: Config, shards: list[tuple[int, i
     from dask.distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
-    futures = {client.submit(run_shard, name, cfg, sh, retries=cfg.cluster.retries, pure=False,
+    resources = gpu_resources(client, get_stage(name, cfg).wants_gpu, str(cfg.model.device))
+    futures = {client.submit(run_shard, name, cfg, sh, retries=cfg.cluster.retries, pure=False, resources=resources,
                              key=f"atlas-{name}-{sh[0]}of{sh[1]}-round{rnd}-{token}"): sh for sh in shards}
     errors = []
-    bar = progress(as_completed(futures), total=len(futures), desc=f"{name} on dask", unit="task")
-    for fut in bar:
+    for fut in progress(as_completed(futures), total=len(futures), desc=f"{name}: shards on dask", unit="shard"):
         sh = futures[fut]
         try:
             fut.result()
@@ -122,7 +135,6 @@ def _submit_round(client: Any, name: str, cfg: Config, shards: list[tuple[int, i
             errors.append((e, f"shard {sh[0]}/{sh[1]}: {type(e).__name__}: {e}"))
             if type(e).__name__ == "KilledWorker":
                 RunDir(cfg.run_dir).record_failure(name, f"dask-{sh[0]}-of-{sh[1]}", failure_info(name, sh, e))
-    bar.close()
     return errors
 
 

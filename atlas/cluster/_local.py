@@ -12,7 +12,7 @@ from ..config import Config
 from ..stages import finished, get_stage, run_stage
 from ..store import RunDir
 
-__all__ = ["run_shard", "stage_finished", "failure_info"]
+__all__ = ["run_shard", "stage_finished", "failure_info", "refused"]
 
 
 def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str) -> dict[str, Any]:
@@ -39,6 +39,14 @@ def failure_info(stage: str, shard: tuple[int, int], error: BaseException | str)
     return info
 
 
+def refused(error: BaseException) -> bool:
+    """Whether ``error``, raised before a stage's work starts, is the user's to fix (a config,
+    argument, input or selection problem: one line, no traceback) rather than a failure."""
+    from ..api import user_errors
+
+    return isinstance(error, user_errors())
+
+
 def stage_finished(name: str, cfg: Config) -> bool:
     """Whether stage ``name`` of ``cfg``'s run is finished with ``cfg``'s settings."""
     return finished(get_stage(name, cfg), cfg)
@@ -48,17 +56,20 @@ def run_shard(name: str, cfg: Config, shard: tuple[int, int] = (0, 1), client: A
     """Run shard ``shard`` of stage ``name`` in this process; returns whether the stage is now complete.
 
     A failure (any exception, Ctrl-C included) is recorded under ``RUN/state/<stage>/failed/``
-    before it propagates; a stage that completes forgets its failure records. Idempotent:
+    before it propagates; a stage that completes forgets its failure records. A refusal is not
+    a failure: a user's mistake found before the work starts (an unfinished input, a bad
+    selection, a missing source: :func:`refused`) propagates and records nothing. Idempotent:
     finished units are skipped, so rerunning a shard, or running it twice at once, is safe.
     """
     run = RunDir(cfg.run_dir)
     key = f"shard-{shard[0]}-of-{shard[1]}"
+    began: list[bool] = []
     try:
-        done = run_stage(get_stage(name, cfg), cfg, shard, client)
+        done = run_stage(get_stage(name, cfg), cfg, shard, client, started=lambda: began.append(True))
     except BaseException as e:
         if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # e.g. Zarr's writer: say where
             e.filename = str(run.root)
-        if run.root.is_dir():
+        if run.root.is_dir() and (began or not refused(e)):
             try:
                 run.record_failure(name, key, failure_info(name, shard, e))
             except Exception:  # the original error matters more (e.g. the disk is full)

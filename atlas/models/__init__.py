@@ -17,7 +17,7 @@ from ._fold import fold_batchnorm
 from ._layers import layer_output, layer_shape, layer_spec, layer_specs, list_layers
 from ._layouts import LAYOUTS, LayerSpec
 from ._network import ModelError, Network
-from ._registry import load_network, registered_models
+from ._registry import load_network, model_names, registered_models
 from ._sampler import LayerSampler, pin_threads, resolve_device
 from ._torchvision import default_weights_path, torchvision_names
 from ._whole_grid import layer_grid
@@ -40,6 +40,7 @@ __all__ = [
     "fold_batchnorm",
     "resolve_device",
     "registered_models",
+    "model_names",
     "register_model",
     "registered_objects",
     "network_from_module",

@@ -24,8 +24,8 @@ import contextlib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from ..ops.resample import resize_bilinear
 from ._fold import fold_verified
 from ._layers import layer_output, layer_spec, takes_one_input_size
 from ._network import Network
@@ -73,7 +73,7 @@ class LayerActivations:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Layer output [B, C, H, W] for preprocessed x [B, 3, S, S] on ``self.device``."""
         if self.resize_to is not None and tuple(x.shape[-2:]) != (self.resize_to, self.resize_to):
-            x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False)
+            x = resize_bilinear(x, (self.resize_to, self.resize_to))  # = F.interpolate bilinear, repeatable on CUDA
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.enable_grad(), self._autocast():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 
 from ..config import ModelConfig
@@ -13,7 +14,7 @@ from ._timm import TIMM_PREFIX, load_timm
 from ._torchscript import load_torchscript
 from ._torchvision import load_torchvision, torchvision_names
 
-__all__ = ["REGISTRY", "registered_models", "load_network"]
+__all__ = ["REGISTRY", "load_network", "model_names", "registered_models"]
 
 REGISTRY: dict[str, Callable[[ModelConfig], Network]] = {
     **{name: load_efficientnet_lite for name in LITE_MODELS},
@@ -47,12 +48,28 @@ def _load(model: ModelConfig) -> Network:
         return loader(model)
     if model.name in torchvision_names():
         return load_torchvision(model)
-    raise ModelError(
-        f"unknown model `{model.name}`; set model.name to one of {', '.join(REGISTRY)}, any torchvision classifier "
-        f"name (e.g. googlenet, resnet50, vit_b_16, swin_t; all: {', '.join(torchvision_names())}), timm:<architecture> "
-        "(e.g. timm:vit_small_patch16_224) with model.weights, or set model.factory=package.module:function "
-        "to build your own"
-    )
+    raise ModelError(_unknown_model(model.name))
+
+
+def model_names() -> list[str]:
+    """The names ``model.name`` takes without a factory: those with their own loader, then torchvision's
+    classifiers (``timm:<architecture>`` and ``object:<name>`` work as well)."""
+    return [*REGISTRY, *torchvision_names()]
+
+
+_ALIASES = {"inceptionv1": "googlenet", "lite0": "efficientnet_lite0", "lite2": "efficientnet_lite2"}
+"""Names researchers use for a registered network (InceptionV1 is torchvision's GoogLeNet)."""
+
+
+def _unknown_model(name: str) -> str:
+    """One short line: the closest names, how to list them all, the other ways to name a network."""
+    names = model_names()
+    alias = _ALIASES.get(name.lower().replace("-", "").replace("_", ""))
+    close = [alias] if alias in names else difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]}? Or " if close else ""
+    return (f"unknown model `{name}`; {hint}set model.name to one of the {len(names)} names that "
+            "`atlas layers --list-models` prints (e.g. resnet50), timm:<architecture> with model.weights, "
+            "or a name of your own with model.factory=package.module:function")
 
 
 def load_network(model: ModelConfig) -> Network:

@@ -29,13 +29,22 @@ The schedule of one call (``steps`` in all, each reported to ``on_step(step)``):
 Scoring: the final image is quantised to 8 bits and run once more without transforms;
 the objective, the cosine to the raw target ("faithfulness") and the reduced activation
 (for distinctness, :func:`atlas.ops.objectives.own_rank`) come from that pass.
+
+Repeatability: the same call gives the same bytes on the CPU, and on CUDA on the same GPU
+model with the same torch, CUDA and cuDNN: the resamplings differentiate without atomic adds
+(:mod:`atlas.ops.resample`) and, on CUDA, the call runs under :func:`repeatable_kernels`
+(cuDNN's deterministic algorithms, torch's deterministic implementations). A network whose
+layers still need an op without a deterministic CUDA backward makes torch warn once, naming
+the op; its icons may then differ in the last bits between runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,7 +57,7 @@ from .transforms import Transform, named_transforms
 
 __all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "SELECTIONS", "Activations", "RenderResult", "Resolved",
            "resolve", "lr_at", "make_optimizer", "make_param", "directions", "select_best", "render_icons",
-           "fit_batch_size"]
+           "fit_batch_size", "repeatable_kernels"]
 
 OPTIMIZERS = ("adam", "nadam", "radam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -262,6 +271,29 @@ def _objective(r: Resolved, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return direction_cossim(h, v, power=r.cossim_power, reduce=r.reduce, floor=r.cossim_floor)
 
 
+@contextlib.contextmanager
+def repeatable_kernels(device: torch.device) -> Iterator[None]:
+    """On CUDA: cuDNN's deterministic algorithms without autotuning, and torch's deterministic
+    implementations where an op has one (``use_deterministic_algorithms(True, warn_only=True)``:
+    an op without one warns instead of failing); the previous flags are restored after. Sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless it is set. Does nothing off CUDA (the CPU
+    kernels the render loop uses are deterministic)."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn.deterministic, cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
 def render_icons(acts: Activations, targets: torch.Tensor, settings: Any, *, generator: torch.Generator,
                  whitening: torch.Tensor | None = None, on_step: Callable[[int], None] | None = None,
                  init_images: torch.Tensor | None = None, magnitude: torch.Tensor | None = None,
@@ -279,7 +311,17 @@ def render_icons(acts: Activations, targets: torch.Tensor, settings: Any, *, gen
     renders icon j % n; per icon the restart with the best final objective (or cosine,
     ``select="cossim"``) of its quantised image is kept.
     Returns icons uint8 [n, S, S, 3], objective, cossim float32 [n], activation float32 [n, C].
+    On CUDA it runs under :func:`repeatable_kernels`.
     """
+    with repeatable_kernels(acts.device):
+        return _render_icons(acts, targets, settings, generator=generator, whitening=whitening, on_step=on_step,
+                             init_images=init_images, magnitude=magnitude, icon_size=icon_size)
+
+
+def _render_icons(acts: Activations, targets: torch.Tensor, settings: Any, *, generator: torch.Generator,
+                  whitening: torch.Tensor | None, on_step: Callable[[int], None] | None,
+                  init_images: torch.Tensor | None, magnitude: torch.Tensor | None,
+                  icon_size: int | None) -> RenderResult:
     r = resolve(settings)
     if icon_size is not None:
         r = dataclasses.replace(r, icon_size=int(icon_size))

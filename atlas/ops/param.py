@@ -36,6 +36,8 @@ from collections.abc import Callable
 
 import torch
 
+from .resample import resize_bilinear
+
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "PARAMETERISATIONS", "color_matrix", "rfft2d_freqs", "spectrum_scale",
            "decorrelate_color", "recorrelate_color", "logit_pixels", "fft_image", "fft_spectrum_of",
            "upsample_spectrum", "spectrum_magnitude", "maco_image", "pyramid_image"]
@@ -256,7 +258,7 @@ def pyramid_image(batch: int, height: int, width: int, *, levels: int = 4, sd: f
     def image_fn() -> torch.Tensor:
         img = params[0]
         for p in params[1:]:
-            img = img + torch.nn.functional.interpolate(p, size=(height, width), mode="bilinear", align_corners=False)
+            img = img + resize_bilinear(p, (height, width))  # = F.interpolate bilinear, repeatable on CUDA
         return torch.sigmoid(decorrelate_color(img))
 
     return params, image_fn

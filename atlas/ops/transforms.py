@@ -8,8 +8,12 @@ Pure torch, no I/O.
 
 Differences from Lucid, where a draw is shared by the whole batch: ``jitter`` crops
 each image at its own offset; ``random_scale`` and ``random_rotate`` keep the image
-size (a zoom / rotation about the centre with ``grid_sample``) so that images scaled
+size (a zoom / rotation about the centre, bilinear) so that images scaled
 differently still form one batch.
+
+Repeatable on CUDA: reflect padding and bilinear sampling are :mod:`atlas.ops.resample`'s
+indexing versions (same values as ``F.pad(mode="reflect")`` and ``F.grid_sample``), whose
+gradients add without atomics.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .resample import affine_sample, reflect_pad
 
 __all__ = ["Transform", "TRANSFORM_SETS", "pad", "jitter", "jitter_offsets", "random_translate", "random_scale",
            "random_rotate", "compose", "standard_transforms", "icon_transforms", "named_transforms",
@@ -47,7 +53,7 @@ def pad(width: int, mode: str = "reflect", value: float = 0.5) -> Transform:
             return images
         if mode == "constant":
             return F.pad(images, (width,) * 4, mode="constant", value=value)
-        return F.pad(images, (width,) * 4, mode="reflect")
+        return reflect_pad(images, width)
 
     return apply
 
@@ -90,9 +96,8 @@ def random_translate(d: int, mode: str = "reflect", value: float = 0.5) -> Trans
 
 def _affine(images: torch.Tensor, theta: torch.Tensor, padding_mode: str) -> torch.Tensor:
     """Bilinear resampling of images [B,3,H,W] with per-image affine maps theta [B, 2, 3]
-    (output coordinates -> input coordinates, both normalised to [-1, 1])."""
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    (output coordinates -> input coordinates, both normalised to [-1, 1]); ``F.grid_sample``'s values."""
+    return affine_sample(images, theta, padding_mode)
 
 
 def random_scale(scales: Sequence[float], padding_mode: str = "border") -> Transform:

@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._folder import IMAGE_EXTENSIONS
 from ._manifest import Manifest, read_manifest, write_manifest
-from ._scan import detect_kind, scan_source
+from ._scan import check_source, detect_kind, scan_source
 
 __all__ = [
     "STATUS_PENDING",
@@ -41,6 +41,7 @@ __all__ = [
     "Manifest",
     "scan_source",
     "detect_kind",
+    "check_source",
     "write_manifest",
     "read_manifest",
     "load_image",

@@ -18,7 +18,7 @@ from ._list import scan_list
 from ._manifest import Manifest
 from ._tar import scan_tars
 
-__all__ = ["scan_source", "detect_kind"]
+__all__ = ["scan_source", "detect_kind", "check_source"]
 
 _KINDS = ("demo", "folder", "list", "tar")
 _FIX = "set images.path to a folder of images, a .txt/.csv list, tar shards (a .tar, a folder or glob of them), or `demo`"
@@ -63,6 +63,18 @@ def detect_kind(raw: str) -> str:
             return "tar"
         raise SourceError(f"images.path {raw} is a glob that matches no .tar files; {_FIX}")
     raise SourceError(f"images.path {raw} does not exist; {_FIX}")
+
+
+def check_source(images: ImagesConfig) -> None:
+    """A one-line SourceError when ``images.path`` cannot be the source ``images.kind`` names
+    (cheap: nothing is scanned beyond the first image of a folder)."""
+    kind, raw = images.kind, images.path
+    if kind == "auto":
+        detect_kind(raw)
+    elif kind == "tar":
+        _shards(raw)
+    elif kind in ("folder", "list"):
+        _existing(raw, kind, want_dir=kind == "folder")
 
 
 def _shards(raw: str) -> list[str]:

@@ -37,6 +37,8 @@ The hooks by which a stage takes part in the runner's bookkeeping without touchi
   ``finish`` reads what its ``knn`` and ``normalise`` steps recorded); ``Job.inputs``: the
   fingerprints the input stages finished with.
 - Reading markers is left to ``detail`` (``atlas status``: read only) and the runner.
+- :meth:`StageBase.check` ``(cfg, run)``: refuse a config the stage cannot run before the runner
+  writes anything (collect: an image source that does not exist).
 - :meth:`StageBase.for_config` ``(cfg)``: the stage that does this config's work under this name
   (collect in a class atlas: :class:`atlas.stages._select.SelectStage`); the registry asks it.
 
@@ -102,8 +104,10 @@ class Job:
 class StageStatus:
     """Progress of one stage in one run directory.
 
-    ``state``: ``not started``, ``partial``, ``done`` or ``stale`` (finished, but an input
-    stage was redone since: ``atlas run`` redoes it)."""
+    ``done`` / ``total``: its units done and all its units (``units.json``), the count its log
+    lines and progress bar show; the final step is not a unit: ``state`` says whether it ran.
+    ``state``: ``not started``, ``partial`` (units to do, or only the final step), ``done`` or
+    ``stale`` (finished, but an input stage was redone since: ``atlas run`` redoes it)."""
 
     stage: str
     done: int
@@ -138,6 +142,7 @@ class Stage(Protocol[Ctx]):
     def resources(self) -> Resources: ...
 
     def for_config(self, cfg: Config) -> Stage[Any]: ...
+    def check(self, cfg: Config, run: RunDir) -> None: ...
     def settings(self, cfg: Config) -> dict[str, Any]: ...
     def open(self, job: Job) -> Ctx: ...
     def create(self, ctx: Ctx) -> None: ...
@@ -184,6 +189,10 @@ class StageBase(Generic[Ctx]):
         """The stage that does ``cfg``'s work under this name: this one, unless a config selects
         another implementation (collect in a class atlas copies its parent's rows)."""
         return self
+
+    def check(self, cfg: Config, run: RunDir) -> None:
+        """Refuse, with a one-line user error, a config this stage cannot run (a missing image
+        source, ...); called before anything is written, so a mistake leaves no trace in the run."""
 
     def settings(self, cfg: Config) -> dict[str, Any]:
         """The config values that decide this stage's outputs (JSON-able)."""

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..config import Config, dump_config, provenance
-from ..progress import stage_logger
+from .._names import ANALYSES
+from ..config import Config, config_to_dict, provenance, run_config_text
+from ..progress import Bar, plural, progress, stage_logger
 from ..store import RunDir, StoreError, atomic_write_text, fingerprint
 from ._protocol import Ctx, Job, Stage, StageStatus, UnitInfo
 
@@ -36,6 +39,7 @@ __all__ = ["FINAL", "UnitRecords", "run_stage", "stage_status", "finished", "che
 
 FINAL = "final"
 _KEEP = ("locks", "failed")  # state entries that survive a redo (held leases, failure records)
+LOG_EVERY_S = 30.0  # the shard's count of units done is logged at most this often (CI and SLURM logs)
 
 
 def my_units(units: list[str], shard: tuple[int, int]) -> list[str]:
@@ -102,7 +106,7 @@ def _units_done(run: RunDir, name: str) -> str:
     except (FileNotFoundError, ValueError):
         return "not started"
     done = run.done_units(name)
-    return f"{sum(u in done for u in units)}/{len(units)} units done"
+    return f"{sum(u in done for u in units)}/{plural(len(units), 'unit')} done"
 
 
 def check_inputs(stage: Stage[Any], run: RunDir) -> dict[str, str]:
@@ -198,15 +202,28 @@ def _check_attempt(stage: Stage[Any], job: Job, fp: str, settings: dict[str, Any
 
 
 def save_run_config(cfg: Config, run: RunDir, extra: dict[str, Any] | None = None) -> None:
-    """Write RUN/config.yaml: the resolved config plus provenance, keeping earlier stages' extras (atomic)."""
+    """Write RUN/config.yaml: the resolved config plus provenance, keeping earlier stages' extras (atomic).
+    Its ``run_dir`` is written ``.``: loading the file resolves it to the file's folder."""
     import yaml
 
     path = run.root / "config.yaml"
     old: dict[str, Any] = {}
     with contextlib.suppress(FileNotFoundError, yaml.YAMLError, AttributeError):
         old = dict((yaml.safe_load(path.read_text()) or {}).get("provenance") or {})
-    prov = {**old, **provenance(), **(extra or {})}
-    atomic_write_text(path, dump_config(cfg) + "\n" + yaml.safe_dump({"provenance": prov}, sort_keys=False))
+    atomic_write_text(path, run_config_text(cfg, {**old, **provenance(), **(extra or {})}))
+
+
+def _save_call_config(stage: Stage[Any], cfg: Config, run: RunDir) -> None:
+    """An analysis's inputs (``atlas locate``'s images, ``atlas patch-test``'s keys): the config of
+    its latest call, in ``RUN/state/<stage>/config.yaml``; the run's own config.yaml is never rewritten."""
+    import yaml
+
+    data = config_to_dict(cfg)
+    data.pop("run_dir", None)
+    atomic_write_text(run.state_path(stage.name) / "config.yaml",
+                      f"# the config of the latest `atlas {stage.name}` call on this run (its run directory aside)\n"
+                      + yaml.safe_dump(data, sort_keys=False) + "\n"
+                      + yaml.safe_dump({"provenance": provenance()}, sort_keys=False))
 
 
 def _start(stage: Stage[Ctx], job: Job, fp: str, settings: dict[str, Any],
@@ -223,8 +240,11 @@ def _start(stage: Stage[Ctx], job: Job, fp: str, settings: dict[str, Any],
         if _read_setup(run, stage.name) is None:
             _wipe(stage, run)
             stage.create(ctx)
-            save_run_config(job.cfg, run, stage.provenance(ctx))
+            if stage.name not in ANALYSES:
+                save_run_config(job.cfg, run, stage.provenance(ctx))
             run.write_json(f"state/{stage.name}/setup.json", {"fingerprint": fp, "settings": settings, "inputs": inputs})
+        if stage.name in ANALYSES:
+            _save_call_config(stage, job.cfg, run)
         _forget(stage, job, ctx)
         units = stage.units(ctx)
         path = run.state_path(stage.name) / "units.json"
@@ -238,7 +258,8 @@ def _forget(stage: Stage[Ctx], job: Job, ctx: Ctx) -> None:
     done = done_units(job.run, stage.name)
     gone = sorted(stage.forget(ctx, done) & done)
     if gone:
-        job.log.info("%s: running %d done units again (their data are gone or obsolete)", stage.name, len(gone))
+        job.log.info("%s: running %s again (their data are gone or obsolete)", stage.name,
+                     plural(len(gone), "done unit"))
     for unit in gone:
         job.run.clear_done(stage.name, unit)
 
@@ -251,19 +272,43 @@ def _leased(run: RunDir, name: str, window: list[str]) -> Iterator[list[str]]:
         yield held
 
 
+class _Count:
+    """A shard's units done: its bar (one per process, on a terminal) and, every
+    :data:`LOG_EVERY_S`, a log line with the same count (rate and ETA)."""
+
+    def __init__(self, stage: str, log: logging.Logger, total: int) -> None:
+        self.stage, self.log, self.total, self.done = stage, log, total, 0
+        self.t0 = self.logged = time.monotonic()
+        self.bar: Bar[None] = progress(total=total, desc=stage, unit="unit")
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.monotonic()
+        if now - self.logged >= LOG_EVERY_S and self.done < self.total:
+            self.logged = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.log.info("%s: %d/%s done (%.2f units/s, ETA %.0f s)", self.stage, self.done,
+                          plural(self.total, "unit"), rate, (self.total - self.done) / max(rate, 1e-9))
+
+
 def _run_mine(stage: Stage[Ctx], job: Job, ctx: Ctx, todo: list[str]) -> int:
     """Run this shard's undone units, ``lease_window`` at a time; returns how many it ran."""
     ran = 0
-    for k in range(0, len(todo), stage.lease_window):
-        with _leased(job.run, stage.name, todo[k:k + stage.lease_window]) as held:
-            if len(held) < len(todo[k:k + stage.lease_window]):
-                job.log.info("%d units are held by another process or done; skipping them",
-                             len(todo[k:k + stage.lease_window]) - len(held))
-            if not held:
-                continue
-            for unit, info in stage.run_units(ctx, held):
-                job.run.mark_done(stage.name, unit, info)
-                ran += 1
+    count = _Count(stage.name, job.log, len(todo))
+    with count.bar:
+        for k in range(0, len(todo), stage.lease_window):
+            window = todo[k:k + stage.lease_window]
+            with _leased(job.run, stage.name, window) as held:
+                if len(held) < len(window):
+                    job.log.info("skipping %s held by another process or done", plural(len(window) - len(held), "unit"))
+                    count.add(len(window) - len(held))
+                if not held:
+                    continue
+                for unit, info in stage.run_units(ctx, held):
+                    job.run.mark_done(stage.name, unit, info)
+                    ran += 1
+                    count.add()
     return ran
 
 
@@ -274,8 +319,8 @@ def _maybe_finish(stage: Stage[Ctx], job: Job, ctx: Ctx, units: list[str], fp: s
         done = run.done_units(stage.name)
         missing = [u for u in units if u not in done]
         if missing:
-            job.log.info("%d units still to do (by other shards, or rerun to resume); the last one finishes the "
-                         "stage", len(missing))
+            job.log.info("%s still to do (by other shards, or rerun to resume); the last one finishes the "
+                         "stage", plural(len(missing), "unit"))
             return False
         scope = stage.scope(job.cfg, done_units(run, stage.name))
         if _is_current(final_info(run, stage.name), fp, scope):
@@ -283,21 +328,26 @@ def _maybe_finish(stage: Stage[Ctx], job: Job, ctx: Ctx, units: list[str], fp: s
         info = stage.finish(ctx)
         run.mark_done(stage.name, FINAL, {**info, "fingerprint": fp, "inputs": inputs, "scope": scope,
                                           "units": len(units)})
-    job.log.info("%s complete (%d units)", stage.name, len(units))
+    job.log.info("%s complete (%s)", stage.name, plural(len(units), "unit"))
     return True
 
 
-def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), client: Client | None = None) -> bool:
+def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), client: Client | None = None,
+              started: Callable[[], None] | None = None) -> bool:
     """Run shard ``shard`` of ``stage`` in this process; returns whether the stage is now finished.
 
     Idempotent: finished units are skipped, so rerunning a shard, or running it twice at
     once, is safe; a rerun of a finished stage with the same settings does nothing and says so
     (unless its :meth:`~atlas.stages.StageBase.refresh` finds its outputs gone: then it is redone).
+    ``started`` is called once the checks are passed and the stage is open (inputs finished,
+    settings and selection valid, sources found), before any unit runs: an error before it is
+    a refusal, not a failure of the work (:func:`atlas.cluster.run_shard` records only failures).
     """
     if stage.execution != "shards" and tuple(shard) != (0, 1):
         raise ValueError(f"the {stage.name} stage runs as one job; got --shard {shard[0]}/{shard[1]}")
     run = RunDir(cfg.run_dir)
     inputs = check_inputs(stage, run)
+    stage.check(cfg, run)
     settings = stage.settings(cfg)
     fp = _fingerprint(stage, settings, inputs)
     shard = (int(shard[0]), int(shard[1]))
@@ -310,11 +360,13 @@ def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), c
         with run.stage_lock(stage.name):
             run.clear_done(stage.name, FINAL)
     ctx, units = _start(stage, job, fp, settings, inputs)
+    if started is not None:
+        started()
     done = run.done_units(stage.name)
     mine = my_units(units, job.shard)
     todo = [u for u in mine if u not in done]
-    job.log.info("shard %d/%d: %d of its %d units to do (%d units in all)", shard[0], shard[1], len(todo),
-                 len(mine), len(units))
+    job.log.info("shard %d/%d: %d of its %s to do (%s in all)", shard[0], shard[1], len(todo),
+                 plural(len(mine), "unit"), plural(len(units), "unit"))
     _run_mine(stage, job, ctx, todo)
     return _maybe_finish(stage, job, ctx, units, fp, inputs)
 
@@ -323,7 +375,8 @@ def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), c
 
 
 def stage_status(stage: Stage[Any], run: RunDir) -> StageStatus:
-    """Units done / total (the final step counts as one), the state, and the stage's own figures."""
+    """Units done / total (the units the log and the bar count; the final step is the state:
+    ``partial`` until it is done, even with every unit done), the state, and the stage's own figures."""
     state = run.state_path(stage.name)
     final = final_info(run, stage.name)
     try:
@@ -332,9 +385,11 @@ def stage_status(stage: Stage[Any], run: RunDir) -> StageStatus:
         units = None
     if units is None and final is None:
         return StageStatus(stage.name, 0, None, "not started")
-    done = run.done_units(stage.name)
-    n_done = sum(u in done for u in units or []) + (final is not None)
-    total = (len(units) if units is not None else int(final.get("units", 0) if final else 0)) + 1
+    if units is None:
+        n_done = total = int(final.get("units", 0) if final else 0)
+    else:
+        done = run.done_units(stage.name)
+        n_done, total = sum(u in done for u in units), len(units)
     if final is not None:
         st = "stale" if is_stale(run, stage) else "done"
     else:
@@ -343,4 +398,3 @@ def stage_status(stage: Stage[Any], run: RunDir) -> StageStatus:
     with contextlib.suppress(StoreError, FileNotFoundError, KeyError):
         detail = stage.detail(run)
     return StageStatus(stage.name, n_done, total, st, detail)
-

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 from ..config import Config, with_updates
 from ..formats import CollectHeader, CollectOutput, CollectRows, create_collect
 from ..ops.sampling import sample_positions
-from ..progress import progress
+from ..progress import plural, progress
 from ..store import RunDir, atomic_save_npz, atomic_write_text, close_inherited_leases
 from . import _select
 from ._protocol import Job, Resources, Stage, StageBase
@@ -53,6 +53,8 @@ class _Context:
     n: int
     log: logging.Logger
     _out: CollectOutput | None = None
+    device: dict[str, Any] = field(default_factory=dict)  # device_record of this process (state/collect/device.json)
+    device_checked: bool = False
 
     @property
     def out(self) -> CollectOutput:
@@ -81,10 +83,12 @@ def plan_units(n: int, chunk_rows: int) -> list[str]:
 
 
 def _open_manifest(cfg: Config, run: RunDir, log: logging.Logger) -> Any:
-    from ..sources import read_manifest, scan_source, write_manifest
+    from ..sources import detect_kind, read_manifest, scan_source, write_manifest
 
     if (run.root / "manifest.json").exists():
         return read_manifest(run.root)
+    if cfg.images.kind == "auto":
+        detect_kind(cfg.images.path)  # a source that does not exist: its one-line error, before any log line
     log.info("scanning images at %s", cfg.images.path)
     manifest = scan_source(cfg.images)
     write_manifest(manifest, run.root)
@@ -109,6 +113,7 @@ def _create_group(ctx: _Context) -> None:
 
 def _open(job: Job) -> _Context:
     from ..models import LayerSampler, layer_shape, load_network, pin_threads, resolve_device
+    from ._device import device_record
 
     cfg, run, log = job.cfg, job.run, job.log
     pin_threads(cfg.collect.threads)
@@ -123,7 +128,8 @@ def _open(job: Job) -> _Context:
                            fold_bn=cfg.collect.fold_bn)
     if cfg.collect.attribution and not sampler.attribution:  # a network without a classifier (the sampler said so)
         cfg = with_updates(cfg, {"collect.attribution": False})
-    return _Context(cfg, run, manifest, sampler, net, shape, len(manifest), log)
+    return _Context(cfg, run, manifest, sampler, net, shape, len(manifest), log,
+                    device=device_record(device, autocast=sampler.autocast))
 
 
 # --------------------------------------------------------------------------- data
@@ -281,8 +287,8 @@ def _run_chunks(ctx: _Context, chunks: list[int]) -> Iterator[tuple[str, dict[st
         if buf.full():
             info = _write_chunk(ctx, bufs.pop(j))
             rate = done / max(time.time() - t0, 1e-9)
-            ctx.log.info("%s done (%d/%d rows of this window, %.1f img/s, ETA %.0f s)", unit_name(j), done,
-                         rows_todo, rate, (rows_todo - done) / max(rate, 1e-9))
+            ctx.log.info("%s done (%s, %.1f img/s)", unit_name(j), plural(info["rows"][1] - info["rows"][0], "image"),
+                         rate)
             yield unit_name(j), info
     bar.close()
 
@@ -326,6 +332,13 @@ class CollectStage(StageBase[_Context]):
         """The class atlas's selection when ``classes.parent`` is set, else this stage."""
         return _select.STAGE if _select.active(cfg) else self
 
+    def check(self, cfg: Config, run: RunDir) -> None:
+        """An image source that does not exist is refused before the run is touched."""
+        if not (run.root / "manifest.json").exists():
+            from ..sources import check_source
+
+            check_source(cfg.images)
+
     def settings(self, cfg: Config) -> dict[str, Any]:
         return _settings(cfg)
 
@@ -339,15 +352,21 @@ class CollectStage(StageBase[_Context]):
         return plan_units(ctx.n, ctx.cfg.collect.chunk_rows)
 
     def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        ctx.log.info("%d chunks to do (%d images in all, layer %s %s)", len(units), ctx.n, ctx.cfg.model.layer,
-                     "x".join(map(str, ctx.layer_shape)))
+        if not ctx.device_checked:  # before this process writes rows: no bf16 rows among float32 ones
+            from ._device import check_device
+
+            check_device(ctx.run, NAME, ctx.device, ctx.log, ctx.cfg)
+            ctx.device_checked = True
+        ctx.log.info("%s to do (%s in all, layer %s %s)", plural(len(units), "chunk"), plural(ctx.n, "image"),
+                     ctx.cfg.model.layer, "x".join(map(str, ctx.layer_shape)))
         yield from _run_chunks(ctx, [int(u.split("-")[1]) for u in units])
 
     def finish(self, ctx: _Context) -> dict[str, Any]:
         return _finalize(ctx)
 
     def provenance(self, ctx: _Context) -> dict[str, Any]:
-        return {"weights_sha256": ctx.net.weights_sha256, "weights_path": ctx.net.weights_path}
+        return {"weights_sha256": ctx.net.weights_sha256, "weights_path": ctx.net.weights_path,
+                "collect_device": ctx.device}
 
     def detail(self, run: RunDir) -> dict[str, Any]:
         """Images, ok and bad counts, model and layer."""

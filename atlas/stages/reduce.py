@@ -41,7 +41,7 @@ from ..formats import CollectOutput, ReduceOutput, ReduceSummary, create_reduce
 from ..ops.knn import FaissKNN, set_faiss_threads
 from ..ops.layout import apply_bounds, choose_init, default_n_neighbors, fit_umap, layout_bounds, trustworthiness
 from ..ops.placement import Projection, fit_projection, place_rows, placement_knn, project
-from ..progress import progress
+from ..progress import plural, progress
 from ..store import RunDir, atomic_save_npz
 from ._protocol import Job, Resources, StageBase
 
@@ -203,7 +203,7 @@ def _place_steps(ctx: _Ctx, units: list[str]) -> Iterator[tuple[str, dict[str, A
     g = ctx.group()
     for u in progress(pending, desc="reduce: place", unit="chunk"):
         yield u, _place_chunk(ctx, g, emb, int(u[len(_PLACE):]))
-    ctx.log.info("placed %d chunks (%s): %.1f s", len(pending), ctx.plan.params["placement"],
+    ctx.log.info("placed %s (%s): %.1f s", plural(len(pending), "chunk"), ctx.plan.params["placement"],
                  time.perf_counter() - t0)
 
 

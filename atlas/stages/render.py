@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,7 @@ from ..formats import (
 )
 from ..ops.inversion import RenderResult, fit_batch_size, render_icons
 from ..ops.objectives import own_rank, retrieval_at
-from ..progress import progress
+from ..progress import plural, progress
 from ..store import RunDir, StoreError
 from ._protocol import Job, Resources, StageBase
 
@@ -182,6 +182,8 @@ class _Context:
     batch_size: int
     acts: Any = None
     _units: dict[str, _Unit] | None = None
+    device: dict[str, Any] = field(default_factory=dict)  # device_record of this process (state/render/device.json)
+    device_checked: bool = False
 
     @property
     def units(self) -> dict[str, _Unit]:
@@ -251,14 +253,16 @@ def _selected_levels(cfg: Config, grid: _Grid) -> list[int]:
 
 
 def _open(job: Job) -> _Context:
-    from ..models import pin_threads
+    from ..models import pin_threads, resolve_device
+    from ._device import device_record
 
     cfg = job.cfg
     pin_threads(cfg.render.threads)
     grid = _read_grid(cfg, job.run)
     _selected_levels(cfg, grid)  # a bad render.levels fails here, before any work
     bs = CPU_BATCH if cfg.render.batch_size == "auto" else int(cfg.render.batch_size)
-    return _Context(cfg, job.run, grid, job.log, bs)
+    device = device_record(resolve_device(cfg.model.device), autocast=True)  # LayerActivations' bf16 autocast on CUDA
+    return _Context(cfg, job.run, grid, job.log, bs, device=device)
 
 
 def _layer_activations(cfg: Config, grid: _Grid) -> Any:
@@ -355,8 +359,8 @@ def _run_units(ctx: _Context, names: list[str]) -> Iterator[tuple[str, dict[str,
         m = unit.size  # the bar advances by whole icons, spread over the steps
         info = _run_unit(ctx, unit, _step_counter(bar, m, steps))
         icons += m
-        ctx.log.info("%s done: %d icons, median faithfulness %.3f, retrieval@1 %.2f (%.2f icons/s)", unit.name, m,
-                     info["median_cossim"], info["retrieval@1"], icons / max(time.time() - t0, 1e-9))
+        ctx.log.info("%s done: %s, median faithfulness %.3f, retrieval@1 %.2f (%.2f icons/s)", unit.name,
+                     plural(m, "icon"), info["median_cossim"], info["retrieval@1"], icons / max(time.time() - t0, 1e-9))
         yield unit.name, info
     bar.close()
 
@@ -435,7 +439,15 @@ class RenderStage(StageBase[_Context]):
         return list(ctx.units)
 
     def run_units(self, ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not ctx.device_checked:  # before this process writes icons: no bf16-rendered icons among float32 ones
+            from ._device import check_device
+
+            check_device(ctx.run, NAME, ctx.device, ctx.log, ctx.cfg)
+            ctx.device_checked = True
         yield from _run_units(ctx, units)
+
+    def provenance(self, ctx: _Context) -> dict[str, Any]:
+        return {"render_device": ctx.device}
 
     def finish(self, ctx: _Context) -> dict[str, Any]:
         return _summarize(ctx)

@@ -64,3 +64,36 @@ def test_registration_order_does_not_fool_the_tracer():
     s = LayerSampler(net, "pool", attribution=False, channels_last=False)
     assert s.folded == 0  # the bn feeds the conv here, not the other way round
     assert fold_batchnorm(_Crossed().eval(), torch.randn(1, 3, 8, 8)) == 0
+
+
+def _tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32's 10 mantissa bits (round to nearest), as tensor cores read it."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_fold_check_survives_tf32_convolutions(monkeypatch):
+    """On CUDA convolutions run in TF32 by default; emulated here (inputs and weights rounded to 10-bit
+    mantissas while ``cudnn.allow_tf32`` is on), the check would see the folded Lite0 differ by more than
+    its tolerance. It compares in full float32, so folding stays on."""
+    from atlas.models._fold import fold_verified, full_float32
+
+    net = load_network(ModelConfig())
+    plain = nn.Conv2d._conv_forward
+
+    def emulated(self, x, weight, bias, always=False):
+        if always or torch.backends.cudnn.allow_tf32:
+            x, weight = _tf32(x), _tf32(weight)
+        return plain(self, x, weight, bias)
+
+    # the trap: with TF32 rounding inside the check, the folded network fails it
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, x, w, b: emulated(self, x, w, b, always=True))
+    module = LayerSampler(net, "blocks.5", attribution=False, fold_bn=False).module
+    assert fold_verified(net, "blocks.5", module, torch.device("cpu"), channels_last=True)[1] == 0
+    # the check runs without TF32: folding stays on
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", emulated)
+    assert torch.backends.cudnn.allow_tf32
+    with full_float32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32  # restored
+    assert fold_verified(net, "blocks.5", module, torch.device("cpu"), channels_last=True)[1] == 49

@@ -10,7 +10,16 @@ import torch
 import torchvision
 
 from atlas.config import ModelConfig
-from atlas.models import LayerSampler, ModelError, Network, imagenet_class_names, layer_shape, list_layers, load_network
+from atlas.models import (
+    LayerSampler,
+    ModelError,
+    Network,
+    imagenet_class_names,
+    layer_shape,
+    list_layers,
+    load_network,
+    model_names,
+)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -123,8 +132,11 @@ def test_wrong_weights_file(resnet18_file: Path) -> None:
 def test_unknown_model_name_lists_the_registry() -> None:
     with pytest.raises(ModelError) as info:
         load_network(ModelConfig(name="inceptionv1"))
-    message = str(info.value)
-    assert "efficientnet_lite0" in message and "torchscript" in message and "torchvision" in message and "googlenet" in message
+    message = str(info.value)  # one short line: the closest name, and where the whole list is
+    assert message.startswith("unknown model `inceptionv1`; did you mean googlenet? ") and len(message) < 300
+    assert "atlas layers --list-models" in message and "timm:" in message and "model.factory" in message
+    names = model_names()  # what `atlas layers --list-models` prints
+    assert {"efficientnet_lite0", "torchscript", "googlenet"} <= set(names)
 
 
 def test_overrides_apply_to_torchvision_models(googlenet_file: Path) -> None:

@@ -360,7 +360,7 @@ class StageContract:
         run_dir = copy_run(runs.inputs, tmp_path / "run")
         if not self.shardable:
             one_line_error(self.cli(run_dir, "--shard", "1/3", check=False), self.stage, "1/3")
-            assert not self.output(run_dir).exists()
+            assert not self.output(run_dir).exists() and not (run_dir / "state" / self.stage / "failed").exists()
             return
         for i in range(3):
             self.cli(run_dir, "--shard", f"{i}/3")
@@ -406,6 +406,7 @@ class StageContract:
                 one_line_error(self.cli(run_dir, check=False), f"needs a finished `{name}`", f"atlas {name} ")
             marker.write_bytes(saved)
         assert not self.output(run_dir).exists(), "a refused stage created its outputs"
+        assert not (run_dir / "state" / self.stage / "failed").exists(), "a refusal was recorded as a failure"
 
     def _check_stale_inputs(self, runs: Runs, tmp_path: Path) -> None:
         """Redo ``redo``'s stage with its setting: every later stage (up to this one; for an

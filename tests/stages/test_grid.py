@@ -173,7 +173,7 @@ def test_whitening_purity_and_attrs(inproc: Path) -> None:
         assert 0.6 < p <= 1.0 and b < p - 0.2
         assert g[f"level-{s}"].attrs["purity"] == p
     st = stage_status(STAGE, RunDir(inproc))
-    assert st.state == "done" and st.total == 2 * 8 + 2 and st.detail["purity"] == g.attrs["purity"]
+    assert st.state == "done" and st.total == 2 * 8 + 1 and st.detail["purity"] == g.attrs["purity"]
 
 
 def _peak_chunk_bytes(root: Path) -> int:

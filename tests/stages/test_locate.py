@@ -95,6 +95,14 @@ def test_outputs_of_each_located_image(located: tuple[Path, dict[str, Any]], pho
     assert next(st for st in api.status(run_dir)["stages"] if st["stage"] == "locate")["located"] == len(HELD_OUT) + 1
 
 
+def test_locate_keeps_the_runs_config_and_records_its_images_in_its_state(whole_run: Path, photos: Path,
+                                                                          located: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, _ = located
+    assert (run_dir / "config.yaml").read_bytes() == (whole_run / "config.yaml").read_bytes()
+    recorded = api.load(str(run_dir / "state" / "locate" / "config.yaml"), [f"run_dir={run_dir}"]).locate.images
+    assert recorded == [*(demo_location(i, SIZE) for i in HELD_OUT), str(photos)]
+
+
 def test_a_bad_image_file_is_skipped_and_recorded(located: tuple[Path, dict[str, Any]], photos: Path) -> None:
     run_dir, doc = located
     bad = str(photos / "bad" / "broken.png")

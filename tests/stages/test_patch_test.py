@@ -177,8 +177,10 @@ def icon_test(whole_run: Path, classes: tuple[str, str], tmp_path_factory: pytes
 
 
 def test_icon_patch_end_to_end(icon_test: tuple[Path, tuple[str, ...]], classes: tuple[str, str], tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+                               capsys: pytest.CaptureFixture[str], whole_run: Path) -> None:
     run_dir, ov = icon_test
+    assert (run_dir / "config.yaml").read_bytes() == (whole_run / "config.yaml").read_bytes()  # never rewritten
+    assert load_config(run_dir / "state" / "patch-test" / "config.yaml").patch_test.from_class == classes[0]  # its inputs
     run_dir = copy_run(run_dir, tmp_path / "run")
     assert main(["patch-test", str(DEMO), *sets(run_dir, *ov)]) == 0  # finished: the results printed, nothing redone
     printed = capsys.readouterr().out

@@ -86,7 +86,7 @@ def test_layout_in_unit_square_nan_on_bad_rows(default_run: Path) -> None:
 
 def test_status_reports_units_and_quality(default_run: Path) -> None:
     st = stage_status(STAGE, RunDir(default_run))
-    assert st.state == "done" and st.total == N // CHUNK + 4 + (N % CHUNK > 0) and st.done == st.total
+    assert st.state == "done" and st.total == N // CHUNK + 3 + (N % CHUNK > 0) and st.done == st.total
     assert st.detail["trustworthiness"] > 0.9 and st.detail["knn_method"] == "exact"
 
 

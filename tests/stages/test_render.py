@@ -162,7 +162,7 @@ def test_render_writes_the_documented_group(tmp_path, real_vectors):
     assert len(done - {"final"}) == total_units and {"final", "level-0004-batch-000000"} <= done
     assert g.attrs["icon_size"] == 32 and g.attrs["restarts"] == 2 and g.attrs["sizes"] == SIZES
     st = stage_status(STAGE, RunDir(run_dir))
-    assert st.state == "done" and st.done == st.total == total_units + 1
+    assert st.state == "done" and st.done == st.total == total_units
     assert st.detail["median_cossim"]["4"] == pytest.approx(g.attrs["faithfulness"]["4"]["median"], abs=1e-6)
     assert st.detail["retrieval@1"]["4"] == g.attrs["distinctness"]["4"]["retrieval@1"]
     log = (run_dir / "logs" / "render-0of1.log").read_text()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ...formats import LocateOutput, write_locate_index
+from ...progress import plural
 from ...store import DurableWriter
 from .._atlases import write_index as write_run_index
 from ._context import NAME, Context
@@ -42,7 +43,7 @@ def write_index(ctx: Context) -> dict[str, Any]:
     write_locate_index(ctx.run.root, doc, writer)
     writer.sync()
     write_run_index(ctx.run.root)  # the viewers' list of atlases counts the located images
-    ctx.log.info("%d images located, %d skipped: %s", len(located), len(skipped), out / "index.json")
+    ctx.log.info("%s located, %d skipped: %s", plural(len(located), "image"), len(skipped), out / "index.json")
     return {"located": len(located), "skipped": len(skipped)}
 
 

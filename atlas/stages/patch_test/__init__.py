@@ -53,7 +53,7 @@ import numpy as np
 from ...config import Config, config_to_dict, provenance
 from ...formats import CollectOutput, PatchTestOutput
 from ...ops.patches import place_count
-from ...progress import progress
+from ...progress import plural, progress
 from ...store import RunDir, StoreError, atomic_save_npz, atomic_write_bytes, atomic_write_text
 from .._protocol import Job, Resources, StageBase
 from ._classify import Classifier
@@ -209,8 +209,8 @@ def _run_units(ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str,
     batches = {u: int(u.rsplit("-", 1)[1]) for u in units}
     n_img = sum(len(sel.ids[i * bs:(i + 1) * bs]) for i in batches.values())
     per_image = len(cfg.patch_test.sizes) * sum(place_count(p) for p in cfg.patch_test.positions)
-    ctx.log.info("%s: %d images of %r to test in %d units, %d trials each (patch and noise), into %s", NAME, n_img,
-                 spec.name_a, len(units), per_image, ctx.folder)
+    ctx.log.info("%s: %s of %r to test in %s, %s each (patch and noise), into %s", NAME, plural(n_img, "image"),
+                 spec.name_a, plural(len(units), "unit"), plural(per_image, "trial"), ctx.folder)
     bar = progress(total=n_img * per_image, desc=NAME, unit="trial")
     t0, done = time.time(), 0
     for unit, i in batches.items():
@@ -224,8 +224,7 @@ def _run_units(ctx: _Context, units: list[str]) -> Iterator[tuple[str, dict[str,
         atomic_save_npz(_unit_path(ctx, unit), **arrays)
         done += len(ids)
         rate = done / max(time.time() - t0, 1e-9)
-        ctx.log.info("%s done: %d images (%d/%d, %.2f img/s, ETA %.0f s)", unit, len(ids), done, n_img, rate,
-                     (n_img - done) / max(rate, 1e-9))
+        ctx.log.info("%s done: %s (%.2f img/s)", unit, plural(len(ids), "image"), rate)
         yield unit, {"images": len(ids)}
     bar.close()
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ...config import Config, ImagesConfig
-from ...progress import progress
+from ...progress import plural, progress
 from ._classify import Classifier
 from ._spec import PatchTestSpec
 
@@ -125,6 +125,7 @@ def select(cfg: Config, spec: PatchTestSpec, clf: Classifier, log: logging.Logge
         log.warning("only %d of the %d held-out images scanned are classified as %r (asked for %d): testing those; "
                     "raise patch_test.scan_max or pass more images (--images) for more", len(kept), scanned,
                     spec.name_a, pt.max_images)
-    log.info("%d images classified as %r among %d scanned (%d unreadable)", len(kept), spec.name_a, scanned, bad)
+    log.info("%s classified as %r among %d scanned (%d unreadable)", plural(len(kept), "image"), spec.name_a, scanned,
+             bad)
     return Selection([cand.ids[i] for i in kept], [cand.locations[i] for i in kept], scanned, bad, cand.what,
                      {str(k): n for k, n in counts.most_common()})

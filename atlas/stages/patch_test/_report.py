@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ...config import Config
 from ...ops.patches import patch_side, position_label, resize_patch
+from ...progress import plural
 from ._spec import PatchTestSpec
 from ._trials import place_offsets, trial_images
 
@@ -64,9 +65,9 @@ def headline(spec: PatchTestSpec, rows: list[dict[str, Any]]) -> str:
     n, r = rows[0]["images"], headline_row(rows)
     where = f"at size {r['size']:g} ({r['px']} px), {position_label(r['position'])}"
     if r["to_b_patch"] > 0:
-        return (f"patch flips {_pct(r['to_b_patch'])} of {n} {spec.name_a} images to {spec.name_b} {where} "
+        return (f"patch flips {_pct(r['to_b_patch'])} of {plural(n, spec.name_a + ' image')} to {spec.name_b} {where} "
                 f"(noise: {_pct(r['to_b_noise'])})")
-    return (f"patch flips none of {n} {spec.name_a} images to {spec.name_b}; it moves {_pct(r['not_a_patch'])} off "
+    return (f"patch flips none of {plural(n, spec.name_a + ' image')} to {spec.name_b}; it moves {_pct(r['not_a_patch'])} off "
             f"{spec.name_a} {where} (noise: {_pct(r['not_a_noise'])})")
 
 

@@ -75,6 +75,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...config import Config
+from ...progress import plural
 from ...store import DurableWriter, RunDir
 from ...viewer_assets import openseadragon_dir, viewer_source_dir
 from .._protocol import Job, Resources, StageBase
@@ -126,8 +127,9 @@ class TileStage(StageBase[Context]):
         write_viewer(ctx, writer)
         writer.sync()
         update_index(ctx.run, ctx.cfg.classes.parent)
-        ctx.log.info("tiles complete: %d tiles in %d pyramids (%d levels), finest %d x %d px; view with `atlas serve %s`",
-                     p["tiles"], len(p["sizes"]), p["levels"], p["width"], p["height"], ctx.run.root)
+        ctx.log.info("tiles complete: %s in %s (%s), finest %d x %d px; view with `atlas serve %s`",
+                     plural(p["tiles"], "tile"), plural(len(p["sizes"]), "pyramid"), plural(p["levels"], "level"),
+                     p["width"], p["height"], ctx.run.root)
         return {"tiles": p["tiles"], "levels": p["levels"]}
 
     def refresh(self, job: Job) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,15 +264,10 @@ def run_unit(ctx: Context, unit: dict[str, Any], bar: Any) -> dict[str, Any]:
 
 
 def run_units(ctx: Context, names: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Units ``names`` in this process, each yielded (and so marked done) when durable."""
+    """Units ``names`` in this process, each yielded (and so marked done) when durable. The runner's
+    bar and log count the units; the tiles painted show as the bar's detail."""
     by_name = {u["name"]: u for u in ctx.plan["units"]}
     todo = [by_name[n] for n in names]
-    bar = progress(total=sum(unit_tile_count(ctx.plan, u) for u in todo), desc="tile", unit="tile")
-    t0 = time.time()
-    for done, unit in enumerate(todo, 1):
-        yield unit["name"], run_unit(ctx, unit, bar)
-        if done % 20 == 0 or done == len(todo):
-            rate = done / max(time.time() - t0, 1e-9)
-            ctx.log.info("%d/%d units of this window done (%.1f units/s, ETA %.0f s)", done, len(todo), rate,
-                         (len(todo) - done) / max(rate, 1e-9))
-    bar.close()
+    with progress(total=sum(unit_tile_count(ctx.plan, u) for u in todo), desc="tile", unit="tile") as bar:
+        for unit in todo:
+            yield unit["name"], run_unit(ctx, unit, bar)
