@@ -12,16 +12,43 @@ sum's order) and differentiate only through:
   CUDA sorts the indices and adds duplicates in a fixed order (and is serial on the CPU);
 * matrix products (cuBLAS and CPU BLAS are deterministic on one stream).
 
+On the CPU torch's own kernels are deterministic and about 3.8x faster for padding and
+sampling (``benchmarks/resample.py``), so :func:`reflect_pad`, :func:`affine_sample` and
+:func:`resize_bilinear` use them there and these equivalents on CUDA;
+:func:`repeatable_resampling` forces one or the other (the tests check the CUDA path on the CPU).
+
 Pure torch, no I/O.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["reflect_indices", "reflect_pad", "bilinear_sample", "affine_sample", "bilinear_matrix",
-           "resize_bilinear"]
+           "resize_bilinear", "repeatable_resampling"]
+
+_FORCED: ContextVar[bool | None] = ContextVar("atlas_repeatable_resampling", default=None)
+
+
+@contextlib.contextmanager
+def repeatable_resampling(on: bool = True) -> Iterator[None]:
+    """Within the block, the resamplings use the indexing / matrix-product paths (``on``) or
+    torch's kernels (not ``on``) whatever the device; outside it, the paths follow the device."""
+    token = _FORCED.set(on)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def _repeatable(x: torch.Tensor) -> bool:
+    forced = _FORCED.get()
+    return x.is_cuda if forced is None else forced
 
 
 def reflect_indices(n: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -37,6 +64,8 @@ def reflect_pad(images: torch.Tensor, width: int) -> torch.Tensor:
     """``F.pad(images, (width,) * 4, mode="reflect")`` by indexing: [B, C, H, W] -> [B, C, H + 2w, W + 2w]."""
     if width == 0:
         return images
+    if not _repeatable(images):
+        return F.pad(images, (width, width, width, width), mode="reflect")
     _, _, h, w = images.shape
     rows = reflect_indices(h, width, images.device)
     cols = reflect_indices(w, width, images.device)
@@ -83,6 +112,8 @@ def affine_sample(images: torch.Tensor, theta: torch.Tensor, padding_mode: str =
     """Bilinear resampling of images [B, C, H, W] with per-image affine maps theta [B, 2, 3] (output
     coordinates -> input coordinates, normalised to [-1, 1], ``align_corners=False``): [B, C, H, W]."""
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    if not _repeatable(images):
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
     return bilinear_sample(images, grid, padding_mode)
 
 
@@ -108,6 +139,8 @@ def bilinear_matrix(n_in: int, n_out: int, *, dtype: torch.dtype = torch.float32
 def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two matrix products:
     [..., h, w] -> [..., H, W], ``Ry @ x @ Rx^T`` (:func:`bilinear_matrix`)."""
+    if not _repeatable(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     h, w = x.shape[-2:]
     ry = bilinear_matrix(h, size[0], dtype=x.dtype, device=x.device)
     rx = bilinear_matrix(w, size[1], dtype=x.dtype, device=x.device)

@@ -1,6 +1,8 @@
 """The render loop's resamplings without atomic adds: the same values as torch's kernels (exactly on
 tensors whose arithmetic is exact), and no grid_sample / reflection-pad / bilinear-upsample node
-left in the autograd graph of a render step (those scatter their gradients with atomics on CUDA)."""
+left in the autograd graph of a render step (those scatter their gradients with atomics on CUDA).
+These paths are CUDA's; every test here forces them on the CPU (``repeatable_resampling``), except
+the last, which checks that the CPU keeps torch's faster kernels."""
 
 from __future__ import annotations
 
@@ -13,10 +15,27 @@ import torch.nn.functional as F
 from atlas.models import Network, class_names_for
 from atlas.models._activations import LayerActivations
 from atlas.ops.inversion import make_param, render_icons, repeatable_kernels, resolve
-from atlas.ops.resample import affine_sample, bilinear_matrix, bilinear_sample, reflect_pad, resize_bilinear
+from atlas.ops.resample import (
+    affine_sample,
+    bilinear_matrix,
+    bilinear_sample,
+    reflect_pad,
+    repeatable_resampling,
+    resize_bilinear,
+)
 from atlas.ops.transforms import TRANSFORM_SETS, named_transforms
 
 ATOMIC = ("GridSampler2DBackward", "ReflectionPad2DBackward", "UpsampleBilinear2DBackward")
+
+
+@pytest.fixture(autouse=True)
+def cuda_paths(request: pytest.FixtureRequest):
+    """The indexing / matrix-product paths, as on CUDA (not for the test of the CPU's own kernels)."""
+    if request.node.name.startswith("test_the_cpu_keeps"):
+        yield
+        return
+    with repeatable_resampling():
+        yield
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -150,3 +169,16 @@ def test_repeatable_kernels_restore_the_flags_and_skip_the_cpu():
         assert cudnn.deterministic and not cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     assert (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_the_cpu_keeps_torchs_kernels_and_their_values():
+    """Off CUDA torch's kernels are deterministic and faster: used unless forced, with the same values."""
+    x = torch.randn(2, 3, 8, 8, generator=_gen(), requires_grad=True)
+    theta = torch.randn(2, 2, 3, generator=_gen(1)) * 0.5
+    out = affine_sample(reflect_pad(x, 2), theta) + resize_bilinear(reflect_pad(x, 2)[:, :, :6, :6], (12, 12))
+    nodes = _graph_nodes(out.sum())
+    assert {"GridSampler2DBackward0", "ReflectionPad2DBackward0", "UpsampleBilinear2DBackward0"} <= nodes, nodes
+    with repeatable_resampling():
+        forced = affine_sample(reflect_pad(x, 2), theta) + resize_bilinear(reflect_pad(x, 2)[:, :, :6, :6], (12, 12))
+        assert not [n for n in _graph_nodes(forced.sum()) if n.startswith(ATOMIC)]
+    torch.testing.assert_close(forced, out, rtol=0, atol=1e-5)
