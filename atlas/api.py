@@ -397,3 +397,32 @@ def patch_test(cfg: Config, *, shard: str | tuple[int, int] | None = None, **upd
         cfg = with_updates(cfg, {f"patch_test.{k}": v for k, v in updates.items()})
     run_stage("patch-test", cfg, shard=shard)
     return results_of(cfg)
+
+
+def estimate(cfg: Config, images: int | None = None, *, calibrate: bool = True, calibrate_seconds: float = 30.0,
+             log: Any = None) -> Any:
+    """What a run of ``cfg`` over ``images`` images (default: the source's count) will cost per stage:
+    an :class:`atlas.estimate.Estimate` (time, disk, peak memory, units; CPU/GPU-hours and array
+    sizes on a SLURM or dask config; warnings). ``calibrate``: measure collect and render here for
+    about ``calibrate_seconds``; off, the CPU figures of docs/benchmarks.md."""
+    import dataclasses
+    import shutil
+
+    from . import estimate as est
+
+    n = est.image_count(cfg, images)
+    if calibrate:
+        cal = est.calibrate(cfg, calibrate_seconds, log=log)
+    else:
+        channels, classes, note = est.layer_channels(cfg)
+        cal = est.default_calibration(channels, classes, cfg.collect.attribution and classes > 0)
+        if note:
+            cal = dataclasses.replace(cal, notes=(note,))
+    from .models import resolve_device
+
+    cuda = resolve_device(cfg.model.device).type == "cuda"
+    where = Path(cfg.run_dir).resolve()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    result = est.estimate(cal, cfg, n, cuda=cuda, free_disk=shutil.disk_usage(where).free)
+    return est.with_cluster(result, cfg)

@@ -339,6 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory, or its config.yaml (or any config: the run its run_dir names)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
 
+    p = sub.add_parser("estimate", help="per stage: time, disk, peak memory and units of a run, from a short calibration",
+                       description="Estimate what a run of CONFIG costs per stage (time, disk, peak memory, units of "
+                                   "work; CPU- and GPU-hours and array sizes on a SLURM or dask config) and warn about "
+                                   "settings that will not fit. It first times a few collect batches and render steps "
+                                   "on this machine (--calibrate-seconds); reduce, grid and tile use the CPU figures "
+                                   "of docs/benchmarks.md. Nothing is written.")
+    _add_config_args(p, shard=False, engine=False)
+    p.add_argument("--images", type=_whole(1), default=None, metavar="N",
+                   help="number of images (default: the source's: demo_count for the demo, a folder or list "
+                        "scanned; tar shards need it)")
+    p.add_argument("--calibrate-seconds", type=_whole(1), default=30, metavar="S",
+                   help="about how long the calibration runs, model loading not counted")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip the calibration: use the CPU figures of docs/benchmarks.md")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts (with total_seconds) instead of text")
+
     p = sub.add_parser("slurm-plan", help="per stage: todo/done and its sbatch options (used by scripts/slurm/submit.sh)",
                        description="Print one tab-separated line per stage: its name, todo or done, then the "
                                    "sbatch options its SLURM job needs (array size, time, CPUs, memory, GPUs) from "
@@ -393,6 +409,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "patch-test":
         return _patch_test(args)
     cfg = api.load(args.config, args.overrides + _engine_overrides(args))
+    if args.command == "estimate":
+        from .estimate import format_estimate
+
+        result = api.estimate(cfg, args.images, calibrate=not args.no_calibrate,
+                              calibrate_seconds=args.calibrate_seconds,
+                              log=lambda msg: print(f"atlas: calibration: {msg}", file=sys.stderr))
+        print(json.dumps(_json_safe(result.as_json()), indent=2, allow_nan=False) if args.json
+              else format_estimate(result))
+        return 0
     if args.command == "slurm-plan":
         for stage, finished, opts in api.slurm_plan(cfg):
             print("\t".join([stage, "done" if finished else "todo", *opts]))

@@ -117,6 +117,13 @@ CASES = [
          unrecorded="{whole}/state/patch-test/failed"),
     Case("run {tmp}", 2, r"not a config file nor a run directory"),
     Case("status {whole}/manifest.tsv", 2, r"is a file, not a run directory"),
+    Case("estimate", 2, r"^atlas estimate: error: the following arguments are required: CONFIG$", usage="atlas estimate"),
+    Case("estimate demo --images 0", 2, r"argument --images: must be at least 1, got 0$", usage="atlas estimate"),
+    Case("estimate demo --images many", 2, r"argument --images: expects a whole number, got 'many'$",
+         usage="atlas estimate"),
+    Case("estimate demo --calibrate-second 5", 2, r"unrecognized option --calibrate-second; did you mean "
+                                                  r"--calibrate-seconds\?$", usage="atlas estimate"),
+    Case("estimate dmeo --no-calibrate", 2, r"config file dmeo does not exist; did you mean demo\?"),
 ]
 
 

@@ -1,0 +1,437 @@
+"""`atlas estimate`: what a run will cost per stage (time, disk, peak memory, units) before it starts.
+
+Two parts, kept apart so the model can be tested on made-up figures:
+
+* :func:`estimate` is a pure function: calibration figures (:class:`Calibration`) + config + the
+  image count -> one :class:`StageEstimate` per stage, plus warnings about settings that will not fit.
+* :func:`calibrate` measures the figures on this machine (a few collect batches through the real
+  :class:`~atlas.models.LayerSampler` on demo images, a few render steps through
+  :func:`~atlas.ops.inversion.render_icons` at the configured icon size and batch);
+  :func:`default_calibration` gives the CPU figures of docs/benchmarks.md instead.
+
+Reduce, grid and tile are never timed here: their figures are the CPU measurements of
+docs/benchmarks.md, reduce as a documented model (UMAP fit ~ m log m on the fitted sample m =
+min(N, ``reduce.fit_max``), placement linear in the rows outside it).
+
+Disk figures are the formats' raw sizes (docs/formats.md). Icons and tiles are counted as
+uncompressed RGB (s x s x 3 bytes); the stores' default compression (Zarr's, JPEG's) makes them
+smaller, so those rows are upper bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .config import Config
+
+__all__ = ["Calibration", "StageEstimate", "Estimate", "FILL", "estimate", "default_calibration", "calibrate",
+           "image_count", "format_estimate", "cell_counts"]
+
+FILL = 0.5
+"""Share of a grid's cells a UMAP layout fills (the demo: 12/16, 26/64, 64/256 at grids 4, 8, 16): the
+icons of grid s are estimated as ``min(FILL * s², N // grid.min_count)``."""
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-unit costs on one machine. Times in seconds, memory in MiB."""
+
+    source: str                      # "measured on this machine" or "docs/benchmarks.md (CPU)"
+    device: str                      # "cpu", "cuda", ...
+    channels: int                    # C of the configured layer
+    classes: int                     # logits of the network (attribution's and the grid's classes)
+    collect_s_per_image: float       # with the configured attribution setting
+    collect_peak_mib: float
+    render_s_per_icon_step: float    # one icon, one step at full size ``render_ref_side``
+    render_ref_side: int
+    render_peak_mib: float
+    reduce_fit_s: float              # UMAP fit + kNN on ``reduce_fit_ref`` points
+    reduce_fit_ref: int
+    reduce_place_s_per_row: float    # placement of a row outside the fitted sample
+    reduce_peak_mib: float
+    grid_s_per_row_level: float      # per row and grid level
+    grid_peak_mib: float
+    tile_s_per_tile: float
+    reduce_start_s: float = 0.0      # fixed: UMAP's kernels compiled (numba) in a fresh process
+    tile_s_per_example: float = 0.0  # one example crop decoded and written
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class StageEstimate:
+    stage: str
+    seconds: float
+    disk_bytes: int
+    peak_mib: float | None
+    units: int
+    detail: str = ""
+    tasks: int | None = None         # SLURM array size / dask tasks (cluster configs only)
+    cpu_hours: float | None = None
+    gpu_hours: float | None = None
+
+
+@dataclass
+class Estimate:
+    images: int
+    calibration: Calibration
+    stages: list[StageEstimate]
+    warnings: list[str] = field(default_factory=list)
+    cluster: str | None = None       # "slurm", "dask" or None
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"images": self.images, "total_seconds": round(self.total_seconds, 3),
+                "total_disk_bytes": sum(s.disk_bytes for s in self.stages), "cluster": self.cluster,
+                "calibration": asdict(self.calibration),
+                "stages": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(s).items()}
+                           for s in self.stages],
+                "warnings": list(self.warnings)}
+
+
+# --------------------------------------------------------------------------- the CPU figures of docs/benchmarks.md
+
+# collect: `atlas collect`, Lite0 blocks.5, attribution off, 12.7 images/s best of the 512-image runs; attribution
+# on costs about 1.6x the truncated forward; peak RSS 1300 MB.
+_COLLECT_IMAGES_PER_S = 12.7
+_ATTRIBUTION_FACTOR = 1.6
+# render: the defaults (80 px, 512 steps, coarse 0.5 at half side) took 104 s for 34 icons: 5.97 ms per icon-step,
+# of which a full-size step is 1 / (0.5 + 0.5 * 0.25) = 1.6x.
+_RENDER_ICON_STEP_S = 104.0 / (34 * 512) / (0.5 + 0.5 * 0.25)
+# reduce: 4.3 s kNN + 34.8 s UMAP fit on the 30k sample; 200k: 10.6 s placing 170k rows; 1.0 GiB peak.
+_REDUCE_FIT_S, _REDUCE_FIT_REF, _REDUCE_PLACE_S = 4.3 + 34.8, 30_000, 10.6 / 170_000
+# grid: 43.6 s for 1,000,000 rows, sizes 8 to 128 (5 levels), 297 MiB.
+_GRID_S_PER_ROW_LEVEL = 43.6 / (1_000_000 * 5)
+# tile: 24.9 s for 6,819 tiles (160 x 160 atlas, 1,000 classes).
+_TILE_S = 24.9 / 6819
+# The demo measured end to end (2026-12-06, idle 2-core machine): reduce 7.1 s for 2,000 points, of which the
+# m log m term above gives 2 s (the rest is UMAP's numba compilation in a fresh process); tile 2.0 s for 98
+# tiles and 1,344 example crops (0.4 s of tiles): 1.2 ms per crop.
+_REDUCE_START_S = 5.0
+_TILE_S_PER_EXAMPLE = 1.6 / 1344
+
+
+def default_calibration(channels: int, classes: int = 1000, attribution: bool = True) -> Calibration:
+    """The CPU figures of docs/benchmarks.md (a shared 2-core machine), for ``channels`` and ``classes``."""
+    per_image = (1.0 / _COLLECT_IMAGES_PER_S) * (_ATTRIBUTION_FACTOR if attribution else 1.0)
+    return Calibration(source="docs/benchmarks.md (CPU, 2 shared cores)", device="cpu", channels=channels,
+                       classes=classes, collect_s_per_image=per_image, collect_peak_mib=1300 * 1e6 / _MIB,
+                       render_s_per_icon_step=_RENDER_ICON_STEP_S, render_ref_side=80, render_peak_mib=1300.0,
+                       reduce_fit_s=_REDUCE_FIT_S, reduce_fit_ref=_REDUCE_FIT_REF, reduce_place_s_per_row=_REDUCE_PLACE_S,
+                       reduce_peak_mib=1066.0, grid_s_per_row_level=_GRID_S_PER_ROW_LEVEL, grid_peak_mib=297.0,
+                       tile_s_per_tile=_TILE_S, reduce_start_s=_REDUCE_START_S,
+                       tile_s_per_example=_TILE_S_PER_EXAMPLE)
+
+
+# --------------------------------------------------------------------------- the model (pure)
+
+
+def cell_counts(sizes: list[int], n: int, min_count: int) -> dict[int, int]:
+    """Expected non-empty cells per grid size: ``min(round(FILL * s²), N // min_count)``, at least 1."""
+    return {s: max(1, min(round(FILL * s * s), n // min_count)) for s in sizes}
+
+
+def _n_neighbors(cfg: Config, fitted: int) -> int:
+    return cfg.reduce.n_neighbors or (20 if fitted < 10_000 else 50)
+
+
+def _tile_plan(cfg: Config, sizes: list[int], icons: dict[int, int], sides: dict[int, int],
+               classes: int) -> tuple[int, int, int]:
+    """(tiles, units, examples) of the tile stage, as ``tile/_plan.py`` plans them."""
+    from .ops.dzi import level_size, max_level, tile_counts
+    from .stages.tile._context import BASE_PX, HEAT_BLOCK, sheet_cols
+
+    t = cfg.tile
+    tiles = units = 0
+    for s in sizes:
+        w = s * sides[s]
+        top = max_level(w, w)
+        base = next(lv for lv in range(top, -1, -1) if level_size(w, w, lv)[0] <= BASE_PX)
+        for lv in range(top + 1):
+            cols, rows = tile_counts(*level_size(w, w, lv), t.tile_size)
+            tiles += cols * rows
+            if lv > base:
+                units += -(-rows // max(1, t.unit_tiles // cols))
+        units += 1  # the base level and every level below it
+        units += -(-icons[s] // sheet_cols(sides[s]) ** 2)
+        units += -(-classes // HEAT_BLOCK) if classes else 0
+    if t.example_levels is None:
+        ex_sizes = sizes
+    else:
+        ex_sizes = sizes[len(sizes) - t.example_levels:] if t.example_levels else []
+    examples = sum(icons[s] * cfg.grid.examples for s in ex_sizes)
+    units += -(-examples // t.examples_per_unit)
+    return tiles, units, examples
+
+
+def estimate(cal: Calibration, cfg: Config, n: int, *, cuda: bool = False, free_disk: int | None = None) -> Estimate:
+    """Per-stage time, disk, peak memory and units of a run of ``cfg`` over ``n`` images, from ``cal``.
+
+    ``cuda``: whether render will run on a GPU (for the CPU-render warning); ``free_disk``: free bytes
+    where the run directory goes (None: not checked). Pure: reads nothing but its arguments."""
+    if n < 1:
+        raise ValueError(f"the image count must be at least 1, got {n}")
+    c, k, classes = cal.channels, cfg.collect.top_k, cal.classes
+    attribution = cfg.collect.attribution and classes > 0
+    dtype_bytes = 2 if cfg.collect.dtype == "float16" else 4
+    rows: list[StageEstimate] = []
+
+    # collect: per image the activation, attribution, positions/index/status/labels and its manifest line
+    per_image = c * dtype_bytes + (6 * min(k, classes) if attribution else 0) + 17 + 64
+    rows.append(StageEstimate("collect", n * cal.collect_s_per_image, n * per_image, cal.collect_peak_mib,
+                              -(-n // cfg.collect.chunk_rows), f"{cfg.collect.chunk_rows} rows per unit"))
+
+    # reduce: UMAP fit ~ m log m on the fitted sample, placement linear in the rest
+    m = min(n, cfg.reduce.fit_max)
+    ref = cal.reduce_fit_ref
+    fit = cal.reduce_fit_s * (m * math.log(max(m, 2))) / (ref * math.log(ref))
+    place = max(0, n - m) * cal.reduce_place_s_per_row
+    rows.append(StageEstimate("reduce", cal.reduce_start_s + fit + place, 16 * n + 12 * _n_neighbors(cfg, m) * m, cal.reduce_peak_mib, 1,
+                              f"UMAP fit on {m:,} points, {max(0, n - m):,} placed"))
+
+    # grid: per level, the cells' mean activations, class attribution and examples
+    sizes = sorted(cfg.grid.sizes)
+    icons = cell_counts(sizes, n, cfg.grid.min_count)
+    cell_bytes = 4 * c + 2 * classes + 3 * 8 * cfg.grid.examples + 8
+    rows.append(StageEstimate("grid", n * len(sizes) * cal.grid_s_per_row_level,
+                              sum(s * s for s in sizes) * cell_bytes + 8 * c * c, cal.grid_peak_mib, 1,
+                              f"{len(sizes)} levels, {sum(s * s for s in sizes):,} cells"))
+
+    # render: icons x steps x side² (the coarse phase at coarse_scale² of the pixels)
+    r = cfg.render
+    finest = max(sizes)
+    sides = {s: r.level_icon_size(s, finest) for s in sizes}
+    levels = sorted(r.levels) if r.levels else sizes
+    batch = r.batch_size if isinstance(r.batch_size, int) else 100
+    coarse = r.coarse if r.param == "fft" else 0.0
+    step_share = (1 - coarse) + coarse * r.coarse_scale ** 2
+    render_s = sum(icons[s] * r.restarts * r.steps * step_share * cal.render_s_per_icon_step
+                   * (sides[s] / cal.render_ref_side) ** 2 for s in levels)
+    n_icons = sum(icons[s] for s in levels)
+    render_disk = sum(icons[s] * (3 * sides[s] ** 2 + 4 * c + 12) for s in levels)
+    rows.append(StageEstimate("render", render_s, render_disk, cal.render_peak_mib,
+                              sum(-(-icons[s] // batch) for s in levels),
+                              f"{n_icons:,} icons, {r.steps} steps, {batch} per unit"))
+
+    # tile: the pyramids of the rendered levels, icon sheets, heat files, example crops
+    tiles, tile_units, examples = _tile_plan(cfg, levels, icons, sides, classes)
+    crop = 96
+    tile_disk = tiles * cfg.tile.tile_size ** 2 * 3 + examples * crop * crop * 3
+    rows.append(StageEstimate("tile", tiles * cal.tile_s_per_tile + examples * cal.tile_s_per_example, tile_disk, None, tile_units,
+                              f"{tiles:,} tiles, {examples:,} example crops"))
+
+    est = Estimate(images=n, calibration=cal, stages=rows)
+    est.warnings = _warnings(cfg, est, icons, cuda=cuda, free_disk=free_disk)
+    return est
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:,.1f} min"
+
+
+def _warnings(cfg: Config, est: Estimate, icons: dict[int, int], *, cuda: bool, free_disk: int | None) -> list[str]:
+    out: list[str] = []
+    n = est.images
+    render = next(s for s in est.stages if s.stage == "render")
+    n_icons = sum(icons[s] for s in (cfg.render.levels or cfg.grid.sizes))
+    on_cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not cuda)
+    if on_cpu and n_icons >= 10_000:
+        out.append(f"render on the CPU with {n_icons:,} icons takes about {_hours(render.seconds)}: render on a GPU "
+                   "(model.device: cuda, or a SLURM GPU array), or fewer levels (render.levels) or steps (render.steps)")
+    finest = max(cfg.grid.sizes)
+    per_cell = n / finest ** 2
+    if per_cell < cfg.grid.min_count:
+        fits = [s for s in sorted(cfg.grid.sizes) if n / s ** 2 >= cfg.grid.min_count]
+        hint = f"the finest grid {n:,} images support is {fits[-1]}" if fits else "no grid size fits"
+        out.append(f"grid {finest} x {finest} is finer than {n:,} images support: {per_cell:.2g} images per cell on "
+                   f"average, below grid.min_count ({cfg.grid.min_count}), so most cells stay empty; {hint} "
+                   "(or add images)")
+    total_disk = sum(s.disk_bytes for s in est.stages)
+    if free_disk is not None and total_disk > free_disk:
+        out.append(f"the run needs about {_size(total_disk)} but {_size(free_disk)} is free where run_dir goes")
+    return out
+
+
+def with_cluster(est: Estimate, cfg: Config) -> Estimate:
+    """Add CPU- and GPU-hours per stage and the array sizes (SLURM) or tasks (dask) the config would use."""
+    from .cluster._slurm import stage_resources
+
+    kind = "dask" if cfg.cluster.engine == "dask" else "slurm" if _slurm_configured(cfg) else None
+    if kind is None:
+        return est
+    stages = []
+    for row in est.stages:
+        res = stage_resources(cfg, row.stage)
+        tasks = int(res["tasks"]) if kind == "slurm" else (cfg.cluster.tasks or 2 * cfg.cluster.workers)
+        tasks = min(tasks, row.units) if row.stage in ("collect", "render", "tile") else 1
+        hours = row.seconds / 3600
+        stages.append(replace(row, tasks=tasks, cpu_hours=hours * int(res["cpus"]) if kind == "slurm" else hours,
+                              gpu_hours=hours * int(res["gpus"]) if res["gpus"] else None))
+    return replace(est, stages=stages, cluster=kind)
+
+
+def _slurm_configured(cfg: Config) -> bool:
+    sc = cfg.cluster.slurm
+    return bool(sc.partition or sc.account or sc.stages or sc.extra or sc.max_parallel or cfg.cluster.jobqueue.jobs)
+
+
+# --------------------------------------------------------------------------- inputs and calibration (not pure)
+
+
+def image_count(cfg: Config, images: int | None) -> int:
+    """``--images``, else the source's count: the demo's ``demo_count``, a folder or list scanned (then
+    ``images.limit``); tar shards need ``--images``."""
+    if images is not None:
+        return images
+    from .sources import SourceError, detect_kind, scan_source
+
+    kind = cfg.images.kind if cfg.images.kind != "auto" else detect_kind(cfg.images.path)
+    if kind == "demo":
+        n = cfg.images.demo_count
+    elif kind in ("folder", "list"):
+        n = len(scan_source(cfg.images))
+    else:
+        raise SourceError(f"cannot count the images of {kind} source {cfg.images.path!r} quickly; give --images N")
+    return min(n, cfg.images.limit) if cfg.images.limit else n
+
+
+def _rss_mib() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / _MIB if sys.platform == "darwin" else peak / 1024
+
+
+def calibrate(cfg: Config, seconds: float = 30.0, log: Any = None) -> Calibration:
+    """Measure collect and render on this machine in about ``seconds`` (model loading excluded):
+    collect batches of demo images through the real LayerSampler, then render steps of one
+    configured batch at the finest grid's icon size. Reduce, grid and tile keep the CPU figures."""
+    import numpy as np
+    import torch
+
+    from .models import LayerSampler, layer_shape, load_network, pin_threads, resolve_device
+    from .models._activations import LayerActivations
+    from .ops.inversion import render_icons
+    from .sources import load_image
+    from .sources._demo import demo_location
+
+    say = log or (lambda msg: None)
+    pin_threads(cfg.collect.threads)
+    net = load_network(cfg.model)
+    c, h, w = layer_shape(net, cfg.model.layer)
+    device = resolve_device(cfg.model.device)
+    base = default_calibration(c, len(net.class_names), cfg.collect.attribution and net.has_classifier)
+
+    # collect: decode + forward of demo images, batch by batch, until half the budget is spent
+    sampler = LayerSampler(net, cfg.model.layer, attribution=cfg.collect.attribution, top_k=cfg.collect.top_k,
+                           device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda",
+                           fold_bn=cfg.collect.fold_bn)
+    bs = min(cfg.collect.batch_size, 32)
+    pos = torch.tensor([[h // 2, w // 2]] * bs, dtype=torch.long)
+
+    def batch(i: int) -> float:
+        t0 = time.perf_counter()
+        imgs = [load_image(demo_location(i * bs + j, 320), size=net.input_size, max_pixels=cfg.images.max_pixels,
+                           min_side=1) for j in range(bs)]
+        sampler(net.preprocess(torch.from_numpy(np.stack(imgs))), pos)
+        return time.perf_counter() - t0
+
+    batch(0)  # warm-up (allocations, first-call overheads)
+    budget, spent, done = seconds * 0.5, 0.0, 0
+    while done < 2 or (spent < budget and done < 20):
+        spent += batch(done + 1)
+        done += 1
+    per_image = spent / (done * bs)
+    say(f"collect: {done} batches of {bs} images, {1 / per_image:.1f} images/s")
+    collect_peak = _rss_mib()
+
+    # render: a few full-size steps of one batch at the finest grid's icon size
+    r = cfg.render
+    side = r.level_icon_size(max(cfg.grid.sizes), max(cfg.grid.sizes))
+    n_icons = r.batch_size if isinstance(r.batch_size, int) else 100
+    n_icons = min(n_icons, 16) if device.type == "cpu" else n_icons
+    acts = LayerActivations(net, cfg.model.layer, device, channels_last=device.type == "cuda")
+    targets = torch.randn(n_icons, c, generator=torch.Generator().manual_seed(0)).abs()
+
+    def steps(k: int) -> float:
+        settings = r.model_copy(update={"steps": k, "coarse": 0.0, "restarts": 1})
+        t0 = time.perf_counter()
+        render_icons(acts, targets, settings, generator=torch.Generator().manual_seed(0), icon_size=side)
+        return time.perf_counter() - t0
+
+    one = steps(1)  # includes set-up and the final scoring
+    k = 2
+    more = steps(1 + k)
+    while more - one < seconds * 0.1 and k < 64 and one + more < seconds * 0.5:
+        k *= 2
+        more = steps(1 + k)
+    per_step = max(more - one, 1e-9) / k / n_icons
+    say(f"render: {n_icons} icons at {side} px, {per_step * 1000:.2f} ms per icon-step")
+    return replace(base, source="measured on this machine (collect, render); docs/benchmarks.md CPU figures "
+                                "(reduce, grid, tile)", device=device.type,
+                   collect_s_per_image=per_image, collect_peak_mib=collect_peak,
+                   render_s_per_icon_step=per_step, render_ref_side=side, render_peak_mib=_rss_mib())
+
+
+def layer_channels(cfg: Config) -> tuple[int, int, str | None]:
+    """(channels, classes, note) of the configured layer without running it; (512, 1000, note) when the
+    model cannot be loaded here."""
+    from .models import ModelError, layer_shape, load_network
+
+    try:
+        net = load_network(cfg.model)
+        return layer_shape(net, cfg.model.layer)[0], len(net.class_names), None
+    except (ModelError, OSError) as e:
+        return 512, 1000, f"the model did not load here ({e}); assumed 512 channels and 1,000 classes"
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return ""  # pragma: no cover
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_estimate(est: Estimate) -> str:
+    cl = est.cluster is not None
+    head = ["stage", "time", "disk", "peak memory", "units"] + (["tasks", "CPU-hours", "GPU-hours"] if cl else []) + ["what"]
+    table = [head]
+    for s in est.stages:
+        row = [s.stage, _duration(s.seconds), _size(s.disk_bytes),
+               "-" if s.peak_mib is None else f"{s.peak_mib:,.0f} MiB", f"{s.units:,}"]
+        if cl:
+            row += [str(s.tasks), f"{s.cpu_hours or 0:,.2f}", "-" if s.gpu_hours is None else f"{s.gpu_hours:,.2f}"]
+        table.append(row + [s.detail])
+    table.append(["total", _duration(est.total_seconds), _size(sum(s.disk_bytes for s in est.stages)), "", ""]
+                 + (["", "", ""] if cl else []) + [""])
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    lines = [f"atlas: estimate for {est.images:,} images; figures: {est.calibration.source}"]
+    lines += ["  ".join(cell.ljust(wd) for cell, wd in zip(r, widths)).rstrip() for r in table]
+    lines.append("Times are one process on this machine" + (" (divide by the tasks for wall time on the cluster)"
+                                                           if cl else "") + "; disk is before compression "
+                 "(icons and tiles as raw RGB: Zarr's and JPEG's compression make them smaller).")
+    lines += [f"note: {n}" for n in est.calibration.notes]
+    lines += [f"warning: {w}" for w in est.warnings]
+    return "\n".join(lines)
+
+
