@@ -534,7 +534,11 @@ def _close_bars() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0].startswith("-") and words[0] not in ("-h", "--help", "--version"):
+        parser.error(_unrecognized(parser, words[:1]))  # before "COMMAND is required": say what was mistyped
+    args = parser.parse_args(words)
     from . import api  # after parsing: --help, --version and argument errors answer without it
     from .store import WRITE_ERRNOS, explain_oserror
 

@@ -63,6 +63,8 @@ class Bar(Generic[T]):
         if draw:
             from tqdm import tqdm
 
+            _route_atlas_warnings()
+
             self._tqdm = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1,
                               mininterval=_REFRESH_S, leave=False, file=sys.stderr)
             _OPEN.append(self)
@@ -157,6 +159,36 @@ class _AboveBars(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+class _CurrentStderrAboveBars(_AboveBars):
+    """:class:`_AboveBars` on whatever ``sys.stderr`` is when a record comes (a handler that lives
+    as long as the process must not keep a stream replaced since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _route_atlas_warnings() -> None:
+    """The plain ``atlas`` logger has no handler of its own (Python's last resort prints its
+    warnings): while a bar is drawn they go above it like the stage logs."""
+    log = logging.getLogger("atlas")
+    if not any(isinstance(h, _AboveBars) for h in log.handlers):
+        handler = _CurrentStderrAboveBars(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        log.addHandler(handler)
+
+
+def _parent_draws_bars() -> bool:
+    """A worker process (a spawned pool process, a DataLoader worker) whose terminal the process
+    that started it draws a bar on: its log lines go to its log file only."""
+    if multiprocessing.parent_process() is None or os.environ.get("ATLAS_PROGRESS") == "0":
+        return False
+    try:
+        return sys.stderr.isatty() or os.environ.get("ATLAS_PROGRESS") == "1"
+    except (AttributeError, ValueError):
+        return False
+
+
 def stage_logger(run_root: Path, stage: str, shard: tuple[int, int] = (0, 1)) -> logging.Logger:
     """Logger writing to ``RUN/logs/<stage>-<i>of<n>.log`` and to stderr (INFO), above the bar."""
     name = f"atlas.{stage}.{shard[0]}of{shard[1]}"
@@ -174,7 +206,7 @@ def stage_logger(run_root: Path, stage: str, shard: tuple[int, int] = (0, 1)) ->
         fh = logging.FileHandler(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
-    if not any(isinstance(h, _AboveBars) for h in log.handlers):
+    if not any(isinstance(h, _AboveBars) for h in log.handlers) and not _parent_draws_bars():
         sh = _AboveBars(sys.stderr)
         sh.setFormatter(logging.Formatter(f"[{stage}] %(message)s"))
         log.addHandler(sh)

@@ -69,6 +69,7 @@ CASES = [
     Case("status {run} extra", 2, r"unrecognized argument 'extra' \(see atlas status --help\)$", usage="atlas status"),
     Case("status", 2, r"^atlas status: error: the following arguments are required: RUN_DIR$", usage="atlas status"),
     Case("", 2, r"^atlas: error: the following arguments are required: COMMAND$", usage="atlas"),
+    Case("--versoin", 2, r"^atlas: error: unrecognized option --versoin; did you mean --version\?$", usage="atlas"),
     # point 3: no traceback from bad arguments; ports and hosts checked; hints name the flag typed
     Case("serve {site} --port 7655000", 2, r"argument --port: 7655000 is not a TCP port: give 1 to 65535",
          usage="atlas serve"),

@@ -104,25 +104,25 @@ def test_a_terminal_shows_the_log_lines_above_one_bar_that_counts_units(tmp_path
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_bar_and_a_pipe_gets_log_lines_only(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    code, raw = _on_a_terminal(_collect_args(run_dir, 64), until=lambda out: b"chunk-000001 done" in out)
+    code, raw = _on_a_terminal(_collect_args(run_dir, 160), until=lambda out: b"chunk-000001 done" in out)
     assert code == 130, raw
     screen = _screen(raw)
     assert not [ln for ln in screen if BAR.search(ln)], f"a bar left on the screen:\n{raw!r}"
     assert screen[-2:] == [INTERRUPTED, ""], f"something drawn after the last message:\n{raw!r}"
     assert raw.endswith(INTERRUPTED + "\r\n")
     done = len(RunDir(run_dir).done_units("collect"))
-    assert 1 <= done < 8  # chunk-000000 was marked done before chunk-000001 ran
+    assert 1 <= done < 20  # chunk-000000 was marked done before chunk-000001 ran; 20 leave room for a late signal
 
-    proc = subprocess.run(_collect_args(run_dir, 64), cwd=ROOT, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(_collect_args(run_dir, 160), cwd=ROOT, env=_env(), capture_output=True, text=True,
                           check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and not BAR.search(proc.stderr), "a bar drawn into a pipe"
     lines = proc.stderr.splitlines()
     assert all(ln.startswith("[collect] ") for ln in lines), proc.stderr
-    assert f"[collect] shard 0/1: {8 - done} of its 8 units to do (8 units in all)" in lines
-    assert lines[-1] == "[collect] collect complete (8 units)"
+    assert f"[collect] shard 0/1: {20 - done} of its 20 units to do (20 units in all)" in lines
+    assert lines[-1] == "[collect] collect complete (20 units)"
     st = next(s for s in api.status(run_dir)["stages"] if s["stage"] == "collect")
-    assert (st["state"], st["done"], st["total"]) == ("done", 8, 8)
+    assert (st["state"], st["done"], st["total"]) == ("done", 20, 20)
 
 
 def test_the_runner_logs_its_units_done_with_the_count_the_bar_shows(tmp_path: Path, monkeypatch) -> None:
@@ -161,3 +161,17 @@ def test_a_bar_opened_under_another_is_its_detail(tmp_path: Path, monkeypatch, c
     assert "[demo-progress] a line\n" in err
     screen = _screen(err)
     assert [ln for ln in screen if ln] == ["[demo-progress] a line"], err
+
+
+def test_the_plain_atlas_loggers_warnings_go_above_the_bar_too(monkeypatch, capsys) -> None:
+    """A warning of the package's own logger (no handler of its own) is written above the bar
+    drawn, on its own line, not through it; nothing is left on screen after the bar closes."""
+    import logging
+
+    monkeypatch.setenv("ATLAS_PROGRESS", "1")
+    with progress(total=2, desc="outer", unit="unit") as outer:
+        logging.getLogger("atlas").warning("mind this")
+        outer.update(2)
+    err = capsys.readouterr().err
+    assert "mind this\n" in err
+    assert [ln for ln in _screen(err) if ln] == ["mind this"], err
