@@ -35,11 +35,8 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def bars_drawn() -> bool:
-    """Whether a bar may be drawn here: stderr is a terminal (or ``ATLAS_PROGRESS=1``, never with
-    ``ATLAS_PROGRESS=0``) and this process is the one the user started."""
-    if multiprocessing.parent_process() is not None:
-        return False
+def _terminal_wanted() -> bool:
+    """stderr is a terminal (or ``ATLAS_PROGRESS=1``; never with ``ATLAS_PROGRESS=0``)."""
     env = os.environ.get("ATLAS_PROGRESS")
     if env in ("0", "1"):
         return env == "1"
@@ -47,6 +44,12 @@ def bars_drawn() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def bars_drawn() -> bool:
+    """Whether a bar may be drawn here: a terminal is wanted (:func:`_terminal_wanted`) and this
+    process is the one the user started."""
+    return multiprocessing.parent_process() is None and _terminal_wanted()
 
 
 class Bar(Generic[T]):
@@ -181,12 +184,7 @@ def _route_atlas_warnings() -> None:
 def _parent_draws_bars() -> bool:
     """A worker process (a spawned pool process, a DataLoader worker) whose terminal the process
     that started it draws a bar on: its log lines go to its log file only."""
-    if multiprocessing.parent_process() is None or os.environ.get("ATLAS_PROGRESS") == "0":
-        return False
-    try:
-        return sys.stderr.isatty() or os.environ.get("ATLAS_PROGRESS") == "1"
-    except (AttributeError, ValueError):
-        return False
+    return multiprocessing.parent_process() is not None and _terminal_wanted()
 
 
 def stage_logger(run_root: Path, stage: str, shard: tuple[int, int] = (0, 1)) -> logging.Logger:

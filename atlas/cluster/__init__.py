@@ -7,7 +7,7 @@ dask client, ``cluster.processes`` local processes, or in-process): the one owne
 """
 
 from ._dask import StageIncomplete, dask_client, run_stage_on_dask
-from ._fanout import FanOut, fan_out, local_processes
+from ._fanout import FanOut, local_processes
 from ._local import failure_info, run_shard, stage_finished
 from ._slurm import sbatch_options, slurm_shard, stage_resources
 
@@ -16,7 +16,6 @@ __all__ = [
     "StageIncomplete",
     "dask_client",
     "failure_info",
-    "fan_out",
     "local_processes",
     "run_shard",
     "run_stage_on_dask",

@@ -30,7 +30,7 @@ from ..config import Config
 from ..progress import progress
 from ..stages._protocol import Job
 
-__all__ = ["FanOut", "fan_out", "local_processes"]
+__all__ = ["FanOut", "local_processes"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -144,10 +144,3 @@ class FanOut:
                 yield items[index[fut.key]], fut.result()
         finally:
             self.client.cancel(futures)
-
-
-def fan_out(job: Job, func: Callable[[T], R], items: Sequence[T], *, desc: str,
-            unit: str = "task") -> Iterator[tuple[T, R]]:
-    """One :meth:`FanOut.map` with its own :class:`FanOut`: ``(item, func(item))`` as tasks complete."""
-    with FanOut.of(job) as f:
-        yield from f.map(func, items, desc=desc, unit=unit)
