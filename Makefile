@@ -8,12 +8,13 @@ OSD    := viewer/node_modules/openseadragon/package.json
 
 setup: $(VENV)/.installed $(OSD)
 
-# Python 3.11 venv (the tests run on 3.11; atlas needs >= 3.11); torch==2.14.1 / torchvision==0.29.1 come from
-# this machine's wheel store.
-$(VENV)/.installed: pyproject.toml setup.py
+# Python 3.11 venv (the tests run on 3.11; atlas needs >= 3.11); the exact torch and torchvision of
+# constraints.txt (torch==2.14.1 / torchvision==0.29.1, from this machine's wheel store): the package
+# itself declares ranges (pyproject.toml), the checkout's two commands install what the tests ran on.
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
 # The viewer's third-party code (OpenSeadragon) and its lint (ESLint, development only), pinned in viewer/package-lock.json.

@@ -14,7 +14,7 @@ _INTRO = """# CLI reference
 Generated from the argument parser in `atlas/cli.py` by `python -m atlas._clidoc > docs/cli.md`.
 Every command that takes a CONFIG also takes `--set key=value` overrides (any key of
 `docs/configuration.md`). A CONFIG is a YAML file or, when no such file exists, a built-in
-name (`demo`, `folder`, `imagenet-lite0`, `imagenet-googlenet-mixed4c`: the configs that
+name (`demo`, `folder`, `imagenet-lite0`, `imagenet-lite0-hf`, `imagenet-googlenet-mixed4c`: the configs that
 `atlas init` writes into `pipelines/`). Options go anywhere after the command, spelled out in
 full (`--stage` is not `--stages`; a misspelled command, option or built-in name gets a "did
 you mean"). `--help`, `--version` and argument errors answer at once (no torch import). Exit status: 0 done, 2 a problem to fix (the message

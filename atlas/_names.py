@@ -8,6 +8,6 @@ __all__ = ["ANALYSES", "STAGES"]
 STAGES: tuple[str, ...] = ("collect", "reduce", "grid", "render", "tile")
 """The pipeline's stages in order (each module ``atlas.stages.<name>`` defines ``STAGE``)."""
 
-ANALYSES: tuple[str, ...] = ("locate", "patch-test")
+ANALYSES: tuple[str, ...] = ("locate", "patch-test", "follow", "units", "compare")
 """Stages run on a finished atlas by their own commands, not by ``atlas run`` (module
 ``atlas.stages.<name with - as _>``); they keep the same contract."""

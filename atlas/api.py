@@ -17,7 +17,7 @@ from .store import RunDir, StoreError
 
 __all__ = ["load", "load_run", "run", "run_stage", "status", "format_status", "layers", "user_errors", "slurm_plan",
            "resolve_config", "resolve_run", "builtin_configs", "init_project", "version", "format_layer", "use_model", "class_atlas",
-           "locate", "patch_test", "model_names"]
+           "locate", "patch_test", "model_names", "for_layer", "compare", "compare_view"]
 
 log = logging.getLogger("atlas")
 
@@ -132,23 +132,53 @@ def run_stage(name: str, cfg: Config, *, shard: str | tuple[int, int] | None = N
             run_stage_on_dask(c, name, cfg)
 
 
-def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
-    """Run stages in pipeline order, skipping finished work; returns the stages run."""
+def for_layer(cfg: Config, layer: str | None) -> Config:
+    """``--layer NAME``: the config of that layer's run directory (``RUN/layers/<slug>`` for a
+    further layer of ``model.layers``; None or the first layer: ``cfg``)."""
+    from .layers import for_layer as pick
+
+    return pick(cfg, layer)
+
+
+def _layer_plan(cfg: Config, todo: list[str], layer: str | None) -> list[tuple[str, Config]]:
+    """(stage, config) in the order ``atlas run`` runs them: the run's collect (every layer in one
+    pass), then each layer's later stages (only ``layer``'s when given)."""
+    from .layers import layer_configs, root_config
+
+    root = root_config(cfg)
+    if layer is None and cfg.model.layer_of is not None:
+        layer = cfg.model.layer
+    subs = [c for c in layer_configs(root) if layer is None or c.model.layer == layer]
+    plan = [("collect", root)] if "collect" in todo else []
+    plan += [(name, sub) for sub in subs for name in todo if name != "collect" or sub is not root]
+    return plan
+
+
+def run(cfg: Config, stages: list[str] | None = None, layer: str | None = None) -> list[str]:
+    """Run stages in pipeline order, skipping finished work; returns the stages run. With
+    ``model.layers``: the run's collect pass (every layer), then each layer's later stages (only
+    ``layer``'s when given), then ``follow`` (where each cell's images land in the other layers)."""
     wanted = stages or list(STAGES)
     bad = [s for s in wanted if s not in STAGES]
     if bad:
         raise ValueError(f"unknown stage {bad[0]!r} in --stages; stages are {', '.join(STAGES)}")
     have = available_stages()
     todo = [s for s in STAGES if s in wanted and s in have]
+    plan = _layer_plan(cfg, todo, layer)
     with contextlib.ExitStack() as stack:
         client = None
         if cfg.cluster.engine == "dask":
             from .cluster import dask_client
 
             client = stack.enter_context(dask_client(cfg.cluster, cfg.run_dir))
-        for name in todo:
-            log.info("== %s", name)
-            run_stage(name, cfg, client=client)
+        for name, sub in plan:
+            log.info("== %s%s", name, f" (layer {sub.model.layer})" if len(sub.model.all_layers) > 1 or
+                     sub.model.layer_of else "")
+            run_stage(name, sub, client=client)
+        root = plan[0][1] if plan else cfg
+        if len(root.model.all_layers) > 1 and "tile" in todo and layer is None:
+            log.info("== follow")
+            run_stage("follow", root, client=client)
     missing = [s for s in STAGES if s in wanted and s not in have]
     if missing:
         print(f"atlas: ran {', '.join(todo)}; not in this version yet: {', '.join(missing)}")
@@ -159,10 +189,14 @@ def run(cfg: Config, stages: list[str] | None = None) -> list[str]:
     return todo
 
 
-def status(run_dir: str | Path) -> dict[str, Any]:
+def status(run_dir: str | Path, layer: str | None = None) -> dict[str, Any]:
     """Per stage: state (done / partial / not started), units done/total and details. ``run_dir``:
-    a run directory or its config.yaml (:func:`resolve_run`)."""
+    a run directory or its config.yaml (:func:`resolve_run`); ``layer``: a further layer's run
+    (``RUN/layers/<slug>``) of a run of several layers."""
     run = RunDir(resolve_run(run_dir))
+    if layer is not None:
+        _check_run_dir(run.root)
+        run = RunDir(for_layer(load_run(run.root), layer).run_dir)
     _check_run_dir(run.root)
     report: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
     cfg = None
@@ -179,9 +213,59 @@ def status(run_dir: str | Path) -> dict[str, Any]:
                           for f in run.failures(name)]
         report["stages"].append(st)
     from .classes import class_atlas_status
+    from .layers import layers_status
 
     report["class_atlases"] = class_atlas_status(run.root)
+    from .compare import compare_status
+
+    report["comparisons"] = compare_status(run.root)
+    report["layers"] = layers_status(cfg, run.root)
+    if cfg is not None:
+        report["remaining"] = _remaining_all(cfg, run, report)
     return report
+
+
+def _remaining_all(cfg: Config, run: RunDir, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's remaining time, each further layer's added (its stages as ``layer/stage``)."""
+    from .layers import layer_config
+
+    left = _remaining(cfg, run, report["stages"])
+    for entry in report.get("layers") or []:
+        sub = _remaining(layer_config(cfg, entry["layer"]), RunDir(entry["path"]),
+                         [{"stage": k, **v} for k, v in entry["stages"].items()])
+        if sub is None:
+            continue
+        if left is None:
+            left = {"seconds": {}, "from": {}, "total_seconds": 0.0, "calibration": sub["calibration"]}
+        for k, v in sub["seconds"].items():
+            left["seconds"][f"{entry['layer']}/{k}"], left["from"][f"{entry['layer']}/{k}"] = v, sub["from"][k]
+        left["total_seconds"] = round(left["total_seconds"] + sub["total_seconds"], 1)
+    return left
+
+
+def _remaining(cfg: Config, run: RunDir, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The time the run's pipeline stages still need (:func:`atlas.estimate.remaining`); None before
+    its images are known (no manifest yet) or once every stage is done."""
+    import json as _json
+
+    from . import estimate as est
+    from .formats import CollectOutput
+    from .stages import stage_elapsed
+
+    if all(st["state"] == "done" for st in stages if st["stage"] in STAGES):
+        return None
+    try:
+        n = int(_json.loads((run.root / "manifest.json").read_text())["n"])
+    except (OSError, ValueError, KeyError):
+        return None
+    channels, classes = 512, 1000
+    if CollectOutput.exists(run):
+        col = CollectOutput.open(run)
+        channels, classes = col.layer_shape[0], len(col.class_names)
+    model = est.estimate(est.run_calibration(channels, classes, cfg.collect.attribution), cfg, max(n, 1))
+    progress = [est.Progress(st["stage"], st["state"], int(st["done"]), st["total"], stage_elapsed(run, st["stage"]))
+                for st in stages if st["stage"] in STAGES]
+    return est.remaining(model, progress)
 
 
 _RUN_MARKERS = ("config.yaml", "state", *STAGES, "tiles")
@@ -244,9 +328,19 @@ def format_status(report: dict[str, Any]) -> str:
         for s in sorted(st.get("empty_levels") or [], key=_num_key):
             lines.append(f"           WARNING grid level {s} is empty (no cell has grid.min_count points): "
                          f"lower grid.min_count, or remove {s} from grid.sizes")
-    from .classes import format_class_atlases
+    left = report.get("remaining")
+    if left:
+        from .estimate import duration
 
-    return "\n".join(lines + format_class_atlases(report.get("class_atlases") or []))
+        parts = [f"{k} {duration(v)} ({left['from'][k]})" for k, v in left["seconds"].items() if v > 0]
+        lines.append(f"  remaining: about {duration(left['total_seconds'])}: {', '.join(parts)}")
+    from .classes import format_class_atlases
+    from .compare import format_comparisons
+    from .layers import format_layers
+
+    return "\n".join(lines + format_layers(report.get("layers") or [])
+                     + format_class_atlases(report.get("class_atlases") or [])
+                     + format_comparisons(report.get("comparisons") or []))
 
 
 def class_atlas(cfg: Config, names: list[str] | None = None, stages: list[str] | None = None) -> Config:
@@ -259,15 +353,48 @@ def class_atlas(cfg: Config, names: list[str] | None = None, stages: list[str] |
 
     sub = class_atlas_config(cfg, list(names or []))
     run(sub, stages)
-    write_index(cfg.run_dir)
+    write_index(RunDir.of(cfg))
     return sub
 
 
+def config_layers(cfg: Config) -> list[dict[str, Any]]:
+    """``atlas layers CONFIG``: per layer the config collects, its name, grid (C, H, W), run
+    directory and each stage's state there."""
+    from .layers import layer_configs
+    from .models import layer_shape, load_network
+
+    net = load_network(cfg.model)
+    out = []
+    for sub in layer_configs(cfg):
+        run = RunDir(sub.run_dir)
+        states = {name: stage_status(get_stage(name, sub), run).state for name in STAGES} if run.root.is_dir() else {}
+        out.append({"layer": sub.model.layer, "shape": layer_shape(net, sub.model.layer), "run_dir": str(run.root),
+                    "states": states})
+    return out
+
+
+def format_config_layers(entries: list[dict[str, Any]]) -> str:
+    """:func:`config_layers` as text, one line per layer."""
+    lines = []
+    for e in entries:
+        c, h, w = e["shape"]
+        done = [n for n, st in e["states"].items() if st == "done"]
+        state = "not started" if not done else f"done through {done[-1]}" if len(done) < len(e["states"]) else "done"
+        lines.append(f"{e['layer']:24s} {h}x{w}x{c:<8d} {e['run_dir']:40s} {state}")
+    return "\n".join(lines)
+
+
 def slurm_plan(cfg: Config) -> list[tuple[str, bool, list[str]]]:
-    """Per stage in order: (name, finished, sbatch options) for scripts/slurm/submit.sh."""
+    """Per stage in order: (name, finished, sbatch options) for scripts/slurm/submit.sh; with
+    ``model.layers``, each further layer's stages as ``<stage>@<layer>``, then ``follow``."""
     from .cluster import sbatch_options, stage_finished
 
-    return [(name, stage_finished(name, cfg), sbatch_options(cfg, name)) for name in STAGES]
+    plan = _layer_plan(cfg, list(STAGES), None)
+    rows = [(name if sub is plan[0][1] else f"{name}@{sub.model.layer}", stage_finished(name, sub),
+             sbatch_options(sub, name)) for name, sub in plan]
+    if len(cfg.model.all_layers) > 1:  # then where each layer's images land in the others
+        rows.append(("follow", stage_finished("follow", cfg), sbatch_options(cfg, "follow")))
+    return rows
 
 
 def layers(model: Any, *, weights: str | None = None, input_size: int | None = None, layout: str = "auto",
@@ -359,13 +486,16 @@ def _as_layers_flags(message: str) -> str:
     return message
 
 
-def locate(cfg: Config, images: list[str] | None = None, *, shard: str | tuple[int, int] | None = None) -> dict[str, Any]:
+def locate(cfg: Config, images: list[str] | None = None, *, shard: str | tuple[int, int] | None = None,
+           every_layer: bool = False) -> dict[str, Any]:
     """Place every position of ``images`` (files, folders of images, ``demo://<size>/<i>``; added to
     ``cfg.locate.images``) on the finished atlas of ``cfg.run_dir`` (``atlas locate``): the
     ``locate`` stage, on ``cfg``'s engine (one ``shard`` when given). Images located before are
     kept and not redone. Returns ``RUN/locate/index.json`` (every located and skipped image of
     the run) with ``output`` (that folder), ``asked`` (this call's units) and ``done`` (those of
-    them done, by this process or others) added."""
+    them done, by this process or others) added. ``every_layer`` (``atlas locate`` without
+    ``--layer``): a run of several layers locates the images on each further layer's atlas too, so
+    the viewer shows them on whichever layer it shows."""
     from .config import with_updates
     from .stages.locate import absolute_arguments, image_refs, read_index
 
@@ -376,10 +506,32 @@ def locate(cfg: Config, images: list[str] | None = None, *, shard: str | tuple[i
     cfg = with_updates(cfg, {"locate.images": wanted})
     asked = [r.unit for r in image_refs(wanted)]
     run_stage("locate", cfg, shard=shard)
+    if every_layer and cfg.model.layer_of is None:
+        from .layers import layer_configs
+
+        for sub in layer_configs(cfg)[1:]:
+            log.info("locating on layer %s too (--layer %s locates on one layer)", sub.model.layer, sub.model.layer)
+            run_stage("locate", sub, shard=shard)
     doc = read_index(cfg.run_dir) or {"images": [], "skipped": []}
     done = RunDir(cfg.run_dir).done_units("locate")
     return {**doc, "output": str(Path(cfg.run_dir) / get_stage("locate").output), "asked": asked,
             "done": [u for u in asked if u in done]}
+
+
+def units(cfg: Config, *, shard: str | tuple[int, int] | None = None, basis: str | None = None) -> dict[str, Any]:
+    """The units behind every cell of the finished atlas of ``cfg.run_dir`` (``atlas units``): an icon,
+    dataset examples and a heatmap per unit of the layer (``basis``, else ``cfg.units.basis``: ``channels``,
+    ``nmf:K`` or ``sae:K``), each cell's dictionary, the located images' dictionary pictures; the
+    ``units`` analysis on ``cfg``'s engine (one ``shard`` when given). Returns ``RUN/units/index.json``
+    (the basis, its units' self-ranks, ...; empty before the analysis finished) with ``output`` (that folder)."""
+    from .config import with_updates
+    from .formats._units import UnitsOutput
+
+    if basis is not None:
+        cfg = with_updates(cfg, {"units.basis": basis})
+    run_stage("units", cfg, shard=shard)
+    doc = UnitsOutput.files(RunDir(cfg.run_dir)).index() or {}
+    return {**doc, "output": str(Path(cfg.run_dir) / get_stage("units").output)}
 
 
 def patch_test(cfg: Config, *, shard: str | tuple[int, int] | None = None, **updates: Any) -> dict[str, Any]:
@@ -397,6 +549,62 @@ def patch_test(cfg: Config, *, shard: str | tuple[int, int] | None = None, **upd
         cfg = with_updates(cfg, {f"patch_test.{k}": v for k, v in updates.items()})
     run_stage("patch-test", cfg, shard=shard)
     return results_of(cfg)
+
+
+def compare(run_a: str | Path, run_b: str | Path, *, name: str | None = None, overrides: list[str] | None = None,
+            prepare_only: bool = False) -> dict[str, Any]:
+    """Compare two networks over the same images (``atlas compare RUN_A RUN_B``): runs A and B (run
+    directories or their config.yaml, finished up to render, collected from the same manifest) give
+    ``RUN_A/compare/<name>/`` with two views, each a run directory: ``layout-a`` (A's layout and cells,
+    B's activations and icons) and ``layout-b`` (the reverse). Their stages run on the views' engine
+    (B's and A's configs), then the change figures (the ``compare`` analysis) and the atlas index.
+    ``overrides``: ``key=value`` for both views (``render.steps=32``, ``compare.top_classes=3``);
+    ``prepare_only``: write the folder and the views' config.yaml only (run their stages elsewhere,
+    e.g. as SLURM arrays, then call this again). Returns ``pair.json`` with ``folder`` and, per view,
+    its ``config`` and change ``summary`` (None until finished)."""
+    from .compare import prepare
+    from .formats import CompareOutput
+
+    views = prepare(resolve_run(run_a), resolve_run(run_b), name=name, overrides=overrides)
+    if not prepare_only:
+        for cfg in views:
+            _run_view(cfg)
+    folder = Path(views[0].run_dir).parent
+    from .formats import read_pair
+    from .stages._atlases import write_index
+
+    write_index(RunDir(folder.parent.parent, views[0].cluster.locking))
+    doc = read_pair(folder) or {}
+    doc["folder"] = str(folder)
+    doc["views"] = {Path(v.run_dir).name: {**doc.get("views", {}).get(Path(v.run_dir).name, {}),
+                                           "config": str(Path(v.run_dir) / "config.yaml"),
+                                           "summary": CompareOutput(v.run_dir).summary()} for v in views}
+    return doc
+
+
+def _run_view(cfg: Config) -> None:
+    """A comparison's view: its pipeline stages, then its change figures, on its engine."""
+    with contextlib.ExitStack() as stack:
+        client = None
+        if cfg.cluster.engine == "dask":
+            from .cluster import dask_client
+
+            client = stack.enter_context(dask_client(cfg.cluster, cfg.run_dir))
+        for name in (*STAGES, "compare"):
+            log.info("== %s (%s)", name, Path(cfg.run_dir).name)
+            run_stage(name, cfg, client=client)
+
+
+def compare_view(cfg: Config, *, shard: str | tuple[int, int] | None = None) -> dict[str, Any]:
+    """The change figures of one comparison's view (``atlas compare VIEW/config.yaml``: the
+    ``compare`` analysis; the view's stages must be finished); returns ``changes/summary.json``."""
+    from .formats import CompareOutput
+
+    if cfg.compare.layout is None:
+        raise ValueError(f"{cfg.run_dir} is not a comparison's view: compare two runs with `atlas compare RUN_A RUN_B` "
+                         "(one argument: a view's config.yaml, RUN_A/compare/<name>/layout-a/config.yaml)")
+    run_stage("compare", cfg, shard=shard)
+    return CompareOutput(cfg.run_dir).summary() or {}
 
 
 def estimate(cfg: Config, images: int | None = None, *, calibrate: bool = True, calibrate_seconds: float = 30.0,

@@ -92,7 +92,8 @@ def class_atlas_config(cfg: Config, names: list[str]) -> Config:
         counts = ", ".join(f"{class_names[k]!r}: {n}" for k, n in zip(ks, per_class))
         raise StoreError(f"too few rows of {parent.root} support the class ({counts}; a class atlas needs 3 or more): "
                          "lower classes.threshold or raise classes.top_k (--set classes.top_k=10)")
-    sub = with_updates(draft, {"run_dir": str(path), "classes.parent": str(cfg.run_dir), **_layout(cfg, int(rows.size))})
+    sub = with_updates(draft, {"run_dir": str(path), "classes.parent": str(cfg.run_dir), **_layout(cfg, int(rows.size)),
+                               "model.layers": None, "model.layer_of": None})  # one layer: the parent's
     _check_existing(path, sub)
     if not (path / "config.yaml").is_file():
         save_run_config(sub, RunDir(path), {"class_atlas_rows": int(rows.size)})

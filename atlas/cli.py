@@ -124,9 +124,13 @@ def _builtin_names() -> str:
     return ", ".join(config_names())
 
 
-def _add_config_args(p: argparse.ArgumentParser, shard: bool, engine: bool = True) -> None:
+def _add_config_args(p: argparse.ArgumentParser, shard: bool, engine: bool = True, layer: bool = True) -> None:
     p.add_argument("config", metavar="CONFIG", help="YAML run config, e.g. pipelines/demo.yaml, or a built-in name: "
                                   + _builtin_names())
+    if layer:
+        p.add_argument("--layer", default=None, metavar="NAME",
+                       help="with model.layers: work on that layer's atlas, RUN/layers/<name> (default: the first "
+                            "layer, the run itself)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set images.path=/data/imgs (repeatable; any key of "
                         "docs/configuration.md)")
@@ -164,6 +168,7 @@ _FLAG_KEYS = {  # option dest -> (the flag, the config key it sets): errors abou
     "patch": ("--patch", "patch_test.patch"), "sizes": ("--sizes", "patch_test.sizes"),
     "positions": ("--positions", "patch_test.positions"), "max_images": ("--max-images", "patch_test.max_images"),
     "name": ("--name", "patch_test.name"),
+    "basis": ("--basis", "units.basis"),
 }
 
 
@@ -234,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load the model (never downloading: bundled weights, --weights or the torch hub "
                                    "cache) and list every layer with a spatial grid, one per line: its name (for "
                                    "model.layer), layout (nchw, nhwc or tokens), grid rows x cols x channels and "
-                                   "output shape. --list-models lists the model names instead.")
+                                   "output shape. --list-models lists the model names instead. With CONFIG: the "
+                                   "layers that config collects (model.layers), each with its grid, its run "
+                                   "directory and how far it got.")
+    p.add_argument("config", nargs="?", default=None, metavar="CONFIG",
+                   help="a run config or a run's config.yaml: list the layers it collects instead of a model's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of CONFIG (repeatable)")
     p.add_argument("--model", default="efficientnet_lite0",
                    help="model name as in model.name: a torchvision name, timm:<name>, or your own name with --factory")
     p.add_argument("--list-models", action="store_true",
@@ -260,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, type=_stage_list, metavar="LIST",
                    help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
 
+    p = sub.add_parser("follow", help="several layers: where each layer's images land in the others -> RUN/follow",
+                       description="For a run of several layers (model.layers), once every layer is tiled: write "
+                                   "each layer's atlas coordinates for the viewer's follow overlay and measure, per "
+                                   "pair of layers, how many of each image's follow.k nearest images on one layer's "
+                                   "atlas stay among its nearest on the other's. `atlas run` runs it last.")
+    _add_config_args(p, shard=True, layer=False)
+
     for name in STAGES:
         p = sub.add_parser(name, help=_STAGE_HELP[name], description=_STAGE_HELP[name])
         _add_config_args(p, shard=True)
@@ -276,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, shard=True)
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="image files, folders (every image in them) or demo://<size>/<i>; added to locate.images")
+
+    p = sub.add_parser("units", help="the channels (or learned units) behind every cell: an icon, examples and a "
+                                     "heatmap per unit, a dictionary per cell -> RUN/units/",
+                       description="On a finished atlas: render one feature visualisation per unit of the layer "
+                                   "(its channels, or with --basis NMF's neuron groups or a sparse autoencoder's "
+                                   "features) with the render stage's renderer and measure its self-rank; crop the "
+                                   "collected rows where each unit is strongest; list each cell's top units by "
+                                   "share of its activation (and of its top class's attribution); write each "
+                                   "unit's heatmap over the cells of every grid and, for images `atlas locate` "
+                                   "placed, their semantic dictionary pictures. The viewer shows them in the click "
+                                   "panel, and finds a unit by index in the search box (#c17, channel 17).")
+    _add_config_args(p, shard=True)
+    p.add_argument("--basis", default=None, metavar="SPEC",
+                   help="channels, nmf:K or sae:K (sets units.basis; default: the config's, channels)")
 
     p = sub.add_parser("class-atlas", help="a class activation atlas: the rows supporting one class, or two to compare "
                                            "-> RUN/classes/<slug>",
@@ -321,6 +353,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test at most N images of CLASS_A (default: the config's patch_test.max_images, 50)")
     p.add_argument("--name", default=None, help="the test's folder name under RUN/patch-test/ (default: from the classes and the patch)")
 
+    p = sub.add_parser("compare", help="two networks over the same images: one layout, both networks' icons, what "
+                                       "changed per cell -> RUN_A/compare/<name>/",
+                       description="Compare two finished runs of the same images (the same manifest; e.g. one config "
+                                   "with another model.weights): RUN_A/compare/<name>/layout-a is A's layout with B's "
+                                   "activations of the same rows, B's icons and per cell the change figures (coherence in "
+                                   "each network, relation change, class shift, a rank by change); layout-b is the "
+                                   "reverse. Each view is a run directory of its own (resume, --shard and SLURM as for "
+                                   "any run); their atlases join RUN_A's atlas list (atlas serve RUN_A). With one "
+                                   "argument, a view's config.yaml: its change figures only. docs/compare.md")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="RUN_A RUN_B: two run directories (or their config.yaml); or one view's config.yaml")
+    p.add_argument("--name", dest="compare_name", default=None, metavar="NAME",
+                   help="the comparison's folder under RUN_A/compare/ (default: the runs' folder names, A--B)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config key of both views, e.g. --set render.steps=32 or --set compare.top_classes=3 "
+                        "(repeatable)")
+    p.add_argument("--prepare", action="store_true",
+                   help="write the comparison's folder and its views' config.yaml, run nothing (run the views' "
+                        "stages elsewhere, e.g. scripts/slurm/submit.sh VIEW/config.yaml, then compare again)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="with one view's config.yaml: run only shard I of N of its change figures, or `slurm`")
+
     p = sub.add_parser("serve", help="serve a run's atlases (RUN_DIR/tiles, its class atlases) on 127.0.0.1",
                        description="Serve the viewer of a finished run (RUN_DIR/tiles, its class atlases and located "
                                    "images; nothing else of the run) over HTTP until Ctrl-C, and print its URL. "
@@ -339,13 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory, or its config.yaml (or any config: the run its run_dir names)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
 
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="with model.layers: the status of that layer's atlas, RUN/layers/<name> (default: the run)")
+
     p = sub.add_parser("estimate", help="per stage: time, disk, peak memory and units of a run, from a short calibration",
                        description="Estimate what a run of CONFIG costs per stage (time, disk, peak memory, units of "
                                    "work; CPU- and GPU-hours and array sizes on a SLURM or dask config) and warn about "
                                    "settings that will not fit. It first times a few collect batches and render steps "
                                    "on this machine (--calibrate-seconds); reduce, grid and tile use the CPU figures "
                                    "of docs/benchmarks.md. Nothing is written.")
-    _add_config_args(p, shard=False, engine=False)
+    _add_config_args(p, shard=False, engine=False, layer=False)
     p.add_argument("--images", type=_whole(1), default=None, metavar="N",
                    help="number of images (default: the source's: demo_count for the demo, a folder or list "
                         "scanned; tar shards need it)")
@@ -389,6 +446,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "layers" and args.list_models:
         print("\n".join(api.model_names()))
         return 0
+    if args.command == "layers" and args.config is not None:
+        print(api.format_config_layers(api.config_layers(api.load(args.config, args.overrides))))
+        return 0
     if args.command == "layers":
         for spec in api.layers(args.model, weights=args.weights, input_size=args.input_size, layout=args.layout,
                                prefix_tokens=args.prefix_tokens, factory=args.factory):
@@ -403,12 +463,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             pass
         return 0
     if args.command == "status":
-        report = api.status(args.run_dir)
+        report = api.status(args.run_dir, layer=args.layer)
         print(json.dumps(_json_safe(report), indent=2, allow_nan=False) if args.json else api.format_status(report))
         return 0
     if args.command == "patch-test":
         return _patch_test(args)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "units" and args.basis is not None:
+        args.overrides = [*args.overrides, f"units.basis={args.basis}"]
     cfg = api.load(args.config, args.overrides + _engine_overrides(args))
+    if getattr(args, "layer", None) is not None and args.command != "run":
+        cfg = api.for_layer(cfg, args.layer)
     if args.command == "estimate":
         from .estimate import format_estimate
 
@@ -423,10 +489,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("\t".join([stage, "done" if finished else "todo", *opts]))
         return 0
     if args.command == "run":
-        api.run(cfg, stages=args.stages)
+        api.run(cfg, stages=args.stages, layer=args.layer)
         return 0
     if args.command == "locate":
-        _print_located(api.locate(cfg, args.images, shard=args.shard), cfg.run_dir)
+        _print_located(api.locate(cfg, args.images, shard=args.shard, every_layer=args.layer is None), cfg.run_dir)
+        return 0
+    if args.command == "units":
+        _print_units(api.units(cfg, shard=args.shard), cfg.run_dir)
         return 0
     if args.command == "class-atlas":
         sub = api.class_atlas(cfg, args.classes)
@@ -444,6 +513,55 @@ def _list_flag(text: str, number: bool) -> str:
     return json.dumps([float(t) if number and t.replace(".", "", 1).isdigit() else t for t in items])
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """``atlas compare RUN_A RUN_B`` (two views, their stages and figures), or one view's figures."""
+    from . import api
+
+    if len(args.runs) > 2:
+        raise ValueError(f"atlas compare takes two runs (or one view's config.yaml), got {len(args.runs)}: "
+                         "`atlas compare RUN_A RUN_B`")
+    if len(args.runs) == 1:
+        if args.prepare or args.compare_name:
+            raise ValueError("--prepare and --name go with two runs: `atlas compare RUN_A RUN_B --name NAME`")
+        cfg = api.load(args.runs[0], args.overrides)
+        _print_changes(cfg.run_dir, api.compare_view(cfg, shard=args.shard))
+        return 0
+    if args.shard is not None:
+        raise ValueError("--shard goes with one view's config.yaml (`atlas compare VIEW/config.yaml --shard 0/4`); "
+                         "with two runs, shard the views' stages: `atlas render VIEW/config.yaml --shard 0/4`")
+    doc = api.compare(args.runs[0], args.runs[1], name=args.compare_name, overrides=args.overrides,
+                      prepare_only=args.prepare)
+    folder = Path(doc["folder"])
+    if args.prepare:
+        print(f"atlas: the comparison's views are ready to run in {folder}:")
+        for view in doc["views"].values():
+            print(f"  atlas run {view['config']}")
+        again = f"atlas compare {args.runs[0]} {args.runs[1]}" + (f" --name {args.compare_name}" if args.compare_name else "")
+        print(f"then `{again}` again for the change figures.")
+        return 0
+    for name, view in doc["views"].items():
+        _print_changes(str(folder / name), view["summary"] or {})
+    root = folder.parent.parent
+    print(f"atlas: open them with\n  atlas serve {root}\nand pick them in the viewer's atlas list "
+          f"(http://127.0.0.1:8000/{folder.relative_to(root).as_posix()}/layout-a/tiles/)")
+    return 0
+
+
+def _print_changes(view: str, summary: dict[str, Any]) -> None:
+    """One view's change figures: the finest grid's mean change and the cells changed most."""
+    if not summary:
+        print(f"atlas: {view}: the change figures are not finished yet (rerun to resume)")
+        return
+    s = summary["sizes"][-1]
+    level = summary["levels"][str(s)]
+    lay, other = summary[summary["layout"]], summary[summary["network"]]
+    print(f"atlas: {view}: {lay}'s layout, {other}'s activations ({summary['pairing']} pairing); on the {s} x {s} grid "
+          f"{level['cells']} cells, mean change {level['mean']['change']}, coherence {level['mean']['coherence_layout']} "
+          f"-> {level['mean']['coherence_network']}, class shift {level['mean']['class_shift']}")
+    changed = ", ".join(f"({r}, {c})" for r, c in level["changed"][:8])
+    print(f"  changed most: {changed or '-'}; figures in {view}/changes/")
+
+
 def _patch_test(args: argparse.Namespace) -> int:
     """``atlas patch-test``: the flags become ``patch_test`` overrides (so the test's config.yaml repeats it)."""
     from . import api
@@ -458,7 +576,7 @@ def _patch_test(args: argparse.Namespace) -> int:
         extra.append(f"patch_test.positions={_list_flag(args.positions, number=False)}")
     if args.max_images is not None:
         extra.append(f"patch_test.max_images={args.max_images}")
-    cfg = api.load(args.config, args.overrides + extra + _engine_overrides(args))
+    cfg = api.for_layer(api.load(args.config, args.overrides + extra + _engine_overrides(args)), args.layer)
     res = api.patch_test(cfg, shard=args.shard)
     print(f"atlas: {res['headline']}")
     print(f"{plural(res['images']['tested'], res['from']['name'] + ' image')} ({res['images']['source']}); patch: "
@@ -466,6 +584,20 @@ def _patch_test(args: argparse.Namespace) -> int:
     print(res["table"])
     print(f"atlas: results in {res['folder']}/ ({', '.join(['results.json', *res['files']])})")
     return 0
+
+
+def _print_units(doc: dict[str, Any], run_dir: str) -> None:
+    """Where ``atlas units``'s outputs are, and the icons' self-rank."""
+    if not doc.get("n_units"):
+        print(f"atlas: units of {run_dir} not finished yet (other shards, or rerun to resume): {doc['output']}/")
+        return
+    sr = doc.get("self_rank") or {}
+    print(f"atlas: {doc['n_units']} {doc['title']}s of layer {doc['layer']} ({doc['basis']}), {doc['n_icons']} icons in "
+          f"{doc['output']}/")
+    if sr.get("n"):
+        print(f"self-rank: median {sr['median']:g} of {sr['units']} (chance {sr['chance_median']:g}); ranked first: "
+              f"{100 * sr['first']:.0f} % of the icons")
+    print(f"See them on the atlas: atlas serve {run_dir}, click a cell (its top {doc['title']}s), or search #c17.")
 
 
 def _print_located(doc: dict[str, Any], run_dir: str) -> None:

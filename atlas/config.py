@@ -31,7 +31,7 @@ from ._names import STAGES
 
 __all__ = [
     "Config", "ConfigError", "ImagesConfig", "ModelConfig", "CollectConfig", "ReduceConfig", "GridConfig", "RenderConfig",
-    "TileConfig", "ClassesConfig", "LocateConfig", "PatchTestConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
+    "TileConfig", "ClassesConfig", "LocateConfig", "PatchTestConfig", "UnitsConfig", "ClusterConfig", "JobqueueConfig", "SlurmConfig", "SlurmStageConfig",
     "load_config", "config_from_dict", "with_updates", "apply_overrides", "expand_env", "config_to_dict", "dump_config",
     "provenance", "file_sha256", "schema_rows", "check_grid_sizes", "slurm_stage_resources", "run_config_text",
 ]
@@ -126,10 +126,16 @@ class _Section(BaseModel):
         return {k: v for k, v in data.items() if not (v is None and k in cls.model_fields and _is_section(cls.model_fields[k].annotation))}
 
 
+_DATASET_KEYS = ("split", "image_column", "label_column")  # images.* keys of a Hugging Face dataset
+
+
 class ImagesConfig(_Section):
-    kind: Literal["auto", "demo", "folder", "list", "tar"] = _f("auto", "Image source: `auto` (detected from `path`), `demo`, `folder`, `list` (.txt/.csv of paths) or `tar` (webdataset-style shards).")
-    path: Annotated[str, _non_empty("a folder, a list or tar file, or demo")] = _f("demo", "Folder, list file, tar file, folder of tars or glob of tars; `demo` for the embedded demo set.")
-    labels: Literal["auto", "folders", "none"] = _f("auto", "Where labels come from: `auto` (sub-folders / CSV column / `.cls` members / demo photo), `folders`, `none`.")
+    kind: Literal["auto", "demo", "folder", "list", "tar", "hf"] = _f("auto", "Image source: `auto` (detected from `path`), `demo`, `folder`, `list` (.txt/.csv of paths), `tar` (webdataset-style shards) or `hf` (a Hugging Face dataset: a `save_to_disk` folder, parquet or arrow files, or a hub name; docs/sources.md).")
+    path: Annotated[str, _non_empty("a folder, a list or tar file, or demo")] = _f("demo", "Folder, list file, tar file, folder of tars or glob of tars, a Hugging Face dataset (`save_to_disk` folder, folder of parquet or arrow files, or with `kind: hf` a hub name such as ILSVRC/imagenet-1k); `demo` for the embedded demo set.")
+    labels: Literal["auto", "folders", "none"] = _f("auto", "Where labels come from: `auto` (sub-folders / CSV column / `.cls` members / demo photo / a dataset's label column), `folders`, `none`.")
+    split: str | None = _f(None, "A Hugging Face dataset's split; None = `train`, or its only split.")
+    image_column: str | None = _f(None, "A Hugging Face dataset's image column; None = its first `Image` column, else `image` or `img`.")
+    label_column: str | None = _f(None, "A Hugging Face dataset's label column (a `ClassLabel`'s names become the run's label names); None = `label` or `labels`, else its only `ClassLabel` column, else no labels.")
     limit: int | None = _f(None, "Use only `limit` images of the source (None = all); which ones: `subset`.", ge=1)
     subset: Literal["first", "random"] = _f("first", "With `limit`: the `first` images of the source order, or a `random` subset (seeded, kept in source order; a folder of class folders needs `random` for a class-balanced sample).")
     demo_count: int = _f(2000, "Number of images in the embedded demo set (seeded crops, scales and flips of the photos scikit-image ships).", ge=1)
@@ -137,11 +143,26 @@ class ImagesConfig(_Section):
     max_pixels: int = _f(89_478_485, "Images with more pixels are rejected as decompression bombs (PIL's default limit).", ge=1)
     min_side: int = _f(16, "Images whose shorter side is below this are recorded as too small.", ge=1)
 
+    @model_validator(mode="after")
+    def _dataset_keys_need_a_dataset(self) -> ImagesConfig:
+        given = [k for k in _DATASET_KEYS if getattr(self, k) is not None]
+        if given and self.kind not in ("auto", "hf"):
+            raise _Invalid(f"is set but images.kind is `{self.kind}`: it names a Hugging Face dataset's part; "
+                           "set images.kind: hf (or auto), or remove it", given[0])
+        return self
+
+    def source_settings(self) -> dict[str, Any]:
+        """What decides the images (collect's settings): this section, without the dataset keys left
+        unset (so that a run made before they existed keeps its fingerprint)."""
+        return self.model_dump(mode="json", exclude={k for k in _DATASET_KEYS if getattr(self, k) is None})
+
 
 class ModelConfig(_Section):
     name: Annotated[str, _non_empty("a network such as efficientnet_lite0")] = _f("efficientnet_lite0", "Network: `efficientnet_lite0` (bundled weights), `efficientnet_lite2`, any torchvision classifier name (`googlenet`, `resnet50`, `vit_b_16`, `swin_t`, ...), `timm:<architecture>` (any timm architecture, with `weights`), `torchscript`, `object:<name>` (a module registered in this process with `api.use_model`), or a name of your own with `factory` (docs/models.md).")
     weights: str | None = _f(None, "Weights file (.pth state dict, or the TorchScript file). None (or empty) = the bundled weights or the torch cache.")
-    layer: Annotated[str, _non_empty("a layer name (`atlas layers --model NAME` lists them)")] = _f("blocks.5", "Layer whose output is sampled; `atlas layers --model NAME` lists them with their shapes.")
+    layer: Annotated[str, _non_empty("a layer name (`atlas layers --model NAME` lists them)")] = _f("blocks.5", "Layer whose output is sampled; `atlas layers --model NAME` lists them with their shapes. With `layers`, the first of them.")
+    layers: list[Annotated[str, _non_empty("a layer name (`atlas layers --model NAME` lists them)")]] | None = _f(None, "Several layers collected in one pass over the images (the first is `layer`; each further one is an atlas of its own in RUN/layers/<name>, docs/layers.md). Adding a layer to a finished run collects only that layer. None: `layer` alone.", min_length=1)
+    layer_of: str | None = _f(None, "Set by atlas in a further layer's own run directory (RUN/layers/<name>/config.yaml): the run whose collect pass collected the layer. Not for hand-written configs.")
     input_size: int | None = _f(None, "Square input side in pixels; None = the model's own (224 for Lite0, 260 for Lite2).", ge=1)
     mean: list[ZeroToOne] | None = _f(None, "Per-channel (RGB) mean on [0, 1] inputs; None = the model's own (needed for `torchscript`).", min_length=3, max_length=3)
     std: list[Positive] | None = _f(None, "Per-channel (RGB) std on [0, 1] inputs; None = the model's own (needed for `torchscript`).", min_length=3, max_length=3)
@@ -155,6 +176,31 @@ class ModelConfig(_Section):
     @classmethod
     def _empty_weights(cls, value: Any) -> Any:
         return None if value == "" else value  # `${WEIGHTS:-}` in a config: not set, use the bundled or cached weights
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layer_is_the_first_of_layers(cls, data: Any) -> Any:
+        """``layers: [A, B]`` sets ``layer: A``; a ``layer`` that ``layers`` leaves out is refused."""
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), list) or not data["layers"]:
+            return data
+        layers = data["layers"]
+        dup = sorted({x for x in layers if layers.count(x) > 1}, key=str)
+        if dup:
+            raise _Invalid(f"names {dup[0]!r} twice: list each layer once", "layers")
+        if "layer" in data and data["layer"] not in layers:
+            raise _Invalid(f"is {data['layer']!r}, which model.layers {layers} leaves out: with `layers`, `layer` is "
+                           "their first; drop `layer` or add it to `layers`", "layer")
+        return {**data, "layer": layers[0]}
+
+    @property
+    def all_layers(self) -> list[str]:
+        """The layers this config collects: ``layers``, or ``[layer]``."""
+        return list(self.layers) if self.layers else [self.layer]
+
+    def network_settings(self) -> dict[str, Any]:
+        """What decides a layer's activations (the network, its weights and input, the layer):
+        this section without the device and the run-layout keys (``layers``, ``layer_of``)."""
+        return self.model_dump(mode="json", exclude={"device", "layers", "layer_of"})
 
 
 class CollectConfig(_Section):
@@ -276,6 +322,13 @@ class TileConfig(_Section):
         return self
 
 
+class FollowConfig(_Section):
+    """Where a cell's images land in another layer (``model.layers``; the ``follow`` step of ``atlas run``)."""
+
+    k: int = _f(10, "Neighbours per image whose persistence between two layers' layouts is measured (the share of an image's k nearest images on one layer's atlas that are among its k nearest on the other's).", ge=1, le=100)
+    top_cells: int = _f(3, "The viewer's follow overlay reports the share of a cell's images that land in this many cells of the other layer (the most crowded).", ge=1, le=50)
+
+
 class ClassesConfig(_Section):
     """A class activation atlas (``atlas class-atlas``): the rows of a parent run that support one or two classes."""
 
@@ -307,6 +360,19 @@ class LocateConfig(_Section):
     picture_px: int = _f(448, "Side in pixels of the image in `overlay.png`.", ge=32, le=4096)
     icon_px: int = _f(48, "Side in pixels of each position's icon in `activation-grid.png`.", ge=4, le=512)
     threads: int | None = _f(None, "torch intra-op threads (None = every CPU this process may use).", ge=1)
+
+
+class CompareConfig(_Section):
+    """``atlas compare RUN_A RUN_B``: two networks over the same images, one layout, both networks' icons and
+    the change figures of every cell (docs/compare.md)."""
+
+    name: Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", "a folder name (letters, digits, . _ -)")] | None = _f(None, "The comparison's folder `RUN_A/compare/<name>`; None = the two runs' folder names (`base--finetuned`); `--name`.")
+    layout: str | None = _f(None, "Set by `atlas compare` in a comparison's view (RUN_A/compare/<name>/layout-a|b/config.yaml): the run whose layout and cells the view shows. None: not a comparison's view.")
+    network: str | None = _f(None, "Set by `atlas compare` in a comparison's view: the run whose network's activations of the same images are laid out on `layout`'s cells (this config's model is that run's).")
+    top_classes: int = _f(5, "Top classes per cell compared between the two networks (by name; the class shift is the Jaccard distance of the two sets).", ge=1, le=50)
+    references: int = _f(2048, "A cell's relation profile is its similarity to at most this many reference cells of its grid (all non-empty cells up to this count, else this many evenly spaced).", ge=3)
+    changed: int = _f(16, "Cells per grid listed as changed most (the viewer's list and summary.json).", ge=1, le=1000)
+    threads: int | None = _f(None, "torch intra-op threads where the pairing runs the other network (None = every CPU this process may use).", ge=1)
 
 
 _PATCH_SPEC_HELP = "cell:<grid>:<row>,<col> (that cell's icon), example:<grid>:<row>,<col>[:k] (its k-th dataset example crop, k from 0) or the path of an image file"
@@ -354,6 +420,31 @@ class PatchTestConfig(_Section):
         return values
 
 
+
+class UnitsConfig(_Section):
+    """``atlas units``: the units behind every cell: a feature visualisation and dataset examples per unit
+    of the layer (its channels, or a learned basis), each cell's dictionary and each unit's heatmap."""
+
+    basis: Annotated[str, _matching(r"channels|nmf:[1-9]\d{0,4}|sae:[1-9]\d{0,5}", "channels, nmf:K or sae:K (K a whole number >= 1), e.g. nmf:32")] = _f("channels", "The units: `channels` (the layer's own), `nmf:K` (K neuron groups: non-negative matrix factorisation of the collected rows' sign split [max(x, 0), max(-x, 0)], Building Blocks' groups on a layer after a ReLU) or `sae:K` (a sparse autoencoder of K features trained on the collected rows); `--basis`.")
+    limit: int | None = _f(None, "Icons and examples for the first `limit` units only (None = every unit); the dictionary, the heatmaps and the self-ranks' scale cover every unit.", ge=1)
+    icon_size: int | None = _f(None, "Icon side in pixels; None = `render.icon_size`.", ge=8)
+    steps: int | None = _f(None, "Optimisation steps per icon; None = `render.steps` (the other renderer settings are render's).", ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = _f(None, "Icons optimised together (one unit of work); None = `render.batch_size` (`auto`: as many as fit the free GPU memory).")
+    cossim_power: float | None = _f(None, "p of the objective dot(h, v) * max(cos(h, v), 0.1)^p with v the unit's direction; None = `render.cossim_power` (0: the plain channel objective, Lucid's `channel`).", ge=0)
+    reduce: Literal["mean", "center"] | None = _f(None, "Maximise the unit over every position (`mean`) or at the centre position (`center`); None = `render.reduce`.")
+    examples: int = _f(8, "Dataset examples per unit: the collected rows where its coefficient is largest.", ge=1, le=64)
+    dictionary: int = _f(8, "Units listed per cell (by share of the cell's positive coefficients, and of its top class's attribution).", ge=1, le=64)
+    attribution_examples: int = _f(4, "Each cell's attribution dictionary is the mean over its first this many dataset examples of each unit's linear attribution to the cell's top class (a backward pass per example image); 0 = off. Needs `collect.attribution`.", ge=0)
+    attribution_batch: int = _f(32, "Example images per unit of work of the attribution pass.", ge=1)
+    fit_rows: int = _f(20_000, "`nmf:K` is fitted on a seeded sample of at most this many collected rows.", ge=1)
+    nmf_iter: int = _f(200, "Multiplicative-update rounds of the NMF fit, and of each encoding.", ge=1)
+    sae_epochs: int = _f(20, "`sae:K`: passes over the collected rows (streamed chunk by chunk, chunks and rows in a seeded order per epoch).", ge=1)
+    sae_batch: int = _f(128, "`sae:K`: rows per training step.", ge=1)
+    sae_lr: float = _f(1e-3, "`sae:K`: Adam's learning rate.", gt=0)
+    sae_l1: float = _f(0.1, "`sae:K`: weight of the L1 penalty on the features (inputs are scaled to a mean squared norm of 1; decoder columns have unit norm). Measured on the demo with 256 features and 20 epochs: 0.1 gives 29 active features per row and 24 % unexplained variance.", ge=0)
+    sae_checkpoint_s: float = _f(60.0, "`sae:K`: save the training state at most every this many seconds (and at each epoch's end): a killed run resumes from it, to the same bits; 0 = after every chunk.", ge=0)
+    threads: int | None = _f(None, "torch intra-op threads on the CPU (None = every CPU this process may use); pinned so results do not depend on what ran before.", ge=1)
+
 class JobqueueConfig(_Section):
     jobs: int = _f(0, "dask engine on SLURM without a scheduler: start this many `dask_jobqueue.SLURMCluster` jobs (0 = off; needs `pip install dask-jobqueue`).", ge=0)
     cores: int = _f(8, "Cores per SLURMCluster job.", ge=1)
@@ -399,6 +490,15 @@ class ClusterConfig(_Section):
     retries: int = _f(2, "dask retries of a failed task, and extra rounds for units left undone (a killed worker's units are rescheduled by dask itself).", ge=0)
     jobqueue: JobqueueConfig = _section(JobqueueConfig, "dask_jobqueue.SLURMCluster.")
     slurm: SlurmConfig = _section(SlurmConfig, "sbatch resources (scripts/slurm/submit.sh).")
+    locking: Literal["flock", "none"] = _f("flock", "How processes sharing the run directory keep out of each other's way: `flock` (leases on units, locks on set-up and finishing; checked once at start, refused where the file system lacks it) or `none` (no flock: each unit has one owner, as with `--shard i/n` and SLURM arrays; set-up and finishing take an owner marker that a dead owner holds for at most 2 minutes; docs/cluster.md).")
+
+    @model_validator(mode="after")
+    def _no_locks_needs_static_shards(self) -> ClusterConfig:
+        if self.locking == "none" and self.engine == "dask":
+            raise _Invalid("is `none`, which needs static shards (each unit one owner), but engine `dask` may run a task "
+                           "twice: use the local engine with --shard i/n or SLURM arrays, or cluster.locking: flock",
+                           "locking")
+        return self
 
 
 class Config(_Section):
@@ -411,9 +511,12 @@ class Config(_Section):
     grid: GridConfig = _section(GridConfig, "Stage 3: multi-level grid.")
     render: RenderConfig = _section(RenderConfig, "Stage 4: icons.")
     tile: TileConfig = _section(TileConfig, "Stage 5: Deep Zoom tiles.")
+    follow: FollowConfig = _section(FollowConfig, "Several layers: where a cell's images land in the other layers (`atlas follow`, run by `atlas run`).")
     classes: ClassesConfig = _section(ClassesConfig, "Class activation atlases (`atlas class-atlas`).")
     locate: LocateConfig = _section(LocateConfig, "`atlas locate`: where new images land on the atlas.")
     patch_test: PatchTestConfig = _section(PatchTestConfig, "`atlas patch-test`: human-adversarial patches on held-out images.")
+    units: UnitsConfig = _section(UnitsConfig, "`atlas units`: the channels (or learned units) behind every cell.")
+    compare: CompareConfig = _section(CompareConfig, "`atlas compare`: two networks over the same images, one layout.")
     cluster: ClusterConfig = _section(ClusterConfig, "Execution: in-process, dask, SLURM.")
 
     @property
@@ -657,6 +760,14 @@ def _in_its_folder(data: dict[str, Any], path: Path) -> None:
     classes = data.get("classes")
     if isinstance(classes, dict) and classes.get("parent") is not None and folder.resolve().parent.name == "classes":
         classes["parent"] = os.path.normpath(os.path.join(folder, os.pardir, os.pardir))
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("layer_of") is not None and folder.resolve().parent.name == "layers":
+        model["layer_of"] = os.path.normpath(os.path.join(folder, os.pardir, os.pardir))
+    compare = data.get("compare")  # a comparison's view: its runs relative to this file's folder (run_config_text)
+    if isinstance(compare, dict):
+        for key in ("layout", "network"):
+            if isinstance(compare.get(key), str) and not os.path.isabs(compare[key]):
+                compare[key] = str((folder / compare[key]).resolve())
 
 
 def run_config_text(cfg: Config, prov: Mapping[str, Any]) -> str:
@@ -667,6 +778,13 @@ def run_config_text(cfg: Config, prov: Mapping[str, Any]) -> str:
     data["run_dir"] = "."
     if data["classes"].get("parent") is not None:
         data["classes"]["parent"] = os.path.join(os.pardir, os.pardir)
+    if data["model"].get("layer_of") is not None:
+        data["model"]["layer_of"] = os.path.join(os.pardir, os.pardir)
+    holder = Path(cfg.run_dir).resolve().parents[2] if len(Path(cfg.run_dir).resolve().parents) > 2 else None
+    for key in ("layout", "network"):  # a comparison's view (RUN/compare/<name>/<view>): RUN as ../../..
+        value = data.get("compare", {}).get(key)
+        if value is not None and holder is not None and Path(value).resolve() == holder:
+            data["compare"][key] = os.path.join(os.pardir, os.pardir, os.pardir)
     return ("# the config this run was last started with; run_dir is this file's folder wherever it is\n"
             + yaml.safe_dump(data, sort_keys=False) + "\n" + yaml.safe_dump({"provenance": dict(prov)}, sort_keys=False))
 

@@ -404,7 +404,7 @@ def _size(n: float) -> str:
     return ""  # pragma: no cover
 
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
     if s < 90:
         return f"{s:.0f} s"
     if s < 5400:
@@ -417,12 +417,12 @@ def format_estimate(est: Estimate) -> str:
     head = ["stage", "time", "disk", "peak memory", "units"] + (["tasks", "CPU-hours", "GPU-hours"] if cl else []) + ["what"]
     table = [head]
     for s in est.stages:
-        row = [s.stage, _duration(s.seconds), _size(s.disk_bytes),
+        row = [s.stage, duration(s.seconds), _size(s.disk_bytes),
                "-" if s.peak_mib is None else f"{s.peak_mib:,.0f} MiB", f"{s.units:,}"]
         if cl:
             row += [str(s.tasks), f"{s.cpu_hours or 0:,.2f}", "-" if s.gpu_hours is None else f"{s.gpu_hours:,.2f}"]
         table.append(row + [s.detail])
-    table.append(["total", _duration(est.total_seconds), _size(sum(s.disk_bytes for s in est.stages)), "", ""]
+    table.append(["total", duration(est.total_seconds), _size(sum(s.disk_bytes for s in est.stages)), "", ""]
                  + (["", "", ""] if cl else []) + [""])
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     lines = [f"atlas: estimate for {est.images:,} images; figures: {est.calibration.source}"]
@@ -435,3 +435,44 @@ def format_estimate(est: Estimate) -> str:
     return "\n".join(lines)
 
 
+
+
+# --------------------------------------------------------------------------- a run in progress
+
+
+@dataclass
+class Progress:
+    """One stage of a run as ``atlas status`` sees it."""
+
+    stage: str
+    state: str                 # not started, partial, done, stale
+    done: int
+    total: int | None
+    elapsed_s: float | None    # attempt start to the newest done unit (None before one is done)
+
+
+def remaining(est: Estimate, progress: list[Progress]) -> dict[str, Any]:
+    """The time left per stage and in all: a stage done takes 0; one under way its own rate so far
+    (elapsed / units done, times the units left) when a unit is done, else the model's time for the
+    units left; one not started (or stale) the model's (:func:`estimate`). Pure."""
+    model = {s.stage: s for s in est.stages}
+    left: dict[str, float] = {}
+    how: dict[str, str] = {}
+    for p in progress:
+        if p.stage not in model:
+            continue
+        if p.state == "done":
+            left[p.stage], how[p.stage] = 0.0, "done"
+        elif p.state == "partial" and p.total and p.done and p.elapsed_s:
+            left[p.stage], how[p.stage] = p.elapsed_s / p.done * (p.total - p.done), "this run's rate"
+        else:
+            share = 1.0 if not p.total or p.state != "partial" else (p.total - p.done) / p.total
+            left[p.stage], how[p.stage] = model[p.stage].seconds * share, "model"
+    return {"seconds": {k: round(v, 1) for k, v in left.items()}, "from": how,
+            "total_seconds": round(sum(left.values()), 1), "calibration": est.calibration.source}
+
+
+def run_calibration(channels: int, classes: int, attribution: bool) -> Calibration:
+    """The model's calibration for a run that exists (no network loaded): the CPU figures of
+    docs/benchmarks.md for its layer's channels and classes."""
+    return default_calibration(channels, classes, attribution)

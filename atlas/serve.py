@@ -6,7 +6,14 @@ viewer's relative links work the same served and from ``file://``):
 - ``/tiles/**``: the main atlas; ``/`` redirects to ``/tiles/``;
 - ``/classes/<slug>/tiles/**``: the class atlases (``atlas class-atlas``);
 - ``/atlases.json``, ``/atlases.js``: the run's atlas index (the viewer's atlas switcher);
-- ``/locate/**`` files ending in .js, .json, .png or .jpg (located-image overlays).
+- ``/locate/**`` files ending in .js, .json, .png or .jpg (located-image overlays);
+- ``/units/**`` (and ``/classes/<slug>/units/**``) files ending in .js, .json, .png or .jpg but its
+  Zarr arrays (``data/``): ``atlas units``'s icons, examples, heatmaps and dictionaries;
+- ``/compare/<name>/layout-a|b/tiles/**`` and their ``changes/**`` .js, .json, .png or .jpg files: the
+  views of a comparison (``atlas compare``) and their change figures;
+- ``/follow/*.js`` and ``.json``: where each layer's images land in the others (``model.layers``);
+- ``/layers/<slug>/...``: a further layer's run, served by the same rules (its tiles, class atlases,
+  index and located images).
 
 Anything else (the config, the Zarr groups, state, logs) is 404. On 127.0.0.1 by default,
 GET and HEAD only, with no directory listings (a folder answers with its ``index.html``, after
@@ -15,7 +22,8 @@ opened: ``..`` segments (also percent-encoded), backslashes, NUL bytes and absol
 targets are refused with 403, and the resolved file (symlinks followed) must lie inside the
 served folder it was asked under (else 403); dot-files (temporary files) are 404.
 
-``atlas serve RUN/classes/<slug>`` serves RUN, with ``/`` redirecting to that class atlas.
+``atlas serve RUN/classes/<slug>`` serves RUN, with ``/`` redirecting to that class atlas;
+``atlas serve RUN/layers/<slug>`` serves RUN, with ``/`` redirecting to that layer's atlas.
 For a quick look without a server, ``RUN_DIR/tiles/index.html`` also opens from disk.
 """
 
@@ -41,9 +49,12 @@ _TYPES = {
     ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
     ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8", ".map": "application/json",
 }
+_LAYER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # a further layer's folder (atlas.formats.layer_slug)
 _INDEX_FILES = ("atlases.json", "atlases.js")
 _LOCATE_SUFFIXES = (".js", ".json", ".png", ".jpg")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_COMPARISON = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # RUN/compare/<name> (atlas compare --name)
+_VIEWS = ("layout-a", "layout-b")
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
@@ -74,7 +85,12 @@ def served_root(run_dir: str | os.PathLike[str]) -> tuple[Path, str]:
     """(the folder served, the path ``/`` redirects to): the run and ``/tiles/``, or for a class
     atlas ``RUN/classes/<slug>`` its run and ``/classes/<slug>/tiles/``."""
     root = Path(run_dir)
-    parent = _class_atlas_parent(root.resolve())
+    real = root.resolve()
+    if real.parent.name == "layers" and (real.parent.parent / "config.yaml").is_file():
+        return real.parent.parent, f"/layers/{real.name}/tiles/"
+    if real.name in _VIEWS and real.parent.parent.name == "compare" and (real.parent.parent.parent / "config.yaml").is_file():
+        return real.parent.parent.parent, f"/compare/{real.parent.name}/{real.name}/tiles/"
+    parent = _class_atlas_parent(real)
     if parent is not None:
         return parent, f"/classes/{root.resolve().name}/tiles/"
     if not (root / "tiles" / "index.html").is_file() and (root / "classes").is_dir():
@@ -121,8 +137,13 @@ def _checked_parts(target: str) -> tuple[list[str], bool]:
     return [p for p in parts if p], decoded.endswith("/")
 
 
-def _route(root: Path, parts: list[str]) -> tuple[Path, list[str]]:
-    """(the folder a request is served from, the path inside it); 404 for anything not served."""
+def _route(root: Path, parts: list[str], top: bool = True) -> tuple[Path, list[str]]:
+    """(the folder a request is served from, the path inside it); 404 for anything not served.
+    ``top``: the run itself (a further layer's run, under ``layers/<slug>``, holds no layers)."""
+    if top and len(parts) >= 3 and parts[0] == "layers" and _LAYER.fullmatch(parts[1]):
+        return _route(root / "layers" / parts[1], parts[2:], top=False)
+    if top and len(parts) == 2 and parts[0] == "follow" and parts[1].endswith((".js", ".json")):
+        return root / "follow", parts[1:]
     if len(parts) == 1 and parts[0] in _INDEX_FILES:
         return root, parts
     if parts[:1] == ["tiles"]:
@@ -131,7 +152,29 @@ def _route(root: Path, parts: list[str]) -> tuple[Path, list[str]]:
         return root / "classes" / parts[1] / "tiles", parts[3:]
     if len(parts) >= 2 and parts[0] == "locate" and parts[-1].lower().endswith(_LOCATE_SUFFIXES):
         return root / "locate", parts[1:]
-    raise Refused(404, "not served: only tiles/, classes/<slug>/tiles/, atlases.js(on) and locate/ files")
+    units = _units_route(root, parts)
+    if units is not None:
+        return units
+    if len(parts) >= 4 and parts[0] == "compare" and _COMPARISON.fullmatch(parts[1]) and parts[2] in _VIEWS:
+        view = root / "compare" / parts[1] / parts[2]
+        if parts[3] == "tiles":
+            return view / "tiles", parts[4:]
+        if parts[3] == "changes" and len(parts) >= 5 and parts[-1].lower().endswith(_LOCATE_SUFFIXES):
+            return view / "changes", parts[4:]
+    raise Refused(404, "not served: only tiles/, classes/<slug>/tiles/, atlases.js(on), locate/, follow/, "
+                       "layers/<slug>/ and compare/<name>/<view>/ files")
+
+
+def _units_route(root: Path, parts: list[str]) -> tuple[Path, list[str]] | None:
+    """``units/**`` (and a class atlas's ``classes/<slug>/units/**``) .js, .json, .png and .jpg files but
+    its Zarr arrays (``data/``): ``atlas units``'s viewer files."""
+    if not parts[-1].lower().endswith(_LOCATE_SUFFIXES):
+        return None
+    if len(parts) >= 2 and parts[0] == "units" and parts[1] != "data":
+        return root / "units", parts[1:]
+    if len(parts) >= 4 and parts[0] == "classes" and _SLUG.fullmatch(parts[1]) and parts[2] == "units" and parts[3] != "data":
+        return root / "classes" / parts[1] / "units", parts[3:]
+    return None
 
 
 def _inside(base: Path, parts: list[str]) -> Path:
@@ -155,7 +198,7 @@ def resolve_request_path(root: Path, target: str, home: str = "/tiles/") -> Path
     base, rest = _route(root, parts)
     real = _inside(base, rest)
     if real.is_dir():
-        if base == root / "locate" or not (real / "index.html").is_file():
+        if base == root / "locate" or base.name == "changes" or not (real / "index.html").is_file():
             raise Refused(404, "no directory listings")
         if not slash:
             raise Redirect(urllib.parse.quote("/" + "/".join(parts) + "/"), 301)

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import zarr
+
+from ._cache import cached
+from ._locking import Locking, close_inherited_leases, locks_for, probe_flock
 
 __all__ = [
     "WRITE_ERRNOS",
@@ -44,20 +45,20 @@ __all__ = [
     "read_rows",
 ]
 
-_HELD_LEASES: set[int] = set()  # fds of the leases this process holds
+
+class _Cluster(Protocol):
+    @property
+    def locking(self) -> Locking: ...
 
 
-def close_inherited_leases() -> None:
-    """Close the lease fds a forked child inherited (call first thing in the child).
+class _RunConfig(Protocol):
+    """What :meth:`RunDir.of` reads of a config (:class:`atlas.config.Config`)."""
 
-    flock locks belong to the open file description, so a child forked while its parent
-    held a lease would keep that unit locked after the parent is killed, until the child
-    exits too. Closing the child's copies leaves the parent's locks as they are.
-    """
-    for fd in list(_HELD_LEASES):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LEASES.clear()
+    @property
+    def run_dir(self) -> str: ...
+
+    @property
+    def cluster(self) -> _Cluster: ...
 
 
 class StoreError(RuntimeError):
@@ -200,10 +201,37 @@ def read_rows(arr: Any, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
 
 
 class RunDir:
-    """Access to one run directory. Cheap to construct; creates nothing until asked."""
+    """Access to one run directory. Cheap to construct; creates nothing until asked. ``locking``
+    (``cluster.locking``) picks how its leases and stage locks are made (:mod:`atlas._locking`)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, locking: Locking = "flock") -> None:
         self.root = Path(root)
+        self.locking: Locking = locking
+        self._locks = locks_for(locking)
+
+    @classmethod
+    def of(cls, cfg: _RunConfig) -> RunDir:
+        """The run directory of a config, with its ``cluster.locking``."""
+        return cls(cfg.run_dir, cfg.cluster.locking)
+
+    def at(self, root: str | Path) -> RunDir:
+        """Another run directory (a class atlas's parent, ...) locked the way this one is."""
+        return RunDir(root, self.locking)
+
+    def check_locking(self) -> str | None:
+        """With ``flock``: try it once per process in ``RUN/state``; a one-line StoreError naming the
+        file system and the choices where it fails; returns a warning where it works on this node
+        only (NFS ``nolock``, Lustre ``localflock``). Nothing to check without locks."""
+        if self.locking == "none":
+            return None
+        folder = self.root / "state"
+        try:
+            problem, note = cached("store.flock_probe", str(folder.resolve()), lambda: probe_flock(folder))
+        except OSError as e:
+            raise explain_oserror(folder, e) from None
+        if problem is not None:
+            raise StoreError(problem)
+        return note
 
     # ------------------------------------------------------------------ paths
     def stage_path(self, stage: str) -> Path:
@@ -239,41 +267,17 @@ class RunDir:
         with contextlib.suppress(FileNotFoundError):
             self._marker(stage, unit).unlink()
 
-    @contextlib.contextmanager
-    def lease(self, stage: str, unit: str) -> Iterator[bool]:
-        """Exclusive lease on a unit (flock on a lock file). Yields False if another
-        live process holds it; the lease dies with its process, so a killed worker
-        never leaves a stale lock."""
-        path = self.state_path(stage) / "locks" / unit
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            _HELD_LEASES.add(fd)
-            try:
-                yield True
-            finally:
-                _HELD_LEASES.discard(fd)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    def lease(self, stage: str, unit: str) -> contextlib.AbstractContextManager[bool]:
+        """Exclusive lease on a unit: yields False if another live process holds it. With ``flock``
+        the lease dies with its process, so a killed worker never leaves a stale lock; without
+        locks (``cluster.locking: none``) it is always granted: each unit has one owner."""
+        return self._locks.lease(self.state_path(stage) / "locks" / unit)
 
-    @contextlib.contextmanager
-    def stage_lock(self, stage: str, name: str = "_stage") -> Iterator[None]:
+    def stage_lock(self, stage: str, name: str = "_stage") -> contextlib.AbstractContextManager[None]:
         """Blocking exclusive lock ``name`` of a stage: the default one guards one-off stage set-up
-        (creating arrays) and finishing; a stage may hold others of its own (e.g. one per patch test)."""
-        path = self.state_path(stage) / "locks" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        (creating arrays) and finishing; a stage may hold others of its own (e.g. one per patch test).
+        Without flock, an owner marker that a stale owner cannot hold for ever (:mod:`atlas._locking`)."""
+        return self._locks.exclusive(self.state_path(stage) / "locks" / name)
 
     # --------------------------------------------------------------- failures
     def record_failure(self, stage: str, key: str, info: dict[str, Any]) -> None:

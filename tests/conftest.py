@@ -65,3 +65,27 @@ def whole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     atlas("run", str(DEMO), *sets(run_dir))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def finetuned_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fine-tuned demo network (:func:`atlas.finetune.finetune_demo`, docs/benchmarks.md: Lite0's
+    ``blocks.5.3`` taught to name demo photos 0-3 by their labels, about 10 s on the CPU), a state dict
+    that ``model.weights`` loads: the B of ``atlas compare``'s tests."""
+    from atlas.finetune import finetune_demo
+
+    return finetune_demo(tmp_path_factory.mktemp("finetuned") / "finetuned.pth")
+
+
+TWO_LAYERS = ("model.layers=[blocks.5, blocks.3]", "render.steps=1")
+"""A run of two layers (tests/test_layers.py, tests/test_viewer_layers.py): the demo's blocks.5, then blocks.3."""
+
+
+@pytest.fixture(scope="session")
+def layers_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole tiny atlas of two layers (blocks.5 first, blocks.3 further), then ``follow``, through the CLI."""
+    from tests.cluster.util import atlas, sets
+
+    run_dir = tmp_path_factory.mktemp("layers") / "run"
+    atlas("run", str(DEMO), *sets(run_dir, *TWO_LAYERS))
+    return run_dir

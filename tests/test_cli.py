@@ -22,7 +22,7 @@ from atlas import api, viewer_assets
 from atlas.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTINS = ["demo", "folder", "imagenet-googlenet-mixed4c", "imagenet-lite0"]
+BUILTINS = ["demo", "demo-layers", "folder", "imagenet-googlenet-mixed4c", "imagenet-lite0", "imagenet-lite0-hf"]
 
 
 def _atlas(*args: str) -> list[str]:
@@ -194,7 +194,7 @@ def test_status_prints_numbers_in_level_order():
 
 
 def test_status_json_is_strict_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(api, "status", lambda run_dir: {"run_dir": run_dir, "stages": [
+    monkeypatch.setattr(api, "status", lambda run_dir, layer=None: {"run_dir": run_dir, "stages": [
         {"stage": "grid", "purity": {"8": math.nan, "4": 0.5}}]})
     assert main(["status", "somewhere", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
@@ -248,7 +248,7 @@ def test_other_oserrors_without_errno_are_one_line(tmp_path, monkeypatch, capsys
     assert "README.md" in line and "--force" in line and "Errno" not in line
     assert (tmp_path / "README.md").read_text() == "mine\n" and not (tmp_path / "pipelines").exists()
 
-    def broken(run_dir):
+    def broken(run_dir, layer=None):
         raise TimeoutError("the shared file system did not answer\nwithin 30 s")
 
     monkeypatch.setattr(api, "status", broken)

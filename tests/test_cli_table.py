@@ -60,10 +60,10 @@ CASES = [
     Case("run demo --stage collect", 2, r"unrecognized option --stage; did you mean --stages\?$", usage="atlas run"),
     Case("run demo --stages colect", 2, r"argument --stages: unknown stage 'colect'; did you mean collect\?",
          usage="atlas run"),
-    Case("run dmeo", 2, r"config file dmeo does not exist; did you mean demo\?.*built-in name \(demo, folder, "
-                        r"imagenet-googlenet-mixed4c, imagenet-lite0\)$"),
+    Case("run dmeo", 2, r"config file dmeo does not exist; did you mean demo\?.*built-in name \(demo, demo-layers, folder, "
+                        r"imagenet-googlenet-mixed4c, imagenet-lite0, imagenet-lite0-hf\)$"),
     Case("locate {run} --set locate.level=8 cat.png --bogus", 2,
-         r"^atlas locate: error: unrecognized option --bogus \(atlas locate takes --help, --scheduler, --set, ",
+         r"^atlas locate: error: unrecognized option --bogus \(atlas locate takes --help, --layer, --scheduler, --set, ",
          usage="atlas locate"),
     Case("locate {run}/config.yaml --set locate.level=8 cat.png", 2, r"^atlas: error: no such image or folder: .*cat\.png"),
     Case("status {run} extra", 2, r"unrecognized argument 'extra' \(see atlas status --help\)$", usage="atlas status"),
@@ -88,6 +88,10 @@ CASES = [
          usage="atlas patch-test"),
     Case("patch-test demo --sizes 0.2,2", 2, r"^atlas: error: --sizes item 2 must be <= 1, got 2\.0$"),
     Case("patch-test demo --name 'a b'", 2, r"^atlas: error: --name must be a folder name"),
+    Case("grid demo --layer blocks.9", 2, r"^atlas: error: --layer blocks\.9: this run's layers are blocks\.5 "
+                                          r"\(model\.layers\); did you mean blocks\.5\?$"),
+    Case("follow demo --set run_dir={run}", 2, r"^atlas: error: `follow` needs a finished `tile`|`follow` compares the "
+                                                r"layers of a run of several layers"),
     Case("layers --input-size 0", 2, r"argument --input-size: must be at least 1, got 0$", usage="atlas layers"),
     Case("layers --model nosuchnet", 2, r"^atlas: error: unknown model `nosuchnet`; .*--model .*"
                                         r"`atlas layers --list-models`.*--factory", max_len=300),

@@ -174,3 +174,32 @@ def test_fixed_reduce_start_and_example_crops_add_to_their_stages() -> None:
     examples = int(_row(base, "tile").detail.split(", ")[1].split()[0])
     assert examples > 0
     assert _row(more, "tile").seconds == pytest.approx(_row(base, "tile").seconds + 0.5 * examples)
+
+
+def test_remaining_time_uses_the_runs_own_rate_where_a_stage_is_under_way() -> None:
+    from atlas.estimate import Estimate, Progress, StageEstimate, default_calibration, remaining
+
+    est = Estimate(100, default_calibration(192), [StageEstimate("collect", 50.0, 0, None, 10),
+                                                   StageEstimate("reduce", 8.0, 0, None, 1),
+                                                   StageEstimate("render", 30.0, 0, None, 6)])
+    left = remaining(est, [Progress("collect", "done", 10, 10, 44.0), Progress("reduce", "partial", 0, 1, None),
+                           Progress("render", "partial", 2, 6, 12.0)])
+    assert left["seconds"] == {"collect": 0.0, "reduce": 8.0, "render": 24.0}  # render: 12 s for 2 units, 4 to go
+    assert left["from"] == {"collect": "done", "reduce": "model", "render": "this run's rate"}
+    assert left["total_seconds"] == 32.0
+    stale = remaining(est, [Progress("render", "stale", 6, 6, 30.0)])
+    assert stale["seconds"] == {"render": 30.0}
+
+
+def test_status_of_a_run_under_way_says_what_is_left(whole_run, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    from atlas.api import format_status, status
+
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    shutil.rmtree(run / "state" / "tile")
+    report = status(run)
+    assert report["remaining"]["from"]["tile"] == "model" and report["remaining"]["seconds"]["tile"] > 0
+    assert "remaining: about" in format_status(report)
+    assert status(whole_run)["remaining"] is None  # finished: nothing left

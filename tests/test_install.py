@@ -168,3 +168,33 @@ def test_installed_wheel_init_run_serve(venv, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+OLDER = {"torch": "2.13.0", "torchvision": "0.28.0"}  # inside the declared ranges, older than constraints.txt's
+
+
+def test_the_wheel_installs_beside_an_older_torch_and_keeps_it(dist, tmp_path):
+    """An environment with its own torch (a cluster's): installing the wheel keeps it. Here: torch 2.13.0
+    (the CPU build in this machine's wheel store) and torchvision 0.28.0, its pair (installed for its
+    metadata: PyPI's build does not import beside the CPU torch); the wheel's other dependencies come
+    from the test environment (a .pth entry), so pip has only torch's range to decide on."""
+    with zipfile.ZipFile(dist["wheel"]) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: torch<3,>=2.3\n" in meta and "Requires-Dist: torchvision<1,>=0.18\n" in meta
+    assert 'Requires-Dist: datasets>=3.0; extra == "hf"\n' in meta
+    env_dir = tmp_path / "env"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=tmp_path, env=dict(os.environ))
+    py = env_dir / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps"]
+    got = subprocess.run([*pip, *(f"{k}=={v}" for k, v in OLDER.items())], capture_output=True, text=True, timeout=600)
+    if got.returncode != 0:
+        pytest.skip(f"no older torch can be installed here (the metadata check above stands): {got.stderr[-300:]}")
+    purelib = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path,
+                        env=dict(os.environ)).stdout.strip())
+    (purelib / "zz_atlas_test_deps.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n")
+    out = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-index", str(dist["wheel"])],
+               cwd=tmp_path, env=dict(os.environ)).stdout
+    assert "Successfully installed atlas-" in out and "torch" not in out.split("Successfully installed")[-1]
+    probe = "import importlib.metadata as m, json; print(json.dumps({d: m.version(d) for d in ('torch', 'torchvision')}))"
+    versions = json.loads(_run([str(py), "-c", probe], cwd=tmp_path, env=dict(os.environ)).stdout)
+    assert versions["torch"].split("+")[0] == OLDER["torch"] and versions["torchvision"] == OLDER["torchvision"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_your_model.ipynb", "03_inspect.ipynb", "04_classes.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_your_model.ipynb", "03_inspect.ipynb", "04_classes.ipynb", "05_layers.ipynb",
+         "06_compare.ipynb"]
 CELL_TIMEOUT = 600  # seconds per cell; the pipeline cell of 01 is the longest (about a minute on 2 cores)
 
 
@@ -163,8 +165,9 @@ def test_02_your_model(nb_env: Path) -> None:
 @pytest.mark.slow
 def test_03_inspect(nb_env: Path) -> None:
     nb = _execute("03_inspect.ipynb", nb_env)  # reuses 01's run when it ran first, else builds it
-    for tag in ("trust", "purity", "faithfulness", "cell", "levels"):
+    for tag in ("trust", "purity", "faithfulness", "cell", "levels", "units"):
         assert _figures(_cell(nb, tag)) >= 1, f"no figure in the cell tagged {tag}"
+    assert "192 channels of blocks.5: self-rank median" in _text(_cell(nb, "units"))
     summary = ast.literal_eval(_text(_cell(nb, "summary")))
     assert summary["images"] == 600
     assert 0.8 < summary["trustworthiness"] <= 1.0
@@ -192,3 +195,36 @@ def test_04_classes(nb_env: Path) -> None:
     assert len(located) == 1 and (located[0] / "activation-grid.png").is_file()
     table = _text(_cell(nb, "patch-test"))
     assert "noise" in table and "| 0.3" in table.replace("|  0.3", "| 0.3"), table
+
+
+@pytest.mark.slow
+def test_05_layers(nb_env: Path) -> None:
+    nb = _execute("05_layers.ipynb", nb_env)  # adds a layer to 01's run (builds it first when 01 did not run)
+    status = _text(_cell(nb, "add-layer"))
+    assert "further layers" in status and "blocks.3" in status and "follow" in status, status
+    for tag in ("layouts", "persistence", "follow"):
+        assert _figures(_cell(nb, tag)) >= 1, f"no figure in the cell tagged {tag}"
+    kept = _text(_cell(nb, "persistence"))
+    share, chance = (float(x) for x in re.findall(r"([0-9.]+) \(chance ([0-9.]+)", kept)[0])
+    assert chance < share <= 1.0, kept
+    top = re.search(r"the top 3 hold (\d+)% of them", _text(_cell(nb, "follow")))
+    assert top and 0 < int(top.group(1)) <= 100
+    run = nb_env / "quickstart"
+    assert (run / "layers" / "blocks.3" / "tiles" / "index.html").is_file() and (run / "follow" / "follow.js").is_file()
+
+
+@pytest.mark.slow
+def test_06_compare(nb_env: Path) -> None:
+    nb = _execute("06_compare.ipynb", nb_env)  # reuses 01's run when it ran first, else builds it
+    run = nb_env / "quickstart"
+    views = sorted(d.name for d in (run / "compare" / "quickstart--quickstart-finetuned").iterdir() if d.is_dir())
+    assert views == ["layout-a", "layout-b"]
+    assert all((run / "compare" / "quickstart--quickstart-finetuned" / v / "changes" / "summary.json").is_file() for v in views)
+    text = _text(_cell(nb, "compare"))
+    assert "layout-a: quickstart's layout, quickstart-finetuned's activations (exact pairing)" in text, text
+    for tag in ("figures", "cell"):
+        assert _figures(_cell(nb, tag)) >= 1, f"no figure in the cell tagged {tag}"
+    found = re.search(r"fine-tuned photos' cells ([0-9.]+) .* the others ([0-9.]+)", _text(_cell(nb, "figures")))
+    assert found and float(found[1]) > float(found[2]), _text(_cell(nb, "figures"))
+    assert "layout-a" in _text(_cell(nb, "viewer"))
+

@@ -20,8 +20,25 @@ from ._collect import (
     create_collect,
     create_selection,
 )
+from ._compare import (
+    CHANGES,
+    COMPARE,
+    VIEWS,
+    CompareOutput,
+    PairInfo,
+    copy_layout_knn,
+    copy_layout_rows,
+    create_pair_collect,
+    finish_layout,
+    pair_info,
+    read_pair,
+    write_changes,
+    write_pair,
+)
 from ._examples import DecodeLimits, ExampleCrop, example_crop, run_manifest
+from ._follow import FOLLOW, FollowOutput
 from ._grid import GRID, GridLevel, GridLevelWriter, GridOutput, GridWriter
+from ._layers import LAYERS, layer_run, layer_runs, layer_slug
 from ._locate import LOCATE, LocateOutput, write_locate_index
 from ._patch_test import PATCH_TEST, PatchTestOutput
 from ._reduce import REDUCE, ReduceOutput, ReduceSummary, create_reduce
@@ -34,14 +51,20 @@ from ._render import (
     write_render_rows,
     write_render_summaries,
 )
+from ._units import UNITS, UnitsLevel, UnitsOutput, UnitStats, create_units, units_finished
 
 __all__ = ["open_output", "output_exists",
            "COLLECT", "ClassAtlasInfo", "CollectHeader", "CollectOutput", "CollectRows", "create_collect",
            "create_selection",
            "REDUCE", "ReduceOutput", "ReduceSummary", "create_reduce",
            "DecodeLimits", "ExampleCrop", "example_crop", "run_manifest",
+           "COMPARE", "CHANGES", "VIEWS", "CompareOutput", "PairInfo", "copy_layout_knn", "copy_layout_rows",
+           "create_pair_collect", "finish_layout", "pair_info", "read_pair", "write_changes", "write_pair",
            "GRID", "GridLevel", "GridLevelWriter", "GridOutput", "GridWriter",
            "RENDER", "RenderLevel", "RenderOutput", "RenderRows", "create_render", "write_render_rows",
            "write_render_summaries",
+           "FOLLOW", "FollowOutput",
+           "LAYERS", "layer_run", "layer_runs", "layer_slug",
            "LOCATE", "LocateOutput", "write_locate_index",
-           "PATCH_TEST", "PatchTestOutput"]
+           "PATCH_TEST", "PatchTestOutput",
+           "UNITS", "UnitsLevel", "UnitsOutput", "UnitStats", "create_units", "units_finished"]

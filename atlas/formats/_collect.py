@@ -340,6 +340,11 @@ class CollectOutput:
             self.attr_classes[sl] = rows.attr_classes
             self.attr_values[sl] = rows.attr_values
 
+    @property
+    def has_totals(self) -> bool:
+        """Whether the finished stage's totals (``second_moment``, ``ok_count``) are written."""
+        return "ok_count" in self.group.attrs and isinstance(self.group.get("second_moment"), zarr.Array)
+
     def write_totals(self, second_moment: np.ndarray, ok_count: int, bad_count: int) -> None:
         """The finished stage's ``second_moment`` (float64 [C, C]) and its ok and bad counts."""
         c = int(second_moment.shape[0])

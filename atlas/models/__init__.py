@@ -18,7 +18,7 @@ from ._layers import layer_output, layer_shape, layer_spec, layer_specs, list_la
 from ._layouts import LAYOUTS, LayerSpec
 from ._network import ModelError, Network
 from ._registry import load_network, model_names, registered_models
-from ._sampler import LayerSampler, pin_threads, resolve_device
+from ._sampler import LayerSampler, LayerSamplers, pin_threads, resolve_device
 from ._torchvision import default_weights_path, torchvision_names
 from ._whole_grid import layer_grid
 
@@ -34,6 +34,7 @@ __all__ = [
     "LayerSpec",
     "LAYOUTS",
     "LayerSampler",
+    "LayerSamplers",
     "layer_grid",
     "pin_threads",
     "LayerActivations",

@@ -258,6 +258,29 @@ def raw_layer_output(net: Network, layer: str, x: torch.Tensor, module: torch.nn
     return captured[0]
 
 
+def raw_layer_outputs(net: Network, layers: list[str], x: torch.Tensor,
+                      module: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The outputs of several ``layers`` in one forward pass, each as its layer returns it; the pass
+    stops once the last of them ran. Each output is the one :func:`raw_layer_output` gives for that
+    layer alone (the same operations up to it)."""
+    captured: dict[str, torch.Tensor] = {}
+    wanted = set(layers)
+
+    def tap(name: str, out: Any) -> None:
+        if name in wanted and name not in captured:
+            captured[name] = out
+            if len(captured) == len(wanted):
+                raise _StopForward
+
+    with contextlib.suppress(_StopForward):
+        run_tapped(net.module if module is None else module, x, tap, list(layers))
+    missing = [n for n in layers if n not in captured]
+    if missing:
+        raise ModelError(f"layer `{missing[0]}` did not run in the forward pass of `{net.name}`; choose one "
+                         f"`atlas layers --model {net.name}` lists")
+    return captured
+
+
 def layer_output(net: Network, layer: str, x: torch.Tensor, module: torch.nn.Module | None = None) -> torch.Tensor:
     """The output of ``layer`` as [B, C, H, W] (a view, whatever the layer's layout) for preprocessed
     ``x`` [B, 3, S, S], differentiable, nothing after it run.

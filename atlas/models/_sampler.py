@@ -31,10 +31,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ._fold import fold_verified
-from ._layers import LayerSpec, layer_spec, logits_of, raw_layer_output, run_tapped
+from ._layers import LayerSpec, layer_spec, logits_of, raw_layer_output, raw_layer_outputs, run_tapped
 from ._network import ModelError, Network
 
-__all__ = ["LayerSampler", "resolve_device", "pin_threads"]
+__all__ = ["LayerSampler", "LayerSamplers", "resolve_device", "pin_threads"]
 
 log = logging.getLogger("atlas")
 
@@ -227,3 +227,65 @@ class LayerSampler:
         if not captured:
             raise ModelError(f"layer `{self.layer}` did not run in the forward pass of `{self.net.name}`; choose one `atlas layers --model {self.net.name}` lists")
         return captured[0], attribution
+
+
+Sample = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+"""What a sampler returns for one layer: vectors [B, C], top values [B, K], top classes [B, K] (CPU)."""
+
+
+class LayerSamplers:
+    """Several layers sampled from one batch: collect's pass over ``model.layers``.
+
+    Each layer's result is exactly what a :class:`LayerSampler` of that layer alone returns (the
+    same module, folding and operations), so a layer's collected arrays are the same bytes whether
+    it was collected alone or with others. Without attribution, the layers whose modules fold alike
+    (all but a convolution sampled before its BatchNorm) share one module copy and **one forward
+    pass**, cut after the deepest of them. With attribution, each layer takes its own forward-mode
+    pass: the logits' tangent must start at that layer alone (a pass carries one tangent), so the
+    batch is decoded and preprocessed once, and the network runs once per layer.
+    """
+
+    def __init__(self, net: Network, layers: list[str], **options: Any) -> None:
+        self.layers = list(layers)
+        self.by_layer: dict[str, LayerSampler] = {}
+        shared: dict[tuple[str, int], torch.nn.Module] = {}
+        convs = {n for n, m in net.module.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        for layer in self.layers:
+            sampler = LayerSampler(net, layer, **options)
+            key = ("conv:" + layer if layer in convs else "", sampler.folded)  # a kept conv folds its own way
+            sampler.module = shared.setdefault(key, sampler.module)
+            self.by_layer[layer] = sampler
+        first = self.by_layer[self.layers[0]]
+        self.attribution, self.autocast, self.folded = first.attribution, first.autocast, first.folded
+        self.device = first.device
+
+    def shape(self, layer: str) -> tuple[int, int, int]:
+        """(C, H, W) of ``layer``'s grid."""
+        return self.by_layer[layer].layer_shape
+
+    def __call__(self, x: torch.Tensor, positions: dict[str, torch.Tensor]) -> dict[str, Sample]:
+        """x float [B, 3, S, S] preprocessed; positions per layer long [B, 2] (y, x) on its grid.
+        Returns per layer of ``positions`` what :meth:`LayerSampler.__call__` returns."""
+        if self.attribution:
+            return {layer: self.by_layer[layer](x, pos) for layer, pos in positions.items()}
+        groups: dict[int, list[str]] = {}
+        for layer in positions:
+            groups.setdefault(id(self.by_layer[layer].module), []).append(layer)
+        out: dict[str, Sample] = {}
+        for layers in groups.values():
+            out.update(self._one_pass(x, {layer: positions[layer] for layer in layers}))
+        return out
+
+    def _one_pass(self, x: torch.Tensor, positions: dict[str, torch.Tensor]) -> dict[str, Sample]:
+        """The layers of one module, from one truncated forward pass."""
+        first = self.by_layer[next(iter(positions))]
+        x = first._input(x)
+        with torch.no_grad(), first._autocast():
+            outs = raw_layer_outputs(first.net, list(positions), x, module=first.module)
+            result: dict[str, Sample] = {}
+            for layer, positions_ in positions.items():
+                s = self.by_layer[layer]
+                cpu_positions = s._positions(positions_, x.shape[0])
+                _check_positions(cpu_positions, outs[layer], s.spec)
+                result[layer] = (s.spec.gather(outs[layer], cpu_positions.to(s.device)).float().cpu(), None, None)
+        return result

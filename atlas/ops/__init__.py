@@ -16,7 +16,8 @@ Submodules are imported on use (some pull in faiss, umap or torch):
 - ``placement``   placing new points on a fitted layout (reduce's unfitted rows, located images)
 - ``located``     pictures of a located image: the atlas colour map, tinted positions, the icon grid
 - ``patches``     patch-test geometry: named and seeded places, resizing, pasting, noise patches
+- ``compare``     two networks on one layout: positions mapped across grids, coherence, relation change, class shift, rank
 """
 
-__all__ = ["binning", "canvas", "dzi", "inversion", "knn", "layout", "located", "objectives", "param", "patches",
+__all__ = ["binning", "canvas", "compare", "dzi", "inversion", "knn", "layout", "located", "objectives", "param", "patches",
            "placement", "sampling", "transforms", "whitening"]

@@ -8,7 +8,9 @@ raises :class:`BadInput` with a status code. Kinds:
 * ``demo``: seeded crops/flips of photos shipped inside scikit-image (``demo://S/i``),
 * ``folder``: a recursive walk sorted by relative path, sub-folders as labels,
 * ``list``: a ``.txt`` (one path per line) or ``.csv`` (path, label) file,
-* ``tar``: webdataset-style shards (``tar://shard#offset:size:member``, random access).
+* ``tar``: webdataset-style shards (``tar://shard#offset:size:member``, random access),
+* ``hf``: Hugging Face datasets (``hf://data-file#column/row``: a ``save_to_disk`` folder, parquet
+  or arrow files, a hub name; the ``hf`` extra).
 """
 
 from ._decode import load_image

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ._demo import demo_image, parse_demo_location
-from ._errors import STATUS_MISSING, STATUS_TOO_LARGE, STATUS_TOO_SMALL, STATUS_UNREADABLE, BadInput
+from ._errors import STATUS_MISSING, STATUS_TOO_LARGE, STATUS_TOO_SMALL, STATUS_UNREADABLE, BadInput, SourceError
+from ._hf import read_hf_image
 from ._tar import read_tar_member
 
 __all__ = ["load_image"]
@@ -72,7 +73,12 @@ def _open(location: str) -> Image.Image:
     if location.startswith("demo://"):
         demo_size, i = parse_demo_location(location)
         return demo_image(i, demo_size)
-    data = read_tar_member(location) if location.startswith("tar://") else _read_file(location)
+    if location.startswith("tar://"):
+        data = read_tar_member(location)
+    elif location.startswith("hf://"):
+        data = read_hf_image(location)
+    else:
+        data = _read_file(location)
     return _open_bytes(data)
 
 
@@ -177,10 +183,10 @@ def _load(location: str, size: int, max_pixels: int, min_side: int) -> np.ndarra
 
 
 def load_image(location: str, *, size: int, max_pixels: int, min_side: int) -> np.ndarray:
-    """Decode ``location`` (path, ``tar://`` or ``demo://``) to ``uint8 [size, size, 3]`` RGB.
+    """Decode ``location`` (path, ``tar://``, ``hf://`` or ``demo://``) to ``uint8 [size, size, 3]`` RGB.
 
     Raises :class:`BadInput` (status + reason) for any file that cannot be used, and
-    nothing else for a bad file.
+    nothing else for a bad file (a SourceError when this machine cannot read the source's kind).
     """
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
@@ -188,7 +194,7 @@ def load_image(location: str, *, size: int, max_pixels: int, min_side: int) -> n
         with warnings.catch_warnings():  # PIL's warnings about corrupt data and pixel counts: we decide
             warnings.simplefilter("ignore")
             return _load(location, size, max_pixels, min_side)
-    except BadInput:
+    except (BadInput, SourceError):  # a bad image; or this machine cannot read the source at all (pyarrow missing)
         raise
     except Image.DecompressionBombError as e:
         raise BadInput(STATUS_TOO_LARGE, f"decompression bomb: {_one_line(e)}") from None

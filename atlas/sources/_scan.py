@@ -1,8 +1,10 @@
 """``scan_source``: from an ``images`` config section to a manifest in fixed global order.
 
-``images.kind=auto`` is resolved from ``images.path``: ``demo`` -> demo; a ``.tar`` file,
-a glob matching ``.tar`` files, or a folder holding ``.tar`` files and no images -> tar;
-a ``.txt``/``.csv`` file -> list; any other folder -> folder.
+``images.kind=auto`` is resolved from ``images.path``: ``demo`` -> demo; a ``save_to_disk``
+folder, a ``.parquet``/``.arrow`` file, or a folder holding such files and no images -> hf; a
+``.tar`` file, a glob matching ``.tar`` files, or a folder holding ``.tar`` files and no images
+-> tar; a ``.txt``/``.csv`` file -> list; any other folder -> folder. A hub dataset name needs
+``images.kind=hf``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from ..config import ImagesConfig
 from ._demo import scan_demo
 from ._errors import SourceError
 from ._folder import scan_folder, walk_images
+from ._hf import DATA_SUFFIXES, has_data_files, is_dataset_folder, looks_like_hub_name, scan_hf
 from ._list import scan_list
 from ._manifest import Manifest
 from ._tar import scan_tars
 
 __all__ = ["scan_source", "detect_kind", "check_source"]
 
-_KINDS = ("demo", "folder", "list", "tar")
-_FIX = "set images.path to a folder of images, a .txt/.csv list, tar shards (a .tar, a folder or glob of them), or `demo`"
+_KINDS = ("demo", "folder", "list", "tar", "hf")
+_FIX = ("set images.path to a folder of images, a .txt/.csv list, tar shards (a .tar, a folder or glob of them), a "
+        "Hugging Face dataset (a save_to_disk folder, parquet or arrow files; a hub name with images.kind=hf), or `demo`")
 
 
 def _has_glob(text: str) -> bool:
@@ -45,7 +49,9 @@ def _kind_of_file(raw: str, path: str) -> str:
         return "tar"
     if low.endswith((".txt", ".csv")):
         return "list"
-    raise SourceError(f"images.path {raw} is a file but not a .txt/.csv list or a .tar shard; {_FIX}")
+    if low.endswith(DATA_SUFFIXES):
+        return "hf"
+    raise SourceError(f"images.path {raw} is a file but not a .txt/.csv list, a .tar shard or a .parquet/.arrow file; {_FIX}")
 
 
 def detect_kind(raw: str) -> str:
@@ -56,8 +62,12 @@ def detect_kind(raw: str) -> str:
     if os.path.isfile(path):
         return _kind_of_file(raw, path)
     if os.path.isdir(path):
+        if is_dataset_folder(path):
+            return "hf"
         has_images = next(walk_images(path), None) is not None
-        return "tar" if _folder_tars(path) and not has_images else "folder"
+        if not has_images and _folder_tars(path):
+            return "tar"
+        return "hf" if not has_images and has_data_files(path) else "folder"
     if _has_glob(raw):
         if _glob_tars(raw):
             return "tar"
@@ -75,6 +85,8 @@ def check_source(images: ImagesConfig) -> None:
         _shards(raw)
     elif kind in ("folder", "list"):
         _existing(raw, kind, want_dir=kind == "folder")
+    elif kind == "hf" and not os.path.exists(os.path.abspath(os.path.expanduser(raw))) and not looks_like_hub_name(raw):
+        raise SourceError(f"images.path {raw} is neither a local Hugging Face dataset nor a hub name (owner/name); {_FIX}")
 
 
 def _shards(raw: str) -> list[str]:
@@ -111,6 +123,9 @@ def _scan(kind: str, images: ImagesConfig) -> Manifest:
         return scan_folder(_existing(raw, kind, want_dir=True), raw, images.labels)
     if kind == "list":
         return scan_list(_existing(raw, kind, want_dir=False), raw, images.labels)
+    if kind == "hf":
+        return scan_hf(raw, images.split, images.image_column, images.label_column, images.labels,
+                       images.limit if images.subset == "first" else None)
     return scan_tars(_shards(raw), raw, images.labels, images.limit if images.subset == "first" else None)
 
 

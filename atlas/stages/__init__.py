@@ -14,7 +14,17 @@ from typing import Any
 from .._names import ANALYSES, STAGES
 from ..config import Config
 from ._protocol import Execution, Job, Resources, Stage, StageBase, StageStatus
-from ._runner import check_inputs, final_info, finished, is_stale, my_units, run_stage, save_run_config, stage_status
+from ._runner import (
+    check_inputs,
+    final_info,
+    finished,
+    is_stale,
+    my_units,
+    run_stage,
+    save_run_config,
+    stage_elapsed,
+    stage_status,
+)
 from ._shard import parse_shard
 
 __all__ = [
@@ -37,6 +47,7 @@ __all__ = [
     "run_stage",
     "save_run_config",
     "stage_status",
+    "stage_elapsed",
 ]
 
 
@@ -44,7 +55,8 @@ def get_stage(name: str, cfg: Config | None = None) -> Stage[Any]:
     """The stage ``name`` (a pipeline stage or an analysis); a clear error for unknown or not-yet-built ones.
 
     With ``cfg``: the stage that does that config's work under this name (its
-    :meth:`~atlas.stages.StageBase.for_config`; collect in a class atlas copies its parent's rows).
+    :meth:`~atlas.stages.StageBase.for_config`; collect in a class atlas copies its parent's rows; in a
+    comparison's view, ``compare.layout`` set, collect and reduce are :mod:`atlas.stages._pair`'s).
     Without: the module's ``STAGE``, enough for its name, inputs and output."""
     if name not in STAGES and name not in ANALYSES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES + ANALYSES)}")

@@ -1,12 +1,15 @@
 """The index of a run's atlases: ``RUN/atlases.json`` and its ``.js`` twin (``window.ATLAS_INDEX``).
 
-It lists the main atlas (``RUN/tiles``) and every class atlas (``RUN/classes/<slug>/tiles``)
-that is finished on disk (its ``index.html`` and ``atlas.json`` are there), read from what is
+It lists the main atlas (``RUN/tiles``), every class atlas (``RUN/classes/<slug>/tiles``) and
+every view of a comparison (``RUN/compare/<name>/layout-a|b/tiles``, ``atlas compare``; with its
+change figures) that is finished on disk (its ``index.html`` and ``atlas.json`` are there), read from what is
 on disk, so one function keeps it right whatever ran, was killed or was deleted:
 :func:`write_index`. The tile stage calls it when it creates and finishes its outputs (in a
 class atlas, on the parent run) and when a finished tile stage is run again; ``atlas
 class-atlas`` calls it at the end, and ``atlas locate`` when it finishes (the index also counts
-the located images, so a viewer asks for ``RUN/locate/index.js`` only when there is one). Each viewer loads it through the relative path its
+the located images, so a viewer asks for ``RUN/locate/index.js`` only when there is one; ``atlas
+units`` when it finishes: each atlas's entry counts its units, so its viewer asks for ``../units/index.js``
+only when there are some). Each viewer loads it through the relative path its
 ``atlas.json`` names (``../atlases.js``; ``../../../atlases.js`` in a class atlas) to show
 the atlas switcher.
 """
@@ -17,18 +20,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..formats import LocateOutput
+from ..formats import CHANGES, COMPARE, VIEWS, LocateOutput, read_pair, units_finished
 from ..store import RunDir, atomic_write_text
 
-__all__ = ["INDEX", "CLASSES", "atlas_entry", "list_atlases", "write_index", "index_root"]
+__all__ = ["INDEX", "CLASSES", "atlas_entry", "list_atlases", "compare_entries", "write_index", "index_root"]
 
 INDEX = "atlases"
 CLASSES = "classes"  # RUN/classes/<slug>: one class atlas each
 
 
 def index_root(run_root: str | Path, parent: str | None) -> Path:
-    """The run whose index lists this run's atlas: the parent of a class atlas, else the run itself."""
-    return Path(parent) if parent is not None else Path(run_root)
+    """The run whose index lists this run's atlas: the parent of a class atlas, the run holding a
+    comparison's view (``RUN/compare/<name>/<view>``, its folder holding ``pair.json``), else the run itself."""
+    if parent is not None:
+        return Path(parent)
+    root = Path(run_root)
+    holder = root.resolve().parent
+    if holder.parent.name == COMPARE and read_pair(holder) is not None:
+        return holder.parent.parent
+    return root
 
 
 def atlas_entry(tiles: Path, root: Path) -> dict[str, Any] | None:
@@ -44,7 +54,8 @@ def atlas_entry(tiles: Path, root: Path) -> dict[str, Any] | None:
     names = list(ca.get("names") or [])
     return {"slug": ca.get("slug"), "title": " vs ".join(names) if names else "whole atlas", "classes": names,
             "path": tiles.relative_to(root).as_posix() + "/", "rows": doc.get("n_images"),
-            "cells": doc.get("cell_counts"), "sizes": doc.get("sizes")}
+            "cells": doc.get("cell_counts"), "sizes": doc.get("sizes"),
+            "units": units_finished(tiles.parent)}  # `atlas units` done: its viewer loads ../units/index.js
 
 
 def list_atlases(root: str | Path) -> list[dict[str, Any]]:
@@ -54,7 +65,29 @@ def list_atlases(root: str | Path) -> list[dict[str, Any]]:
     classes = root / CLASSES
     if classes.is_dir():
         found += [atlas_entry(d / "tiles", root) for d in sorted(classes.iterdir()) if d.is_dir()]
-    return [e for e in found if e is not None]
+    return [e for e in found if e is not None] + compare_entries(root)
+
+
+def compare_entries(root: Path) -> list[dict[str, Any]]:
+    """The finished views of the run's comparisons (``RUN/compare/<name>/<view>``: tiles and change
+    figures done), by name then view: ``kind: compare``, the view's path and its ``changes`` folder."""
+    out: list[dict[str, Any]] = []
+    folder = root / COMPARE
+    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+        pair = read_pair(d)
+        if pair is None:
+            continue
+        names = [str((pair.get(k) or {}).get("name") or k) for k in ("a", "b")]
+        for view, (lay, other) in zip(VIEWS, (names, names[::-1])):
+            entry = atlas_entry(d / view / "tiles", root)
+            if entry is None or not (d / view / CHANGES / "summary.js").is_file():
+                continue
+            entry.update({"slug": f"{COMPARE}/{d.name}/{view}", "kind": "compare", "classes": [],
+                          "title": f"{names[0]} vs {names[1]}, on {lay}'s layout ({other}'s icons)",
+                          "changes": f"{COMPARE}/{d.name}/{view}/{CHANGES}/", "compare": {"a": names[0], "b": names[1],
+                                                                                           "layout": view[-1]}})
+            out.append(entry)
+    return out
 
 
 def _located(root: Path) -> int:
@@ -62,10 +95,11 @@ def _located(root: Path) -> int:
     return LocateOutput(root).n_located()
 
 
-def write_index(root: str | Path) -> dict[str, Any]:
+def write_index(root: str | Path | RunDir) -> dict[str, Any]:
     """Rewrite ``ROOT/atlases.json`` and ``ROOT/atlases.js`` from what is finished on disk (under a
-    lock; nothing is written when they are already right); returns the index."""
-    run = RunDir(root)
+    lock, taken as ``root``'s RunDir locks: a path means flock; nothing is written when they are
+    already right); returns the index."""
+    run = root if isinstance(root, RunDir) else RunDir(root)
     if not run.root.is_dir():
         return {"format": 1, "atlases": []}
     with run.stage_lock(INDEX):

@@ -140,6 +140,8 @@ class Stage(Protocol[Ctx]):
     def lease_window(self) -> int: ...
     @property
     def resources(self) -> Resources: ...
+    @property
+    def owns_output(self) -> bool: ...
 
     def for_config(self, cfg: Config) -> Stage[Any]: ...
     def check(self, cfg: Config, run: RunDir) -> None: ...
@@ -170,6 +172,8 @@ class StageBase(Generic[Ctx]):
       differ) or ``redo``es the stage. A stage whose *inputs* changed is always redone.
       ``lease_window``: units leased and handed to :meth:`run_units` at a time.
       ``resources``: default SLURM resources per task.
+      ``owns_output``: a redo removes ``output`` (False: the stage's data are written by another
+      run's stage, as a further layer's collect rows are by its parent's collect pass).
     """
 
     name: ClassVar[str] = ""
@@ -180,6 +184,7 @@ class StageBase(Generic[Ctx]):
     on_change: ClassVar[Literal["refuse", "redo"]] = "redo"
     lease_window: ClassVar[int] = 1
     resources: ClassVar[Resources] = Resources()
+    owns_output: ClassVar[bool] = True
 
     def __init__(self) -> None:
         if not self.output:

@@ -6,7 +6,7 @@ State of stage ``X`` in ``RUN/state/X/`` (see :mod:`atlas.store`)::
     units.json      the names of all its units (for ``atlas status``)
     done/<unit>     done markers, written after the unit's data are on disk
     done/final      written last, by the process that finishes the stage: fingerprint, inputs
-    locks/<unit>    leases (flock) held while a process runs a unit
+    locks/<unit>    leases held while a process runs a unit (flock; none with cluster.locking: none)
 
 Completeness is read from done markers only: a stage is finished when its ``final`` marker
 holds its current fingerprint. A stage's fingerprint hashes its settings and the
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = ["FINAL", "UnitRecords", "run_stage", "stage_status", "finished", "check_inputs", "final_info", "is_stale",
-           "save_run_config", "my_units", "done_units"]
+           "save_run_config", "my_units", "done_units", "stage_elapsed"]
 
 FINAL = "final"
 _KEEP = ("locks", "failed")  # state entries that survive a redo (held leases, failure records)
@@ -109,12 +109,21 @@ def _units_done(run: RunDir, name: str) -> str:
     return f"{sum(u in done for u in units)}/{plural(len(units), 'unit')} done"
 
 
+def _finish_command(run: RunDir, name: str) -> str:
+    """The command that finishes stage ``name`` of ``run`` (a further layer's run: through its run's config)."""
+    parent = run.root.parent.parent
+    if run.root.parent.name == "layers" and (parent / "config.yaml").is_file():
+        return (f"`atlas run {parent / 'config.yaml'} --layer {run.root.name}` (it collects the layer first if "
+                "needed)") if name == "collect" else f"`atlas {name} {parent / 'config.yaml'} --layer {run.root.name}`"
+    return f"`atlas {name} {run.root / 'config.yaml'}` (or `atlas run` with your config)"
+
+
 def check_inputs(stage: Stage[Any], run: RunDir) -> dict[str, str]:
     """The fingerprints the input stages finished with; a one-line StoreError naming the
     first unfinished or stale input and the command that finishes it."""
     out: dict[str, str] = {}
     for name in stage.inputs:
-        cmd = f"`atlas {name} {run.root / 'config.yaml'}` (or `atlas run` with your config)"
+        cmd = _finish_command(run, name)
         info = final_info(run, name)
         if info is None:
             raise StoreError(f"`{stage.name}` needs a finished `{name}`, which is {_units_done(run, name)} in "
@@ -128,13 +137,17 @@ def check_inputs(stage: Stage[Any], run: RunDir) -> dict[str, str]:
 
 def finished(stage: Stage[Any], cfg: Config) -> bool:
     """Whether ``stage`` is finished for ``cfg`` (its ``final`` marker holds the current fingerprint)."""
-    run = RunDir(cfg.run_dir)
+    run = RunDir.of(cfg)
     try:
         inputs = check_inputs(stage, run)
     except StoreError:
         return False
     scope = stage.scope(cfg, done_units(run, stage.name))
-    return _is_current(final_info(run, stage.name), _fingerprint(stage, stage.settings(cfg), inputs), scope)
+    try:
+        settings = stage.settings(cfg)
+    except StoreError:  # an input of another run directory not finished (a further layer's collect)
+        return False
+    return _is_current(final_info(run, stage.name), _fingerprint(stage, settings, inputs), scope)
 
 
 def _fingerprint(stage: Stage[Any], settings: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -167,7 +180,8 @@ def _wipe(stage: Stage[Any], run: RunDir) -> None:
         for p in state.iterdir():
             if p.name not in _KEEP:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-    shutil.rmtree(run.stage_path(stage.output), ignore_errors=True)
+    if stage.owns_output:
+        shutil.rmtree(run.stage_path(stage.output), ignore_errors=True)
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -243,6 +257,8 @@ def _start(stage: Stage[Ctx], job: Job, fp: str, settings: dict[str, Any],
             if stage.name not in ANALYSES:
                 save_run_config(job.cfg, run, stage.provenance(ctx))
             run.write_json(f"state/{stage.name}/setup.json", {"fingerprint": fp, "settings": settings, "inputs": inputs})
+        elif stage.name not in ANALYSES and stage.scope(job.cfg, done_units(run, stage.name)) is not None:
+            save_run_config(job.cfg, run, stage.provenance(ctx))  # the scope grew (a layer, a level): say so
         if stage.name in ANALYSES:
             _save_call_config(stage, job.cfg, run)
         _forget(stage, job, ctx)
@@ -345,13 +361,16 @@ def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), c
     """
     if stage.execution != "shards" and tuple(shard) != (0, 1):
         raise ValueError(f"the {stage.name} stage runs as one job; got --shard {shard[0]}/{shard[1]}")
-    run = RunDir(cfg.run_dir)
+    run = RunDir.of(cfg)
     inputs = check_inputs(stage, run)
     stage.check(cfg, run)
+    locking_note = run.check_locking()  # flock missing: a one-line refusal before anything is written
     settings = stage.settings(cfg)
     fp = _fingerprint(stage, settings, inputs)
     shard = (int(shard[0]), int(shard[1]))
     job = Job(cfg, run, shard, stage_logger(run.root, stage.name, shard), client, UnitRecords(run, stage.name), inputs)
+    if locking_note:
+        job.log.warning("%s", locking_note)
     if _is_current(final_info(run, stage.name), fp, stage.scope(cfg, done_units(run, stage.name))):
         if not stage.refresh(job):
             job.log.info("%s is already complete in %s with these settings: nothing to do", stage.name, run.root)
@@ -372,6 +391,19 @@ def run_stage(stage: Stage[Ctx], cfg: Config, shard: tuple[int, int] = (0, 1), c
 
 
 # --------------------------------------------------------------------------- status
+
+
+def stage_elapsed(run: RunDir, name: str) -> float | None:
+    """Seconds from the current attempt's start (``setup.json``) to its newest done unit (None
+    before a unit is done): with the units done, the rate ``atlas status`` extrapolates."""
+    state = run.state_path(name)
+    try:
+        start = (state / "setup.json").stat().st_mtime
+        newest = max(p.stat().st_mtime for p in (state / "done").iterdir() if p.name not in (FINAL,)
+                     and not p.name.startswith("."))
+    except (FileNotFoundError, ValueError):
+        return None
+    return max(newest - start, 0.0)
 
 
 def stage_status(stage: Stage[Any], run: RunDir) -> StageStatus:

@@ -43,7 +43,7 @@ from ..ops.layout import apply_bounds, choose_init, default_n_neighbors, fit_uma
 from ..ops.placement import Projection, fit_projection, place_rows, placement_knn, project
 from ..progress import plural, progress
 from ..store import RunDir, atomic_save_npz
-from ._protocol import Job, Resources, StageBase
+from ._protocol import Job, Resources, Stage, StageBase
 
 __all__ = ["STAGE", "ReduceStage"]
 
@@ -273,6 +273,14 @@ class ReduceStage(StageBase[_Ctx]):
     execution = "single"
     lease_window = 1 << 30  # one process runs every unit, in order
     resources = Resources(tasks=1, time="04:00:00", cpus=16, mem="64G", gpus=0)
+
+    def for_config(self, cfg: Config) -> Stage[Any]:
+        """In a comparison's view (``compare.layout`` set): the layout run's layout, copied."""
+        if cfg.compare.layout is not None:
+            from ._pair import view_stage
+
+            return view_stage(NAME, cfg)
+        return self
 
     def settings(self, cfg: Config) -> dict[str, Any]:
         return {"seed": cfg.seed, "reduce": cfg.reduce.model_dump(mode="json", exclude={"threads"})}

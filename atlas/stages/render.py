@@ -198,8 +198,7 @@ class _Context:
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
-    model = cfg.model.model_dump(mode="json", exclude={"device"})
-    return {"seed": cfg.seed, "model": model, "render": cfg.render.model_dump(mode="json", include=set(_PIXEL_KEYS))}
+    return {"seed": cfg.seed, "model": cfg.model.network_settings(), "render": cfg.render.model_dump(mode="json", include=set(_PIXEL_KEYS))}
 
 
 def level_icon_sizes(cfg: Config, sizes: list[int]) -> dict[int, int]:

@@ -3,7 +3,7 @@
 Files, relative to the project folder::
 
     pipelines/demo.yaml folder.yaml imagenet-lite0.yaml imagenet-googlenet-mixed4c.yaml
-    scripts/slurm/submit.sh collect.sbatch reduce.sbatch grid.sbatch render.sbatch tile.sbatch
+    scripts/slurm/submit.sh collect.sbatch reduce.sbatch grid.sbatch render.sbatch tile.sbatch follow.sbatch
     README.md
 
 The configs and SLURM scripts have one source, the checkout's ``pipelines/`` and

@@ -8,6 +8,9 @@
  * from file:// and served alike. Switching opens the other atlas's index.html: the page's path names
  * the atlas shown (RUN/tiles/ or RUN/classes/<slug>/tiles/), and nothing else of the view is kept.
  *
+ * The index also lists the views of the run's comparisons (`atlas compare`: kind "compare"); the entry of
+ * the page shown (found by its folder) is atlasViewer.atlases.entry, which compare.js reads.
+ *
  * Runs after viewer.js and uses its API (window.atlasViewer): one overlay ("class-compare", core.js's
  * registerOverlay: the colours on the map and each cell's two values in its click panel), loadCells,
  * flyToCell, the grids as lod.js sorts them, the colours of core.js. It tells the others the run's
@@ -25,7 +28,7 @@
   if (!A || !api || !api.viewer) return;
   var $ = function (id) { return document.getElementById(id); };
   var ca = A.class_atlas || null;
-  var out = { index: null, current: ca ? ca.slug : null, compare: null };
+  var out = { index: null, current: ca ? ca.slug : null, compare: null, entry: null };
   api.atlases = out;
 
   var esc = api.esc, fmtInt = api.fmtInt, plural = api.plural, fmtVal = api.fmtVal;
@@ -42,8 +45,14 @@
   var indexSrc = A.atlases_index || (A.class_atlas === undefined ? "../atlases.js" : null);
   function entryUrl(e) { return (A.atlases_root || "../") + e.path + "index.html"; }
   function entryLabel(e) {
+    if (e.kind === "compare") return "Compare: " + e.title;
     return (e.slug ? (e.classes.length > 1 ? "Classes: " : "Class: ") + e.title : "Whole atlas") +
       (e.rows ? " (" + fmtInt(e.rows) + " rows)" : "");
+  }
+  function isHere(e) {  // whether the index entry e is the atlas this page shows (by the page's folder)
+    var link = document.createElement("a");
+    link.href = entryUrl(e);
+    return link.pathname.replace(/index\.html$/, "") === location.pathname.replace(/index\.html$/, "");
   }
   function switchTo(slug) {  // open the atlas ``slug`` (null: the main one); false when the index has none
     var e = (out.index && out.index.atlases || []).filter(function (a) { return (a.slug || null) === slug; })[0];
@@ -66,7 +75,13 @@
   function indexLoaded() { api.emit("atlas-index", out.index); }
   function loadIndex() {
     if (!indexSrc) { out.index = { atlases: [] }; indexLoaded(); return; }
-    api.loadScript(indexSrc, function () { out.index = window.ATLAS_INDEX || null; buildSwitch(out.index); indexLoaded(); },
+    api.loadScript(indexSrc, function () {
+      out.index = window.ATLAS_INDEX || null;
+      out.entry = (out.index && out.index.atlases || []).filter(isHere)[0] || null;  // compare.js reads a comparison's
+      if (!ca && out.entry) out.current = out.entry.slug || null;
+      buildSwitch(out.index);
+      indexLoaded();
+    },
                    function () { out.index = { atlases: [] }; indexLoaded(); });
   }
   api.switchAtlas = switchTo;

@@ -14,8 +14,9 @@
  *   url.js       the view in the URL, the Link button
  *   keyboard.js  the keyboard cell cursor and Esc
  *   viewer.js    the app: checks the page's data, then starts every part in order
- * then the extensions, each registering one overlay: located.js (located images), atlases.js
- * (the atlas switcher, two classes compared).
+ * then the extensions, each registering one overlay: located.js (located images), units.js (the
+ * units behind the cells, `atlas units`), atlases.js (the atlas switcher, two classes compared),
+ * layers.js (the layer picker and "where these images go", `model.layers`).
  *
  * Overlays: atlasViewer.registerOverlay(spec) is the one way to add to the map. spec:
  *   name               unique; atlasViewer.overlay(name) returns the registered overlay
@@ -137,7 +138,8 @@
     HOOKS.forEach(function (k) { if (spec[k]) o[k] = spec[k]; });
     api.overlays.push(o);
     api.overlays.sort(function (a, b) { return a.order - b.order; });  // stable: equal orders keep registration order
-    if (o.fromUrl && api.urlParams) o.fromUrl(api.urlParams());
+    // the hash the page was opened with: the map may have rewritten it before a later script registered
+    if (o.fromUrl && api.urlParams) o.fromUrl(api.urlParams(api.openedHash === undefined ? location.hash : api.openedHash));
     if (api.scheduleDraw) api.scheduleDraw();
     return o;
   };

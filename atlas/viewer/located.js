@@ -6,7 +6,8 @@
  * Choosing an image loads ../locate/<unit>/points.js (window.ATLAS_LOCATED_POINTS): its layer
  * positions are drawn as dots at their atlas points (x, y in the [0, 1] square the OpenSeadragon
  * world spans, as the cells are), each in its cell's colour, the colours of its overlay.png; a card
- * shows overlay.png and activation-grid.png. The choice is kept in the URL as located=<unit>.
+ * shows overlay.png and activation-grid.png (and, told by the event "located-card", units.js adds the
+ * image's semantic dictionary picture after `atlas units`). The choice is kept in the URL as located=<unit>.
  *
  * One overlay ("located", core.js's registerOverlay): the dots (draw, above the labels), the URL
  * (urlPart, fromUrl) and Esc (onEscape: hides the image).
@@ -89,6 +90,7 @@
       "<img alt='the activation grid: each position shown by its cell&#39;s icon' src='" + esc(BASE + doc.activation_grid) + "'>";
     card.querySelector(".close").addEventListener("click", function () { choose(null); });
     card.hidden = false;
+    api.emit("located-card", { unit: doc.unit, card: card });  // units.js adds the image's dictionary picture
   }
 
   // ------------------------------------------------------------------ choosing

@@ -1,13 +1,15 @@
 /* The class search: a combobox listing every class whose name holds the text (best first, with its
  * cell counts on the shown grid), the chosen class's heatmap (the built-in "heatmap" overlay draws
- * it) with a legend, and zoom to the cells where it is strongest.
+ * it) with a legend, and zoom to the cells where it is strongest. Other parts add matches of their
+ * own, listed first: atlasViewer.addSearchProvider(fn), fn(text) -> [{label, detail, pick()}]
+ * (units.js: a unit by its index, "#c17").
  */
 (function (api) {
   "use strict";
 
   var LIST_MAX = 60;
   var state = api.state, A = null, input = null, list = null, status = null, legend = null;
-  var activeOption = -1, shown = [];
+  var activeOption = -1, shown = [], providers = [];
 
   function className(k) { return A.class_names[k] !== undefined ? String(A.class_names[k]) : String(k); }
   function matches(text) {  // every class whose name contains the text, best first
@@ -23,15 +25,23 @@
   }
   api.className = className;
   api.matches = matches;
+  function extraMatches(text) {  // the providers' matches of the text, in their order
+    return providers.reduce(function (out, fn) { return out.concat(fn(text) || []); }, []);
+  }
+  api.addSearchProvider = function (fn) { providers.push(fn); };
 
   // ------------------------------------------------------------------ the list
   function optionHtml(m, i, n) {  // n: the typed text's length
+    if (m.pick) {
+      return "<li role='option' id='search-opt-" + i + "' data-x='" + i + "' aria-selected='" + (i === activeOption) + "'><span>" +
+        api.esc(m.label) + "</span><span class='count'>" + api.esc(m.detail || "") + "</span></li>";
+    }
     var name = api.esc(m.name.slice(0, m.at)) + "<mark>" + api.esc(m.name.slice(m.at, m.at + n)) + "</mark>" + api.esc(m.name.slice(m.at + n));
     return "<li role='option' id='search-opt-" + i + "' data-k='" + m.k + "' aria-selected='" + (i === activeOption) + "'><span>" + name +
       "</span><span class='count'>" + (m.top ? "top in " + m.top + " \u00b7 " : "") + api.plural(m.cells, "cell") + "</span></li>";
   }
   function renderList(text) {
-    shown = matches(text);
+    shown = extraMatches(text).concat(matches(text));
     activeOption = shown.length ? 0 : -1;
     var s = api.currentSize(), typed = text.trim(), html;
     if (!typed) { closeList(); return; }
@@ -49,7 +59,7 @@
   }
   function setActive(i) {
     activeOption = i;
-    Array.prototype.forEach.call(list.querySelectorAll("li[data-k]"), function (li, j) { li.setAttribute("aria-selected", String(j === i)); });
+    Array.prototype.forEach.call(list.querySelectorAll("li[data-k], li[data-x]"), function (li, j) { li.setAttribute("aria-selected", String(j === i)); });
     if (i >= 0 && api.$("search-opt-" + i)) {
       input.setAttribute("aria-activedescendant", "search-opt-" + i);
       api.$("search-opt-" + i).scrollIntoView({ block: "nearest" });
@@ -74,9 +84,18 @@
     api.writeUrl();
     return k;
   }
+  function choose(m) {  // a listed match: a provider's (its pick, in place of the class shown) or a class
+    if (!m.pick) return pick(m.k);
+    closeList();
+    if (state.query !== null) { state.query = null; updateStatus(); }
+    input.value = m.label;
+    m.pick();
+    return null;
+  }
   function search(text) {  // the best match of the text (as Enter in the box); -1 when none
-    var m = matches(text);
+    var m = matches(text), extra = extraMatches(text);
     if (!text.trim()) { clearSearch(); return null; }
+    if (extra.length) return choose(extra[0]);
     if (!m.length) { state.query = null; updateStatus(); status.textContent = "no class matches \u201c" + text.trim() + "\u201d"; return -1; }
     return pick(m[0].k);
   }
@@ -128,7 +147,7 @@
       e.preventDefault();
     } else if (e.key === "Enter") {
       e.preventDefault();
-      if (!list.hidden && activeOption >= 0 && shown[activeOption]) pick(shown[activeOption].k); else search(input.value);
+      if (!list.hidden && activeOption >= 0 && shown[activeOption]) choose(shown[activeOption]); else search(input.value);
     } else if (e.key === "Escape") {
       e.stopPropagation();
       if (!list.hidden) closeList(); else clearSearch();
@@ -139,10 +158,10 @@
     input.addEventListener("focus", function () { if (input.value.trim() && state.query === null) renderList(input.value); });
     input.addEventListener("keydown", onKey);
     list.addEventListener("mousedown", function (e) {  // mousedown: before the input's blur closes the list
-      var li = e.target.closest("li[data-k]");
+      var li = e.target.closest("li[data-k], li[data-x]");
       if (!li) return;
       e.preventDefault();
-      pick(Number(li.getAttribute("data-k")));
+      if (li.hasAttribute("data-x")) choose(shown[Number(li.getAttribute("data-x"))]); else pick(Number(li.getAttribute("data-k")));
     });
     input.addEventListener("blur", function () { setTimeout(closeList, 150); });
     api.$("search-clear").addEventListener("click", clearSearch);

@@ -17,7 +17,10 @@
     });
     return out;
   }
-  api.urlParams = function () { return parseHash(location.hash); };
+  api.urlParams = function (hash) { return parseHash(hash === undefined ? location.hash : hash); };
+  // The hash the page was opened with: once the map opens, writeUrl rewrites it with what the parts
+  // registered by then keep, so a part whose script runs later reads its own keys here.
+  api.openedHash = location.hash;
 
   function writeUrl() {
     if (!state.openMs || applying) return;

@@ -31,8 +31,10 @@ dep=""
 while IFS=$'\t' read -r -a fields; do
   stage=${fields[0]} state=${fields[1]}
   opts=("${fields[@]:2}")
+  layer=()  # a further layer of model.layers: `reduce@blocks.3` runs reduce.sbatch with --layer blocks.3
+  case $stage in *@*) layer=(--layer "${stage#*@}") stage=${stage%%@*} ;; esac
   if [ "$state" = done ]; then
-    echo "$stage: already done, not submitted"
+    echo "${fields[0]}: already done, not submitted"
     continue
   fi
   for opt in "${opts[@]}"; do
@@ -40,8 +42,8 @@ while IFS=$'\t' read -r -a fields; do
   done
   after=()
   [ -n "$dep" ] && after=("--dependency=afterok:$dep" "--kill-on-invalid-dep=yes")
-  jid=$("$SBATCH" --parsable "${after[@]}" "${opts[@]}" "$here/$stage.sbatch" "$config" "$@")
+  jid=$("$SBATCH" --parsable "${after[@]}" "${opts[@]}" "$here/$stage.sbatch" "$config" "${layer[@]}" "$@")
   jid=${jid%%;*}  # --parsable prints "jobid[;cluster]"
-  echo "$stage: submitted job $jid${dep:+ (runs after $dep succeeds)}"
+  echo "${fields[0]}: submitted job $jid${dep:+ (runs after $dep succeeds)}"
   dep=$jid
 done <<< "$plan"

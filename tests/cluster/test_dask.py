@@ -61,7 +61,7 @@ def test_whole_atlas_on_dask_with_killed_workers_equals_in_process(whole_run: Pa
 
 def test_collect_on_an_existing_scheduler_through_the_dask_launcher(whole_run: Path, tmp_path: Path) -> None:
     """scripts/dask/launch.py --scheduler: a cluster someone else started, with daemonic workers
-    (dask's default), where collect decodes in-process instead of starting subprocesses."""
+    (dask's default), where collect decodes on threads instead of starting subprocesses."""
     from dask.distributed import LocalCluster
 
     run_dir = tmp_path / "run"

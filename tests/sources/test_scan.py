@@ -106,7 +106,7 @@ def test_missing_path_is_a_source_error_naming_the_fix(tmp_path):
 
 
 def test_a_single_image_or_unknown_file_is_a_source_error(tmp_path):
-    with pytest.raises(SourceError, match="not a .txt/.csv list or a .tar shard"):
+    with pytest.raises(SourceError, match="not a .txt/.csv list, a .tar shard or a .parquet/.arrow file"):
         _scan(_img(tmp_path / "one.png", (1, 2, 3)))
     with pytest.raises(SourceError, match="images.kind=folder needs images.path to be a folder"):
         _scan(tmp_path / "one.png", kind="folder")

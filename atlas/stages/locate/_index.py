@@ -42,7 +42,7 @@ def write_index(ctx: Context) -> dict[str, Any]:
     out, writer = ctx.run.stage_path(NAME), DurableWriter()
     write_locate_index(ctx.run.root, doc, writer)
     writer.sync()
-    write_run_index(ctx.run.root)  # the viewers' list of atlases counts the located images
+    write_run_index(ctx.run)  # the viewers' list of atlases counts the located images
     ctx.log.info("%s located, %d skipped: %s", plural(len(located), "image"), len(skipped), out / "index.json")
     return {"located": len(located), "skipped": len(skipped)}
 

@@ -225,7 +225,7 @@ def resolve(cfg: Config, run: RunDir) -> PatchTestSpec:
     size = col.input_size
     patch, what, patch_slug = _patch(cfg, run, pt.patch, size)
     digest = hashlib.sha256(patch.tobytes() + str(patch.shape).encode()).hexdigest()
-    model = cfg.model.model_dump(mode="json", exclude={"device"})
+    model = cfg.model.network_settings()
     settings = {"format": FORMAT, "from": a, "to": b, "patch_sha256": digest, "images": images_source(cfg),
                 "max_images": pt.max_images, "scan_max": pt.scan_max, "sizes": list(pt.sizes),
                 "positions": list(pt.positions), "batch_size": pt.batch_size, "seed": cfg.seed, "model": model,

@@ -37,7 +37,19 @@ def identity(ctx: Context) -> dict[str, Any]:
         doc = {"slug": ctx.run.root.resolve().name, "names": info.names, "classes": info.classes,
                "rows_per_class": info.rows_per_class, "threshold": info.threshold, "top_k": info.top_k,
                "max_rows": info.max_rows}
-    return {"class_atlas": doc, "atlases_root": rel, "atlases_index": f"{rel}atlases.js"}
+    return {"class_atlas": doc, "atlases_root": rel, "atlases_index": f"{rel}atlases.js", **_layers_keys(ctx)}
+
+
+def _layers_keys(ctx: Context) -> dict[str, Any]:
+    """A layer's atlas of a several-layer run: ``layer_root`` (the run that collected the layers,
+    relative to the viewer, with a trailing ``/``) and ``follow_index`` (the ``follow`` step's
+    ``follow.js`` there: the layer picker's list and the follow overlay's data). Nothing otherwise."""
+    model = ctx.cfg.model
+    if ctx.cfg.classes.parent is not None or (model.layer_of is None and len(model.all_layers) < 2):
+        return {}
+    root = ctx.run.root if model.layer_of is None else ctx.run.root / model.layer_of
+    rel = Path(os.path.relpath(root.resolve(), ctx.out.resolve())).as_posix().rstrip("/") + "/"
+    return {"layer_root": rel, "follow_index": f"{rel}follow/follow.js"}
 
 
 def pair_values(ctx: Context, s: int) -> np.ndarray | None:
@@ -54,4 +66,4 @@ def pair_values(ctx: Context, s: int) -> np.ndarray | None:
 
 def update_index(ctx_run: RunDir, parent: str | None) -> None:
     """Rewrite the atlas index of the run this atlas belongs to (:func:`atlas.stages._atlases.write_index`)."""
-    write_index(index_root(ctx_run.root, parent))
+    write_index(ctx_run.at(index_root(ctx_run.root, parent)))
