@@ -260,7 +260,7 @@ class RenderConfig(_Section):
     icon_growth: float = _f(0.5, "Coarser grids get larger icons: grid s is rendered at `icon_size * (S / s) ** icon_growth` pixels, S the finest of `grid.sizes` (0.5: each coarser grid's icons sqrt(2) larger, so the viewer's coarse map keeps detail; 0: one size for every grid).", ge=0, le=1)
     icon_sizes: dict[Level, Annotated[int, Field(ge=8)]] | None = _f(None, "Icon side per grid size, overriding `icon_growth` for the sizes named: `{8: 256, 16: 160}` in YAML, `--set render.icon_sizes.8=256` on the command line.")
     steps: int = _f(512, "Optimisation steps per icon.", ge=1)
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = _f(100, "Icons optimised together (one unit of work). `auto`: as many as fit 80 % of the free GPU memory (measured once, when the render starts, and kept for the run); 100 off CUDA.")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = _f(100, "Icons optimised together (one unit of work). `auto`: as many as fit 80 % of the free GPU memory (measured once, when the render starts, and kept for the run; 100 off CUDA), but at most the grid's icons / 16 (at least 32), so that the render keeps units to share among GPUs and to resume from.")
     restarts: int = _f(1, "Best of k restarts per icon, folded into the batch.", ge=1)
     lr: float = _f(0.05, "Learning rate (constant after the warm-up, or cosine-decayed per phase: `schedule`).", gt=0)
     optimizer: Literal["adam", "nadam", "radam", "sgd"] = _f("adam", "Optimiser of the image parameters (measured: Adam best; `sgd` has momentum 0.9, Nesterov).")
@@ -429,7 +429,7 @@ class UnitsConfig(_Section):
     limit: int | None = _f(None, "Icons and examples for the first `limit` units only (None = every unit); the dictionary, the heatmaps and the self-ranks' scale cover every unit.", ge=1)
     icon_size: int | None = _f(None, "Icon side in pixels; None = `render.icon_size`.", ge=8)
     steps: int | None = _f(None, "Optimisation steps per icon; None = `render.steps` (the other renderer settings are render's).", ge=1)
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = _f(None, "Icons optimised together (one unit of work); None = `render.batch_size` (`auto`: as many as fit the free GPU memory).")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = _f(None, "Icons optimised together (one unit of work); None = `render.batch_size` (`auto`: as many as fit the free GPU memory, at most the icons / 16, at least 32).")
     cossim_power: float | None = _f(None, "p of the objective dot(h, v) * max(cos(h, v), 0.1)^p with v the unit's direction; None = `render.cossim_power` (0: the plain channel objective, Lucid's `channel`).", ge=0)
     reduce: Literal["mean", "center"] | None = _f(None, "Maximise the unit over every position (`mean`) or at the centre position (`center`); None = `render.reduce`.")
     examples: int = _f(8, "Dataset examples per unit: the collected rows where its coefficient is largest.", ge=1, le=64)
@@ -453,8 +453,16 @@ class JobqueueConfig(_Section):
     walltime: SlurmTime = _f("04:00:00", "Walltime per SLURMCluster job.")
     queue: str | None = _f(None, "SLURM partition of the SLURMCluster jobs (None = the cluster's default).")
     account: str | None = _f(None, "SLURM account of the SLURMCluster jobs.")
-    gpus: int = _f(0, "GPUs per SLURMCluster job (`--gres=gpu:N`).", ge=0)
+    gpus: int = _f(0, "GPUs per SLURMCluster job (`--gres=gpu:N`); each worker process then declares one GPU (`--resources GPU=1`) and uses its own, so `processes` must equal it.", ge=0)
     job_extra_directives: Annotated[list[str], _sbatch_options(spaces=True)] = _f([], "Extra `#SBATCH` options for the SLURMCluster jobs, e.g. [\"--constraint=a100\"].")
+
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self) -> JobqueueConfig:
+        if self.gpus and self.processes != self.gpus:
+            raise _Invalid(f"is {self.processes}, but each SLURMCluster job has {self.gpus} GPUs and a worker process "
+                           f"drives one: set cluster.jobqueue.processes: {self.gpus} (one worker per GPU)", "processes")
+        return self
 
 
 class SlurmStageConfig(_Section):

@@ -4,8 +4,8 @@ Two parts, kept apart so the model can be tested on made-up figures:
 
 * :func:`estimate` is a pure function: calibration figures (:class:`Calibration`) + config + the
   image count -> one :class:`StageEstimate` per stage, plus warnings about settings that will not fit.
-* :func:`calibrate` measures the figures on this machine (a few collect batches through the real
-  :class:`~atlas.models.LayerSampler` on demo images, a few render steps through
+* :func:`calibrate` measures the figures on this machine (the real ``atlas collect`` on the
+  configured images for a few seconds, in a temporary run directory; a few render steps through
   :func:`~atlas.ops.inversion.render_icons` at the configured icon size and batch);
   :func:`default_calibration` gives the CPU figures of docs/benchmarks.md instead.
 
@@ -30,9 +30,11 @@ from .config import Config
 __all__ = ["Calibration", "StageEstimate", "Estimate", "FILL", "estimate", "default_calibration", "calibrate",
            "image_count", "format_estimate", "cell_counts"]
 
-FILL = 0.5
-"""Share of a grid's cells a UMAP layout fills (the demo: 12/16, 26/64, 64/256 at grids 4, 8, 16): the
-icons of grid s are estimated as ``min(FILL * s², N // grid.min_count)``."""
+FILL = 0.3
+"""Share of a grid's cells that hold icons: ``min(FILL * s², N // grid.min_count)`` icons at grid s. A prior,
+measured on the demo's layouts (docs/benchmarks.md): 102 of 336 cells at grids 4, 8, 16 with 2,000 images,
+1,708 of 5,376 at grids 16, 32, 64 with 50,000; coarser grids fill more of their cells, finer ones less.
+Varied photos (not crops of 16) spread a layout more evenly: expect more icons there."""
 
 _MIB = 1024 * 1024
 
@@ -60,6 +62,8 @@ class Calibration:
     reduce_start_s: float = 0.0      # fixed: UMAP's kernels compiled (numba) in a fresh process
     tile_s_per_example: float = 0.0  # one example crop decoded and written
     notes: tuple[str, ...] = ()
+    render_side_s: tuple[tuple[int, float], ...] = ()  # (side, s per icon-step) measured at the configured batch
+    grid_start_s: float = 0.0        # fixed: reading the collect store, planning
 
 
 @dataclass
@@ -98,24 +102,31 @@ class Estimate:
 
 # --------------------------------------------------------------------------- the CPU figures of docs/benchmarks.md
 
-# collect: `atlas collect`, Lite0 blocks.5, attribution off, 12.7 images/s best of the 512-image runs; attribution
-# on costs about 1.6x the truncated forward; peak RSS 1300 MB.
-_COLLECT_IMAGES_PER_S = 12.7
+# collect: the demo measured end to end (2026-12-06, idle 2-core machine): 2,000 images with attribution in 32.3 s;
+# attribution costs about 1.6x the truncated forward. Peak 1300 MB.
 _ATTRIBUTION_FACTOR = 1.6
+_COLLECT_IMAGES_PER_S = 2000 / 32.3 * _ATTRIBUTION_FACTOR
 # render: the defaults (80 px, 512 steps, coarse 0.5 at half side) took 104 s for 34 icons: 5.97 ms per icon-step,
 # of which a full-size step is 1 / (0.5 + 0.5 * 0.25) = 1.6x.
 _RENDER_ICON_STEP_S = 104.0 / (34 * 512) / (0.5 + 0.5 * 0.25)
-# reduce: 4.3 s kNN + 34.8 s UMAP fit on the 30k sample; 200k: 10.6 s placing 170k rows; 1.0 GiB peak.
-_REDUCE_FIT_S, _REDUCE_FIT_REF, _REDUCE_PLACE_S = 4.3 + 34.8, 30_000, 10.6 / 170_000
-# grid: 43.6 s for 1,000,000 rows, sizes 8 to 128 (5 levels), 297 MiB.
-_GRID_S_PER_ROW_LEVEL = 43.6 / (1_000_000 * 5)
-# tile: 24.9 s for 6,819 tiles (160 x 160 atlas, 1,000 classes).
-_TILE_S = 24.9 / 6819
+# reduce (benchmarks/reduce.py --n 200000 --methods ours, 2026-12-07, idle): 1.8 s kNN + 20.9 s UMAP fit on the
+# 30k sample, 7.9 s placing the other 170k rows; 1.6 GiB peak.
+_REDUCE_FIT_S, _REDUCE_FIT_REF, _REDUCE_PLACE_S = 1.8 + 20.9, 30_000, 7.9 / 170_000
+# grid (benchmarks/grid.py, in-process, 2026-12-06): 2.1 s for 20,000 rows x 3 levels, 4.3 s for 200,000 x 4:
+# 1.92 s fixed + 2.97 us per row and level; 297 MiB.
+_GRID_S_PER_ROW_LEVEL = (4.3 - 2.1) / (200_000 * 4 - 20_000 * 3)
+_GRID_START_S = 2.1 - 20_000 * 3 * _GRID_S_PER_ROW_LEVEL
+# tile (benchmarks/tile.py --only 160 --workers 0, 2026-12-07, idle): 21.4 s for 6,819 tiles (160 x 160 atlas,
+# 1,000 classes).
+_TILE_S = 21.4 / 6819
 # The demo measured end to end (2026-12-06, idle 2-core machine): reduce 7.1 s for 2,000 points, of which the
-# m log m term above gives 2 s (the rest is UMAP's numba compilation in a fresh process); tile 2.0 s for 98
+# m log m term above gives 1 s (the rest is UMAP's numba compilation in a fresh process); tile 2.0 s for 98
 # tiles and 1,344 example crops (0.4 s of tiles): 1.2 ms per crop.
 _REDUCE_START_S = 5.0
 _TILE_S_PER_EXAMPLE = 1.6 / 1344
+# tile's JPEG files against raw RGB (benchmarks/tile.py --only 160: 170.6 MB of files for 6,819 tiles of 256 px,
+# 1.34 GB raw, heat files and sheets included): about an eighth.
+_JPEG_RATIO = 0.127
 
 
 def default_calibration(channels: int, classes: int = 1000, attribution: bool = True) -> Calibration:
@@ -125,7 +136,8 @@ def default_calibration(channels: int, classes: int = 1000, attribution: bool = 
                        classes=classes, collect_s_per_image=per_image, collect_peak_mib=1300 * 1e6 / _MIB,
                        render_s_per_icon_step=_RENDER_ICON_STEP_S, render_ref_side=80, render_peak_mib=1300.0,
                        reduce_fit_s=_REDUCE_FIT_S, reduce_fit_ref=_REDUCE_FIT_REF, reduce_place_s_per_row=_REDUCE_PLACE_S,
-                       reduce_peak_mib=1066.0, grid_s_per_row_level=_GRID_S_PER_ROW_LEVEL, grid_peak_mib=297.0,
+                       reduce_peak_mib=1607.0, grid_s_per_row_level=_GRID_S_PER_ROW_LEVEL, grid_peak_mib=297.0,
+                       grid_start_s=_GRID_START_S,
                        tile_s_per_tile=_TILE_S, reduce_start_s=_REDUCE_START_S,
                        tile_s_per_example=_TILE_S_PER_EXAMPLE)
 
@@ -200,20 +212,25 @@ def estimate(cal: Calibration, cfg: Config, n: int, *, cuda: bool = False, free_
     sizes = sorted(cfg.grid.sizes)
     icons = cell_counts(sizes, n, cfg.grid.min_count)
     cell_bytes = 4 * c + 2 * classes + 3 * 8 * cfg.grid.examples + 8
-    rows.append(StageEstimate("grid", n * len(sizes) * cal.grid_s_per_row_level,
+    rows.append(StageEstimate("grid", cal.grid_start_s + n * len(sizes) * cal.grid_s_per_row_level,
                               sum(s * s for s in sizes) * cell_bytes + 8 * c * c, cal.grid_peak_mib, 1,
                               f"{len(sizes)} levels, {sum(s * s for s in sizes):,} cells"))
 
-    # render: icons x steps x side² (the coarse phase at coarse_scale² of the pixels)
+    # render: icons x steps x the cost of a step at the level's side (the coarse phase at its own side)
     r = cfg.render
     finest = max(sizes)
     sides = {s: r.level_icon_size(s, finest) for s in sizes}
     levels = sorted(r.levels) if r.levels else sizes
     batch = r.batch_size if isinstance(r.batch_size, int) else 100
-    coarse = r.coarse if r.param == "fft" else 0.0
-    step_share = (1 - coarse) + coarse * r.coarse_scale ** 2
-    render_s = sum(icons[s] * r.restarts * r.steps * step_share * cal.render_s_per_icon_step
-                   * (sides[s] / cal.render_ref_side) ** 2 for s in levels)
+
+    from .ops.inversion import resolve
+
+    def per_icon(side: int) -> float:
+        rr = resolve(r.model_copy(update={"icon_size": side}))
+        coarse = rr.coarse_steps
+        return (rr.steps - coarse) * icon_step_s(cal, side) + coarse * icon_step_s(cal, rr.coarse_size)
+
+    render_s = sum(icons[s] * r.restarts * per_icon(sides[s]) for s in levels)
     n_icons = sum(icons[s] for s in levels)
     render_disk = sum(icons[s] * (3 * sides[s] ** 2 + 4 * c + 12) for s in levels)
     rows.append(StageEstimate("render", render_s, render_disk, cal.render_peak_mib,
@@ -223,7 +240,8 @@ def estimate(cal: Calibration, cfg: Config, n: int, *, cuda: bool = False, free_
     # tile: the pyramids of the rendered levels, icon sheets, heat files, example crops
     tiles, tile_units, examples = _tile_plan(cfg, levels, icons, sides, classes)
     crop = 96
-    tile_disk = tiles * cfg.tile.tile_size ** 2 * 3 + examples * crop * crop * 3
+    ratio = _JPEG_RATIO if cfg.tile.format in ("jpg", "webp") else 1.0
+    tile_disk = round((tiles * cfg.tile.tile_size ** 2 * 3 + examples * crop * crop * 3) * ratio)
     rows.append(StageEstimate("tile", tiles * cal.tile_s_per_tile + examples * cal.tile_s_per_example, tile_disk, None, tile_units,
                               f"{tiles:,} tiles, {examples:,} example crops"))
 
@@ -310,27 +328,99 @@ def _rss_mib() -> float:
     return peak / _MIB if sys.platform == "darwin" else peak / 1024
 
 
-def calibrate(cfg: Config, seconds: float = 30.0, log: Any = None) -> Calibration:
-    """Measure collect and render on this machine in about ``seconds`` (model loading excluded):
-    collect batches of demo images through the real LayerSampler, then render steps of one
-    configured batch at the finest grid's icon size. Reduce, grid and tile keep the CPU figures."""
+def _tree_mib(proc: Any) -> float:
+    """Memory of a process and its children (MiB): their summed PSS (RSS where PSS is not readable)."""
+    import psutil
+
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except psutil.Error:
+            pass
+    return total / _MIB
+
+
+def _done_times(run_dir: Any) -> list[float]:
+    """Modification times of the collect units' done markers (sorted)."""
+    done = run_dir / "state" / "collect" / "done"
+    try:
+        return sorted(p.stat().st_mtime for p in done.iterdir() if p.name.startswith("chunk-"))
+    except FileNotFoundError:
+        return []
+
+
+def _calibrate_collect(cfg: Config, seconds: float, start_timeout: float = 600.0) -> tuple[float, float, int] | None:
+    """(seconds per image, peak MiB, images timed) of the real ``atlas collect`` of ``cfg`` on its first
+    images: a child process in a temporary run directory, one unit per batch, stopped ``seconds``
+    after its first unit is done. The rate counts the units done after the first, so the start-up
+    (model, decode workers, the source's scan) is not in it, but decoding, the data loader, the
+    network and the writes are, as in a run. None when fewer than 3 units were done."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+
+    from .config import dump_config, with_updates
+
+    bs = cfg.collect.batch_size
+    with tempfile.TemporaryDirectory(prefix="atlas-calibrate-") as d:
+        run_dir = Path(d) / "run"
+        sub = with_updates(cfg, {"run_dir": str(run_dir), "collect.chunk_rows": bs, "model.layers": None,
+                                 "cluster.engine": "local"})
+        (Path(d) / "calibrate.yaml").write_text(dump_config(sub))
+        cmd = [sys.executable, "-m", "atlas", "collect", str(Path(d) / "calibrate.yaml"), "--set", f"run_dir={run_dir}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        peak, first, t0 = 0.0, None, time.monotonic()
+        try:
+            ps = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                peak = max(peak, _tree_mib(ps))
+                times = _done_times(run_dir)
+                if first is None and times:
+                    first = time.monotonic()
+                if (first is not None and time.monotonic() - first >= seconds) or time.monotonic() - t0 > start_timeout:
+                    break
+                time.sleep(0.5)
+        finally:
+            _kill_tree(proc)
+        times = _done_times(run_dir)
+    if len(times) < 3:
+        return None
+    images = (len(times) - 1) * bs
+    return max(times[-1] - times[0], 1e-9) / images, peak, images
+
+
+def _kill_tree(proc: Any) -> None:
+    import os
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _collect_loop(cfg: Config, net: Any, seconds: float, device: Any) -> tuple[float, float]:
+    """(seconds per image, peak MiB) of decode + the network on demo images in this process, batch by
+    batch: the fallback when the real stage did too few units (a tiny source)."""
     import numpy as np
     import torch
 
-    from .models import LayerSampler, layer_shape, load_network, pin_threads, resolve_device
-    from .models._activations import LayerActivations
-    from .ops.inversion import render_icons
+    from .models import LayerSampler, layer_shape
     from .sources import load_image
     from .sources._demo import demo_location
 
-    say = log or (lambda msg: None)
-    pin_threads(cfg.collect.threads)
-    net = load_network(cfg.model)
-    c, h, w = layer_shape(net, cfg.model.layer)
-    device = resolve_device(cfg.model.device)
-    base = default_calibration(c, len(net.class_names), cfg.collect.attribution and net.has_classifier)
-
-    # collect: decode + forward of demo images, batch by batch, until half the budget is spent
+    _, h, w = layer_shape(net, cfg.model.layer)
     sampler = LayerSampler(net, cfg.model.layer, attribution=cfg.collect.attribution, top_k=cfg.collect.top_k,
                            device=device, channels_last=cfg.collect.channels_last, autocast=device.type == "cuda",
                            fold_bn=cfg.collect.fold_bn)
@@ -345,40 +435,98 @@ def calibrate(cfg: Config, seconds: float = 30.0, log: Any = None) -> Calibratio
         return time.perf_counter() - t0
 
     batch(0)  # warm-up (allocations, first-call overheads)
-    budget, spent, done = seconds * 0.5, 0.0, 0
-    while done < 2 or (spent < budget and done < 20):
+    spent, done = 0.0, 0
+    while done < 2 or (spent < seconds and done < 20):
         spent += batch(done + 1)
         done += 1
-    per_image = spent / (done * bs)
-    say(f"collect: {done} batches of {bs} images, {1 / per_image:.1f} images/s")
-    collect_peak = _rss_mib()
+    return spent / (done * bs), _rss_mib()
 
-    # render: a few full-size steps of one batch at the finest grid's icon size
+
+def calibrate(cfg: Config, seconds: float = 30.0, log: Any = None) -> Calibration:
+    """Measure collect and render on this machine in about ``seconds`` (model loading excluded):
+    the real ``atlas collect`` on the configured images for half of it (:func:`_calibrate_collect`),
+    then render steps of one configured batch at the finest grid's icon size. Reduce, grid and tile
+    keep the CPU figures."""
+    import torch
+
+    from .models import layer_shape, load_network, pin_threads, resolve_device
+    from .models._activations import LayerActivations
+    from .ops.inversion import render_icons
+
+    say = log or (lambda msg: None)
+    pin_threads(cfg.collect.threads)
+    net = load_network(cfg.model)
+    c = layer_shape(net, cfg.model.layer)[0]
+    device = resolve_device(cfg.model.device)
+    base = default_calibration(c, len(net.class_names), cfg.collect.attribution and net.has_classifier)
+
+    # collect: the real stage on the configured images, in a child process, for half the budget
+    measured = _calibrate_collect(cfg, seconds * 0.5)
+    if measured is None:
+        per_image, collect_peak = _collect_loop(cfg, net, seconds * 0.5, device)
+        say(f"collect: {1 / per_image:.1f} images/s (decode and network in this process: too few images "
+            "for the real stage's units)")
+    else:
+        per_image, collect_peak, images = measured
+        say(f"collect: {1 / per_image:.1f} images/s (`atlas collect` on {images:,} of the configured images, "
+            f"start-up not counted)")
+
+    # render: full-size steps of one configured batch at each icon side the levels use (and their
+    # coarse phases' sides), smallest first, within the other half of the budget
     r = cfg.render
-    side = r.level_icon_size(max(cfg.grid.sizes), max(cfg.grid.sizes))
     n_icons = r.batch_size if isinstance(r.batch_size, int) else 100
-    n_icons = min(n_icons, 16) if device.type == "cpu" else n_icons
     acts = LayerActivations(net, cfg.model.layer, device, channels_last=device.type == "cuda")
     targets = torch.randn(n_icons, c, generator=torch.Generator().manual_seed(0)).abs()
 
-    def steps(k: int) -> float:
+    def steps(side: int, k: int) -> float:
         settings = r.model_copy(update={"steps": k, "coarse": 0.0, "restarts": 1})
         t0 = time.perf_counter()
         render_icons(acts, targets, settings, generator=torch.Generator().manual_seed(0), icon_size=side)
         return time.perf_counter() - t0
 
-    one = steps(1)  # includes set-up and the final scoring
-    k = 2
-    more = steps(1 + k)
-    while more - one < seconds * 0.1 and k < 64 and one + more < seconds * 0.5:
-        k *= 2
-        more = steps(1 + k)
-    per_step = max(more - one, 1e-9) / k / n_icons
-    say(f"render: {n_icons} icons at {side} px, {per_step * 1000:.2f} ms per icon-step")
+    costs: dict[int, float] = {}
+    started = time.perf_counter()
+    for side in render_sides(cfg):
+        if costs and time.perf_counter() - started > seconds * 0.5:
+            break  # the larger sides are scaled from the largest one measured
+        one, k = steps(side, 1), 2  # one step includes set-up and the final scoring
+        more = steps(side, 1 + k)
+        while more - one < 1.0 and k < 16:  # at least a second of steps: a few fast ones are noise
+            k *= 2
+            more = steps(side, 1 + k)
+        costs[side] = max(more - one, 1e-9) / k / n_icons
+    say("render: " + ", ".join(f"{side} px {v * 1000:.2f}" for side, v in costs.items())
+        + f" ms per icon-step (batches of {n_icons})")
+    ref = max(costs)
     return replace(base, source="measured on this machine (collect, render); docs/benchmarks.md CPU figures "
                                 "(reduce, grid, tile)", device=device.type,
                    collect_s_per_image=per_image, collect_peak_mib=collect_peak,
-                   render_s_per_icon_step=per_step, render_ref_side=side, render_peak_mib=_rss_mib())
+                   render_s_per_icon_step=costs[ref], render_ref_side=ref, render_peak_mib=_rss_mib(),
+                   render_side_s=tuple(sorted(costs.items())))
+
+
+def render_sides(cfg: Config) -> list[int]:
+    """The icon sides a render of ``cfg`` optimises at: each rendered level's, and its coarse phase's. Ascending."""
+    from .ops.inversion import resolve
+
+    sizes = sorted(cfg.grid.sizes)
+    out = set()
+    for s in sorted(cfg.render.levels) if cfg.render.levels else sizes:
+        side = cfg.render.level_icon_size(s, max(sizes))
+        r = resolve(cfg.render.model_copy(update={"icon_size": side}))
+        out |= {side, r.coarse_size} if r.coarse_steps else {side}
+    return sorted(out)
+
+
+def icon_step_s(cal: Calibration, side: int) -> float:
+    """Seconds of one icon's full-size optimisation step at ``side`` px: the measured figure of that side,
+    else the nearest measured side's scaled by the pixels (the docs' figure at ``render_ref_side`` without
+    measurements). Larger batches of larger icons cost more per pixel on a CPU (caches), hence per side."""
+    table = dict(cal.render_side_s) or {cal.render_ref_side: cal.render_s_per_icon_step}
+    if side in table:
+        return table[side]
+    near = min(table, key=lambda t: (abs(math.log(t / side)), -t))
+    return table[near] * (side / near) ** 2
 
 
 def layer_channels(cfg: Config) -> tuple[int, int, str | None]:
@@ -428,8 +576,8 @@ def format_estimate(est: Estimate) -> str:
     lines = [f"atlas: estimate for {est.images:,} images; figures: {est.calibration.source}"]
     lines += ["  ".join(cell.ljust(wd) for cell, wd in zip(r, widths)).rstrip() for r in table]
     lines.append("Times are one process on this machine" + (" (divide by the tasks for wall time on the cluster)"
-                                                           if cl else "") + "; disk is before compression "
-                 "(icons and tiles as raw RGB: Zarr's and JPEG's compression make them smaller).")
+                                                           if cl else "") + "; disk is before Zarr's "
+                 "compression (icons as raw RGB), tiles as JPEG at about an eighth of raw RGB.")
     lines += [f"note: {n}" for n in est.calibration.notes]
     lines += [f"warning: {w}" for w in est.warnings]
     return "\n".join(lines)

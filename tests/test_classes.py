@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,10 @@ from atlas.ops.classes import (
     select_rows,
     support,
 )
-from atlas.serve import make_server
 from atlas.sources import read_manifest
 from atlas.stages import final_info
 from atlas.store import RunDir, StoreError
+from tests.browser import launched, served
 from tests.cluster.util import WHOLE, atlas
 from tests.conftest import DEMO
 from tests.stages.contract import one_line_error
@@ -236,46 +235,33 @@ def test_clear_errors(made, tmp_path):
 
 @pytest.mark.browser
 def test_the_switcher_lists_the_class_atlases_and_switching_changes_the_url(made):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium, done by `make setup`)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
-    server = make_server(made["run"], port=0, quiet=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
     two = Path(made["two"].run_dir).name
     problems: list[str] = []
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("response", lambda r: r.status >= 400 and problems.append(f"{r.status} {r.url}"))
-            page.goto(base + "/")
-            assert page.url.startswith(base + "/tiles/")
-            page.wait_for_function("window.atlasViewer && window.atlasViewer.atlases.index !== null", timeout=20_000)
-            options = page.eval_on_selector_all("#atlas-switch option", "os => os.map(o => o.textContent)")
-            assert len(options) == 3 and options[0].startswith("Whole atlas"), options
-            assert any(made["names"][0] in o for o in options[1:]) and any(" vs " in o for o in options)
-            assert page.is_visible("#atlas-switch") and page.is_hidden("#compare")
-            index = next(i for i, o in enumerate(options) if " vs " in o)
-            with page.expect_navigation():
-                page.select_option("#atlas-switch", index=index)
-            assert page.url.startswith(f"{base}/classes/{two}/tiles/index.html"), page.url
-            page.wait_for_function("window.atlasViewer && window.atlasViewer.atlases.compare && "
-                                   "window.atlasViewer.atlases.compare.columns[0].length + "
-                                   "window.atlasViewer.atlases.compare.columns[1].length > 0 && "
-                                   "window.atlasViewer.atlases.compare.lastDraw.cells > 0", timeout=20_000)
-            state = page.evaluate("(() => { const a = window.atlasViewer.atlases; return {slug: a.current, "
-                                  "legend: document.getElementById('compare-legend').textContent, "
-                                  "selected: document.getElementById('atlas-switch').selectedOptions[0].textContent,"
-                                  " title: document.querySelector('.title').textContent}; })()")
-            assert state["slug"] == two and " vs " in state["selected"] and " vs " in state["title"]
-            assert all(n in state["legend"] for n in made["two"].classes.names)
-            page.click("#compare-cols button[data-row]")  # the strongest cell: fly there and open its panel
-            page.wait_for_function("!document.getElementById('panel').hidden", timeout=20_000)
-            browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with launched() as browser, served(made["run"]) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("response", lambda r: r.status >= 400 and problems.append(f"{r.status} {r.url}"))
+        page.goto(base + "/")
+        assert page.url.startswith(base + "/tiles/")
+        page.wait_for_function("window.atlasViewer && window.atlasViewer.atlases.index !== null", timeout=20_000)
+        options = page.eval_on_selector_all("#atlas-switch option", "os => os.map(o => o.textContent)")
+        assert len(options) == 3 and options[0].startswith("Whole atlas"), options
+        assert any(made["names"][0] in o for o in options[1:]) and any(" vs " in o for o in options)
+        assert page.is_visible("#atlas-switch") and page.is_hidden("#compare")
+        index = next(i for i, o in enumerate(options) if " vs " in o)
+        with page.expect_navigation():
+            page.select_option("#atlas-switch", index=index)
+        assert page.url.startswith(f"{base}/classes/{two}/tiles/index.html"), page.url
+        page.wait_for_function("window.atlasViewer && window.atlasViewer.atlases.compare && "
+                               "window.atlasViewer.atlases.compare.columns[0].length + "
+                               "window.atlasViewer.atlases.compare.columns[1].length > 0 && "
+                               "window.atlasViewer.atlases.compare.lastDraw.cells > 0", timeout=20_000)
+        state = page.evaluate("(() => { const a = window.atlasViewer.atlases; return {slug: a.current, "
+                              "legend: document.getElementById('compare-legend').textContent, "
+                              "selected: document.getElementById('atlas-switch').selectedOptions[0].textContent,"
+                              " title: document.querySelector('.title').textContent}; })()")
+        assert state["slug"] == two and " vs " in state["selected"] and " vs " in state["title"]
+        assert all(n in state["legend"] for n in made["two"].classes.names)
+        page.click("#compare-cols button[data-row]")  # the strongest cell: fly there and open its panel
+        page.wait_for_function("!document.getElementById('panel').hidden", timeout=20_000)
     assert not problems, problems

@@ -42,8 +42,20 @@ def _row(est: object, stage: str) -> object:
     return next(s for s in est.stages if s.stage == stage)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True)
+def _half_fill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's tests fill half of each grid, so that their exact counts read easily."""
+    monkeypatch.setattr("atlas.estimate.FILL", 0.5)
+
+
 def test_cell_counts_fill_half_the_square_but_never_more_than_n_over_min_count() -> None:
     assert cell_counts([2, 4, 16], 200, 2) == {2: 2, 4: 8, 16: 100}
+
+
+def test_the_fill_prior_is_the_demos_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FILL = 0.3: the demo's 102 icons of 336 cells (grids 4, 8, 16 at 2,000 images), within one icon."""
+    monkeypatch.undo()
+    assert sum(cell_counts([4, 8, 16], 2000, 2).values()) == 101
 
 
 def test_collect_time_disk_units() -> None:
@@ -92,14 +104,31 @@ def test_tile_counts_exact() -> None:
     # one 16-px canvas: levels of 1, 2, 4, 8, 16 px, one tile each; 1 base unit + 1 sheet + 2 heat + 1 examples
     assert tile.seconds == pytest.approx(5 * 2.0)
     assert tile.units == 1 + 1 + 2 + 1
-    assert tile.disk_bytes == 5 * 16 * 16 * 3 + 1 * 96 * 96 * 3
+    assert tile.disk_bytes == round((5 * 16 * 16 * 3 + 1 * 96 * 96 * 3) * 0.127)  # JPEG: about an eighth of raw
+    png = estimate(_cal(), _cfg(grid={"sizes": [1], "min_count": 1}, render={"icon_size": 16}, tile={"format": "png"}), 4)
+    assert _row(png, "tile").disk_bytes == 5 * 16 * 16 * 3 + 1 * 96 * 96 * 3  # raw: an upper bound
 
 
 def test_coarse_phase_and_icon_growth() -> None:
     cfg = _cfg(render={"coarse": 0.5, "coarse_scale": 0.5, "icon_growth": 1.0})
     render = _row(estimate(_cal(), cfg, 200), "render")
-    # grid 2 at 20 px (2 icons, 4x the pixels), grid 4 at 10 px (8 icons); a step costs 0.5 + 0.5 x 0.25
-    assert render.seconds == pytest.approx((2 * 4 + 8) * 3 * 0.001 * 0.625)
+    # 3 steps: round(0.5 x 3) = 2 coarse, 1 full. Grid 2 at 20 px (2 icons): a full step 4x the pixels of
+    # 10 px, a coarse one at 10 px; grid 4 at 10 px (8 icons): coarse at max(8, 5) = 8 px, 0.64x the pixels
+    assert render.seconds == pytest.approx(2 * (1 * 4 + 2 * 1) * 0.001 + 8 * (1 * 1 + 2 * 0.64) * 0.001)
+
+
+def test_render_uses_the_cost_measured_at_each_side() -> None:
+    """A CPU step of a batch of large icons costs more per pixel (caches): measured sides are used as
+    they are, others scaled by the pixels from the nearest measured side."""
+    from atlas.estimate import icon_step_s
+
+    cal = _cal(render_side_s=((10, 0.001), (20, 0.008)))
+    assert icon_step_s(cal, 10) == 0.001 and icon_step_s(cal, 20) == 0.008  # not 4x: 8x, as measured
+    assert icon_step_s(cal, 40) == pytest.approx(0.008 * 4) and icon_step_s(cal, 8) == pytest.approx(0.001 * 0.64)
+    assert icon_step_s(_cal(), 20) == pytest.approx(0.004)  # no table: the reference side's, scaled
+    cfg = _cfg(render={"coarse": 0.0, "icon_growth": 1.0})
+    render = _row(estimate(cal, cfg, 200), "render")
+    assert render.seconds == pytest.approx(2 * 3 * 0.008 + 8 * 3 * 0.001)
 
 
 def test_no_warnings_on_a_fitting_config() -> None:
@@ -143,7 +172,10 @@ def test_slurm_config_adds_hours_and_arrays() -> None:
 
 def test_default_calibration_matches_benchmarks() -> None:
     cal = default_calibration(192)
-    assert cal.collect_s_per_image == pytest.approx(1.6 / 12.7)
+    assert cal.collect_s_per_image == pytest.approx(32.3 / 2000)  # the demo, attribution on
+    assert cal.reduce_fit_s == pytest.approx(22.7) and cal.tile_s_per_tile == pytest.approx(21.4 / 6819)
+    assert cal.grid_start_s + 200_000 * 4 * cal.grid_s_per_row_level == pytest.approx(4.3)
+    assert cal.grid_start_s + 20_000 * 3 * cal.grid_s_per_row_level == pytest.approx(2.1)
     assert cal.render_s_per_icon_step * 0.625 == pytest.approx(104.0 / (34 * 512))
 
 
@@ -203,3 +235,27 @@ def test_status_of_a_run_under_way_says_what_is_left(whole_run, tmp_path) -> Non
     assert report["remaining"]["from"]["tile"] == "model" and report["remaining"]["seconds"]["tile"] > 0
     assert "remaining: about" in format_status(report)
     assert status(whole_run)["remaining"] is None  # finished: nothing left
+
+
+def test_calibration_times_the_real_collect_and_each_render_side(tmp_path) -> None:  # noqa: ANN001
+    """The calibration runs `atlas collect` itself (a child process, one unit per batch, stopped after its
+    budget) and a render batch at each icon side of the levels, smallest first; it leaves nothing behind."""
+    import tempfile
+
+    from atlas.config import load_config
+    from atlas.estimate import calibrate, render_sides
+
+    cfg = load_config(ROOT / "pipelines" / "demo.yaml", [
+        f"run_dir={tmp_path / 'run'}", "images.demo_count=400", "collect.batch_size=16", "collect.workers=1",
+        "grid.sizes=[2, 4]", "render.icon_size=16", "render.batch_size=4", "model.device=cpu"])
+    assert render_sides(cfg) == [8, 12, 16, 23]  # 16 and 23 px icons, their coarse phases at half the side
+    said: list[str] = []
+    before = set(Path(tempfile.gettempdir()).glob("atlas-calibrate-*"))
+    cal = calibrate(cfg, seconds=2, log=said.append)
+    assert cal.source.startswith("measured on this machine") and cal.channels == 192
+    assert 1 / cal.collect_s_per_image > 1 and cal.collect_peak_mib > 100
+    assert "`atlas collect` on" in said[0], said
+    sides = [side for side, _ in cal.render_side_s]
+    assert sides == sorted(sides) and sides[0] == 8 and all(v > 0 for _, v in cal.render_side_s)
+    assert set(Path(tempfile.gettempdir()).glob("atlas-calibrate-*")) == before
+    assert not (tmp_path / "run").exists()

@@ -19,8 +19,6 @@ Writes screenshots and ``viewer-timing.json`` to ``test-artifacts/``.
 from __future__ import annotations
 
 import json
-import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -29,9 +27,9 @@ import pytest
 
 from atlas.config import RenderConfig, load_config
 from atlas.ops.dzi import grid_for_zoom, grid_switch_px
-from atlas.serve import make_server
 from atlas.stages import get_stage, run_stage
 from atlas.stages.tile import example_box
+from tests.browser import launched, require_chromium, served
 from tests.stages.contract import mark_finished
 from tests.synthetic_atlas import INPUT_SIZE, LAYER_HW, icon_image, label_name, make_atlas
 
@@ -39,9 +37,6 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 SIZES, ICON = (4, 8, 16), 64
 ICONS = {s: RenderConfig(icon_size=ICON).level_icon_size(s, SIZES[-1]) for s in SIZES}  # 128, 91, 64
 WIDE, NARROW = (1280, 800), (400, 800)
@@ -50,9 +45,7 @@ TIMING: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def atlas_run(tmp_path_factory) -> Path:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium, done by `make setup`)")
-    pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
+    require_chromium()
     run_dir = tmp_path_factory.mktemp("viewer") / "run"
     make_atlas(run_dir, sizes=SIZES, icon=ICON, icon_sizes=ICONS, pattern="texture", examples=6, n_labels=3)
     mark_finished(run_dir, "collect", "reduce", "grid", "render")  # the runner's final markers
@@ -62,23 +55,16 @@ def atlas_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(atlas_run):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with launched() as b:
         yield b
-        b.close()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "viewer-timing.json").write_text(json.dumps(TIMING, indent=2))
 
 
 @pytest.fixture(scope="module")
 def url(atlas_run):
-    server = make_server(atlas_run, port=0, quiet=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with served(atlas_run) as base:
+        yield base + "/"
 
 
 class _Watch:

@@ -18,7 +18,6 @@ import base64
 import json
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +26,9 @@ import numpy as np
 import pytest
 
 from atlas.ops.binning import cell_ids
-from atlas.serve import make_server
+from tests.browser import launched, require_chromium, served
 from tests.cluster.util import atlas
-from tests.test_viewer_browser import ARGS, CHROMIUM, NARROW, WIDE, _click_zoom, _open, _settle, _shot
+from tests.test_viewer_browser import NARROW, WIDE, _click_zoom, _open, _settle, _shot
 
 pytestmark = pytest.mark.browser
 
@@ -43,9 +42,7 @@ IDS = ["1280x800", "400x800"]
 @pytest.fixture(scope="session")
 def two_layers(layers_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's two-layer atlas (tests/conftest.py ``layers_run``), copied, one image located on the second."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium, done by `make setup`)")
-    pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
+    require_chromium()
     run_dir = tmp_path_factory.mktemp("viewer-layers") / "run"
     shutil.copytree(layers_run, run_dir)
     atlas("locate", str(run_dir / "config.yaml"), "--layer", LAYERS[1], LOCATED)
@@ -54,21 +51,14 @@ def two_layers(layers_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def browser(two_layers):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with launched() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
 def url(two_layers):
-    server = make_server(two_layers, port=0, quiet=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with served(two_layers) as base:
+        yield base + "/"
 
 
 # --------------------------------------------------------------------------- what Python says

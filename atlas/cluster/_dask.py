@@ -33,8 +33,12 @@ def _slurm_cluster(cc: ClusterConfig, log_dir: str | None) -> Any:
                           "(or start a scheduler yourself and set cluster.scheduler)") from None
     jq = cc.jobqueue
     extra = list(jq.job_extra_directives) + ([f"--gres=gpu:{jq.gpus}"] if jq.gpus else [])
+    # With GPUs, each of a job's `processes` workers declares one: GPU tasks go one per worker, and
+    # GpuPerWorker gives worker k of the job the job's k-th GPU (its name ends in -k).
+    resources = ["--resources", "GPU=1"] if jq.gpus else []
     return SLURMCluster(cores=jq.cores, memory=jq.memory, processes=jq.processes, walltime=jq.walltime,
-                        queue=jq.queue, account=jq.account, job_extra_directives=extra, log_directory=log_dir)
+                        queue=jq.queue, account=jq.account, job_extra_directives=extra, log_directory=log_dir,
+                        worker_extra_args=resources)
 
 
 @contextlib.contextmanager

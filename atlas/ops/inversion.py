@@ -369,6 +369,21 @@ def _render_icons(acts: Activations, targets: torch.Tensor, settings: Any, *, ge
                         cos[best].cpu().numpy().astype(np.float32), reduced[best].cpu().numpy().astype(np.float32))
 
 
+CPU_BATCH = 100
+"""``batch_size: auto`` off CUDA."""
+AUTO_UNITS, AUTO_FLOOR = 16, 32
+"""``batch_size: auto`` leaves at least AUTO_UNITS units (when the icons allow AUTO_FLOOR each)."""
+
+
+def auto_batch_size(fit: int | None, icons: int) -> int:
+    """``batch_size: auto``: the icons that fit (``fit``, from :func:`fit_batch_size`; ``CPU_BATCH`` off
+    CUDA), but no more than ``icons / AUTO_UNITS`` (at least ``AUTO_FLOOR``), so that a run of ``icons``
+    icons keeps units to share among GPUs, to resume from and to count progress by, instead of a
+    level per unit."""
+    cap = max(AUTO_FLOOR, -(-icons // AUTO_UNITS))
+    return max(1, min(fit or CPU_BATCH, cap))
+
+
 def fit_batch_size(acts: Activations, icon_size: int, *, restarts: int = 1, fraction: float = 0.8,
                    cap: int = 4096, probe: int = 8) -> int | None:
     """The most icons (x ``restarts`` images) one optimisation step fits in ``fraction`` of the free

@@ -61,7 +61,7 @@ from ..formats import (
     write_render_rows,
     write_render_summaries,
 )
-from ..ops.inversion import RenderResult, fit_batch_size, render_icons
+from ..ops.inversion import AUTO_UNITS, CPU_BATCH, RenderResult, auto_batch_size, fit_batch_size, render_icons
 from ..ops.objectives import own_rank, retrieval_at
 from ..progress import plural, progress
 from ..store import RunDir, StoreError
@@ -71,7 +71,6 @@ __all__ = ["STAGE", "RenderStage", "plan_units", "unit_name", "unit_seed", "fait
            "distinctness_summary", "level_icon_sizes", "example_patches", "RenderResult"]
 
 NAME = "render"
-CPU_BATCH = 100  # `batch_size: auto` off CUDA
 
 # Settings that change an icon's pixels: a rerun with other values would mix two runs.
 _PIXEL_KEYS = ("icon_size", "steps", "batch_size", "restarts", "lr", "optimizer", "schedule", "warmup",
@@ -212,8 +211,8 @@ def level_icon_sizes(cfg: Config, sizes: list[int]) -> dict[int, int]:
 
 
 def _resolve_batch_size(ctx: _Context) -> int:
-    """``render.batch_size``, or for ``auto`` the icons of the largest icon side that fit the free
-    GPU memory (:func:`~atlas.ops.inversion.fit_batch_size`; ``CPU_BATCH`` off CUDA)."""
+    """``render.batch_size``, or for ``auto`` :func:`auto_batch_size` of the icons of the largest icon
+    side that fit the free GPU memory (:func:`~atlas.ops.inversion.fit_batch_size`) and the grid's cells."""
     bs = ctx.cfg.render.batch_size
     if bs != "auto":
         return int(bs)
@@ -221,8 +220,11 @@ def _resolve_batch_size(ctx: _Context) -> int:
         ctx.acts = _layer_activations(ctx.cfg, ctx.grid)
     side = max(level_icon_sizes(ctx.cfg, list(ctx.grid.levels)).values())
     fit = fit_batch_size(ctx.acts, side, restarts=ctx.cfg.render.restarts)
-    ctx.log.info("render.batch_size auto: %s", f"{fit} icons fit the free GPU memory" if fit else f"{CPU_BATCH} (not on CUDA)")
-    return fit or CPU_BATCH
+    cells = sum(len(lvl.cells) for lvl in ctx.grid.levels.values())
+    bs = auto_batch_size(fit, cells)
+    ctx.log.info("render.batch_size auto: %d (%s; at most %d units' worth of %d cells)", bs,
+                 f"{fit} icons fit the free GPU memory" if fit else f"{CPU_BATCH} off CUDA", AUTO_UNITS, cells)
+    return bs
 
 
 def _create_group(ctx: _Context) -> None:

@@ -70,10 +70,16 @@
   }
 
   // ------------------------------------------------------------------ the class heatmap
-  function paintHeat(ctx, v, heat) {  // every visible cell where the class is positive, in its colour; -> colours used
-    var colours = new Set();
+  // paintHeat: dim the visible map, then colour every visible cell where values (uint8 per cell of grid
+  // v.s, row-major) is positive by its value; -> {cells, colours}. The class heatmap and the unit
+  // heatmap (units.js) both paint with it.
+  api.paintHeat = function (ctx, v, values) {
+    var colours = new Set(), cells = 0;
+    ctx.fillStyle = "rgba(18, 20, 30, 0.66)";
+    ctx.fillRect(v.origin.x, v.origin.y, v.far.x - v.origin.x, v.far.y - v.origin.y);
+    if (!values) return { cells: 0, colours: 0 };
     v.forEachCell(function (r, c, x, y) {
-      var q = heat.values[r * v.s + c];
+      var q = values[r * v.s + c];
       if (!q) return;
       var t = q / 255, rgb = api.colour.scale(t);
       ctx.clearRect(x, y, v.cw, v.ch);
@@ -85,17 +91,17 @@
         ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, v.cw - ctx.lineWidth, v.ch - ctx.lineWidth);
       }
       colours.add(q);
-      state.lastDraw.heatCells += 1;
+      cells += 1;
     });
-    return colours.size;
-  }
+    return { cells: cells, colours: colours.size };
+  };
   function drawHeat(ctx, v) {  // dim the atlas, colour each cell by the searched class's value there
     if (v.query === null || !v.level) return;
     var heat = state.heat[v.s + ":" + v.query];
     if (!heat) api.loadHeat(v.s, v.query);
-    ctx.fillStyle = "rgba(18, 20, 30, 0.66)";
-    ctx.fillRect(v.origin.x, v.origin.y, v.far.x - v.origin.x, v.far.y - v.origin.y);
-    if (heat) state.lastDraw.heatColours = paintHeat(ctx, v, heat);
+    var painted = api.paintHeat(ctx, v, heat ? heat.values : null);
+    state.lastDraw.heatCells += painted.cells;
+    if (heat) state.lastDraw.heatColours = painted.colours;
   }
 
   // ------------------------------------------------------------------ labels

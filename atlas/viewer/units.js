@@ -232,23 +232,7 @@
     var doc = state.unit === null ? null : state.data[state.unit], key = v.s + ":" + v.query;
     if (doc && state.legendFor !== key) { state.legendFor = key; updateLegend(); }  // another grid, or a class searched
     if (!doc || v.query !== null || !doc.levels[v.s]) return;
-    var h = doc.levels[v.s];
-    ctx.fillStyle = "rgba(18, 20, 30, 0.66)";
-    ctx.fillRect(v.origin.x, v.origin.y, v.far.x - v.origin.x, v.far.y - v.origin.y);
-    v.forEachCell(function (r, c, x, y) {
-      var q = h.values[r * v.s + c];
-      if (!q) return;
-      var t = q / 255, rgb = api.colour.scale(t);
-      ctx.clearRect(x, y, v.cw, v.ch);
-      ctx.fillStyle = api.colour.rgba(rgb, 0.38 + 0.24 * t);
-      ctx.fillRect(x, y, v.cw, v.ch);
-      if (v.cw >= 6) {
-        ctx.strokeStyle = api.colour.css(rgb);
-        ctx.lineWidth = Math.max(1, Math.min(3, v.cw / 24));
-        ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, v.cw - ctx.lineWidth, v.ch - ctx.lineWidth);
-      }
-      state.drawn += 1;
-    });
+    state.drawn = api.paintHeat(ctx, v, doc.levels[v.s].values).cells;
   }
 
   // ------------------------------------------------------------------ search: units by index

@@ -48,3 +48,20 @@ def test_each_gpu_worker_gets_its_own_device(monkeypatch):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         assert gpu_resources(client, True, "cuda") is None  # no GPU workers: tasks ask for nothing
+
+
+@pytest.mark.timeout(120)
+def test_slurmcluster_jobs_declare_one_gpu_per_worker_process():
+    """A SLURMCluster with GPUs asks SLURM for them and starts each worker with one GPU resource (the
+    job script dask-jobqueue would submit); a job's GPUs and worker processes must match."""
+    pytest.importorskip("dask_jobqueue")
+    from atlas.cluster._dask import _slurm_cluster
+
+    cc = ClusterConfig(jobqueue={"jobs": 1, "processes": 2, "gpus": 2, "cores": 4})
+    with _slurm_cluster(cc, None) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH --gres=gpu:2" in script and "--resources GPU=1" in script and "--nworkers 2" in script, script
+    with _slurm_cluster(ClusterConfig(jobqueue={"jobs": 1}), None) as cluster:
+        assert "--resources" not in cluster.job_script()
+    with pytest.raises(ValueError, match=r"processes: 4 \(one worker per GPU\)"):
+        ClusterConfig(jobqueue={"jobs": 1, "gpus": 4})

@@ -20,6 +20,7 @@ from atlas.ops.transforms import (
     random_scale,
     random_translate,
     standard_transforms,
+    to_device,
 )
 
 
@@ -146,3 +147,25 @@ def test_named_transforms():
     assert TRANSFORM_SETS == ("standard", "icon", "none")
     with pytest.raises(ValueError, match="transforms must be one of"):
         named_transforms("lucid", 32)
+
+
+def test_to_device_keeps_the_draw_and_leaves_cpu_tensors_alone():
+    draw = jitter_offsets(5, 4, _gen(3))
+    same = to_device(draw, torch.device("cpu"))
+    assert same.dtype == draw.dtype and torch.equal(same, draw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transforms_on_cuda_draw_what_the_cpu_draws_without_blocking_copies():
+    """The CUDA path copies each draw from pinned memory without blocking; the values, and so the
+    transformed images, are those of the CPU (the draws come from the same CPU generator)."""
+    draw = jitter_offsets(7, 6, _gen(1))
+    moved = to_device(draw, torch.device("cuda"))
+    assert moved.is_cuda and torch.equal(moved.cpu(), draw)
+    images = _images(4, 40, 40)
+    t = compose(standard_transforms())
+    cpu = t(images, _gen(9))
+    gpu = t(images.cuda(), _gen(9))
+    assert gpu.shape == cpu.shape
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)

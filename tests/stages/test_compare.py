@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from atlas.sources import load_image, read_manifest
 from atlas.stages import final_info, get_stage, run_stage
 from atlas.stages._pair import STAGE_RUN
 from atlas.store import RunDir
+from tests.browser import launched, served
 from tests.cluster.util import atlas, sets
 from tests.conftest import DEMO
 from tests.stages.contract import Runs, StageContract, copy_run, one_line_error, stage_cli
@@ -265,74 +265,57 @@ def _pixel(page: Any, x: float, y: float) -> list[int]:
 @pytest.mark.browser
 @pytest.mark.parametrize("size", [(1280, 800), (400, 800)], ids=["1280x800", "400x800"])
 def test_the_viewer_switches_icons_in_place_and_colours_cells_by_change(compared: dict[str, Any], size: tuple[int, int]) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium, done by `make setup`)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    from atlas.serve import make_server
-
-    server = make_server(compared["a"], port=0, quiet=True)  # served: the icons drawn in place leave the canvas readable
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/compare/base--finetuned/layout-a/tiles/index.html"
-    try:
-        _check_viewer(sync_playwright, chromium, url, size)
-    finally:
-        server.shutdown()
-        server.server_close()
-    if size[0] > 640:  # from disk too: the box, the switch, no failed request
-        view = _view(compared, "base--finetuned", "layout-b")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    with launched() as browser:
+        with served(compared["a"]) as base:  # served: the icons drawn in place leave the canvas readable
+            _check_viewer(browser, f"{base}/compare/base--finetuned/layout-a/tiles/index.html", size)
+        if size[0] > 640:  # from disk too: the box, the switch, no failed request
+            view = _view(compared, "base--finetuned", "layout-b")
             page, problems = _open_view(browser, (view / "tiles" / "index.html").as_uri(), size)
             page.keyboard.press("x")
             page.wait_for_function("window.atlasViewer.compare.drawnIcons > 0", timeout=10_000)
             assert "finetuned's layout" in page.inner_text("#compare")
-            browser.close()
-        assert not problems, problems
+            assert not problems, problems
 
 
-def _check_viewer(sync_playwright: Any, chromium: str, url: str, size: tuple[int, int]) -> None:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        page, problems = _open_view(browser, url, size)
-        got = page.evaluate("(() => { const s = document.getElementById('atlas-switch'); return {title: document.title,"
-                            " options: Array.from(s.options).map(o => o.textContent), chosen: s.selectedOptions[0].textContent,"
-                            " icons: window.atlasViewer.compare.icons}; })()")
-        assert got["icons"] == "network" and "base vs finetuned" in got["title"]
-        assert sum("Compare:" in o for o in got["options"]) == 3 and got["chosen"].startswith("Compare: base vs finetuned, on base")
-        # the key: A's icons drawn in place over the pyramid of B's, then B's again (the X key)
-        s = page.evaluate("window.atlasViewer.currentSize()")
-        page.click(".cmp-key button[data-icons='layout']")
-        page.wait_for_function("window.atlasViewer.compare.drawnIcons > 0", timeout=10_000)
-        drawn = page.evaluate("window.atlasViewer.compare.drawnIcons")
-        assert drawn == page.evaluate(f"Array.from(window.atlasViewer.compare.cells[{s}].byKey.values()).filter(c => c.icon).length")
-        assert "icons=a" in page.evaluate("location.hash")
-        page.keyboard.press("x")
-        page.wait_for_function("window.atlasViewer.compare.icons === 'network' && window.atlasViewer.compare.drawnIcons === 0")
-        # the heatmap: a legend, graded colours at the cells' centres
-        page.click("#cmp-heat")
-        page.wait_for_function("window.atlasViewer.compare.heatCells > 0", timeout=10_000)
-        assert page.is_visible("#cmp-legend") and page.inner_text("#cmp-legend-max").strip() != ""
-        centres = page.evaluate(f"""(() => {{ const a = window.atlasViewer, lv = a.compare.cells[{s}], box = document.getElementById('osd');
-            return Array.from(lv.byKey.values()).map(c => {{ const r = a.cellRect({s}, c.row, c.col);
-                return [r.x + r.w / 2, r.y + r.h / 2]; }}).filter(p => p[0] > 0 && p[1] > 0 && p[0] < box.clientWidth && p[1] < box.clientHeight); }})()""")
-        colours = {tuple(_pixel(page, x, y)[:3]) for x, y in centres}
-        assert len(colours) > 2, colours
-        assert "change=1" in page.evaluate("location.hash")
-        page.screenshot(path=str(Path(__file__).resolve().parents[2] / "test-artifacts" / f"compare-{size[0]}.png"))
-        # changed most: fly to the first cell; its panel shows both icons, both class lists and the figures
-        if size[0] <= 640:
-            page.click("#cmp-fold")
-        page.click("#cmp-list button[data-row]")
-        page.wait_for_function("!document.getElementById('panel').hidden && document.getElementById('panel-compare')", timeout=20_000)
-        page.wait_for_function("document.querySelectorAll('#panel-compare-icons canvas[data-loaded]').length === 2", timeout=10_000)
-        text = page.inner_text("#panel-compare")
-        assert "A (base)'s top classes" in text and "B (finetuned)'s top classes" in text
-        assert "relation change" in text and "rank 1 of" in text
-        page.reload()
-        page.wait_for_function("window.atlasViewer.compare && window.atlasViewer.compare.heat === true && "
-                               "window.atlasViewer.compare.heatCells > 0", timeout=20_000)
-        browser.close()
+def _check_viewer(browser: Any, url: str, size: tuple[int, int]) -> None:
+    page, problems = _open_view(browser, url, size)
+    got = page.evaluate("(() => { const s = document.getElementById('atlas-switch'); return {title: document.title,"
+                        " options: Array.from(s.options).map(o => o.textContent), chosen: s.selectedOptions[0].textContent,"
+                        " icons: window.atlasViewer.compare.icons}; })()")
+    assert got["icons"] == "network" and "base vs finetuned" in got["title"]
+    assert sum("Compare:" in o for o in got["options"]) == 3 and got["chosen"].startswith("Compare: base vs finetuned, on base")
+    # the key: A's icons drawn in place over the pyramid of B's, then B's again (the X key)
+    s = page.evaluate("window.atlasViewer.currentSize()")
+    page.click(".cmp-key button[data-icons='layout']")
+    page.wait_for_function("window.atlasViewer.compare.drawnIcons > 0", timeout=10_000)
+    drawn = page.evaluate("window.atlasViewer.compare.drawnIcons")
+    assert drawn == page.evaluate(f"Array.from(window.atlasViewer.compare.cells[{s}].byKey.values()).filter(c => c.icon).length")
+    assert "icons=a" in page.evaluate("location.hash")
+    page.keyboard.press("x")
+    page.wait_for_function("window.atlasViewer.compare.icons === 'network' && window.atlasViewer.compare.drawnIcons === 0")
+    # the heatmap: a legend, graded colours at the cells' centres
+    page.click("#cmp-heat")
+    page.wait_for_function("window.atlasViewer.compare.heatCells > 0", timeout=10_000)
+    assert page.is_visible("#cmp-legend") and page.inner_text("#cmp-legend-max").strip() != ""
+    centres = page.evaluate(f"""(() => {{ const a = window.atlasViewer, lv = a.compare.cells[{s}], box = document.getElementById('osd');
+        return Array.from(lv.byKey.values()).map(c => {{ const r = a.cellRect({s}, c.row, c.col);
+            return [r.x + r.w / 2, r.y + r.h / 2]; }}).filter(p => p[0] > 0 && p[1] > 0 && p[0] < box.clientWidth && p[1] < box.clientHeight); }})()""")
+    colours = {tuple(_pixel(page, x, y)[:3]) for x, y in centres}
+    assert len(colours) > 2, colours
+    assert "change=1" in page.evaluate("location.hash")
+    page.screenshot(path=str(Path(__file__).resolve().parents[2] / "test-artifacts" / f"compare-{size[0]}.png"))
+    # changed most: fly to the first cell; its panel shows both icons, both class lists and the figures
+    if size[0] <= 640:
+        page.click("#cmp-fold")
+    page.click("#cmp-list button[data-row]")
+    page.wait_for_function("!document.getElementById('panel').hidden && document.getElementById('panel-compare')", timeout=20_000)
+    page.wait_for_function("document.querySelectorAll('#panel-compare-icons canvas[data-loaded]').length === 2", timeout=10_000)
+    text = page.inner_text("#panel-compare")
+    assert "A (base)'s top classes" in text and "B (finetuned)'s top classes" in text
+    assert "relation change" in text and "rank 1 of" in text
+    page.reload()
+    page.wait_for_function("window.atlasViewer.compare && window.atlasViewer.compare.heat === true && "
+                           "window.atlasViewer.compare.heatCells > 0", timeout=20_000)
     assert not problems, problems
 
 

@@ -28,6 +28,7 @@ from atlas.stages import get_stage, run_stage
 from atlas.stages.locate import FILES
 from atlas.stages.locate._atlas import load_placer
 from atlas.store import RunDir
+from tests.browser import launched
 from tests.stages.contract import StageContract, copy_run
 
 HELD_OUT = tuple(range(64, 72))  # never collected: the tiny atlas has images.demo_count=64
@@ -216,15 +217,10 @@ class TestLocateContract(StageContract):
 @pytest.mark.browser
 def test_the_viewer_draws_a_located_image(located: tuple[Path, dict[str, Any]]) -> None:
     """From disk (file://): the Located list, the dots at the positions' atlas points, the card, the URL."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium, done by `make setup`)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     run_dir, doc = located
     unit = doc["images"][0]["unit"]
     problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    with launched() as browser:
         page = browser.new_page(viewport={"width": 1000, "height": 700})
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("console", lambda m: m.type == "error" and problems.append(m.text))
@@ -245,5 +241,4 @@ def test_the_viewer_draws_a_located_image(located: tuple[Path, dict[str, Any]]) 
                                "window.atlasViewer.located.drawn > 0", timeout=20_000)
         page.locator("#located-card .close").click()
         page.wait_for_function("window.atlasViewer.located.drawn === 0")
-        browser.close()
     assert not problems, problems

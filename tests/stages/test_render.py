@@ -15,7 +15,7 @@ import zarr
 from atlas.config import ConfigError, ImagesConfig, ModelConfig, RenderConfig, load_config
 from atlas.models import layer_output, load_network
 from atlas.models._activations import LayerActivations
-from atlas.ops.inversion import render_icons
+from atlas.ops.inversion import CPU_BATCH, auto_batch_size, render_icons
 from atlas.ops.objectives import cosine, own_rank
 from atlas.sources import demo_image
 from atlas.stages import get_stage, render, run_stage, stage_status
@@ -194,8 +194,19 @@ def test_auto_batch_size_is_resolved_once_and_recorded(tmp_path):
                                 "render.levels=[2]"))
     assert _run(cfg)
     g = zarr.open_group(str(run_dir / "render"), mode="r")
-    assert g.attrs["batch_size"] == render.CPU_BATCH and g.attrs["batch_size_setting"] == "auto"
+    cells = sum(int(v) for v in g.attrs["n_cells"].values())
+    assert g.attrs["batch_size"] == auto_batch_size(None, cells) and g.attrs["batch_size_setting"] == "auto"
     assert stage_status(STAGE, RunDir(run_dir)).detail["level_units"]["2"] == "1/1"  # planned with the recorded size
+
+
+def test_auto_batch_size_leaves_units_to_share():
+    """auto takes what fits, but never a level per unit: at most cells / 16 icons (at least 32)."""
+    assert auto_batch_size(None, 10_000) == CPU_BATCH  # off CUDA, many cells
+    assert auto_batch_size(None, 102) == 32  # the demo's 102 icons: 4 units, not 2
+    assert auto_batch_size(4096, 2_688) == 168  # a 64x64 grid on a large GPU: 16 units
+    assert auto_batch_size(4096, 100_000) == 4096  # 6,250 per unit would leave 16: the GPU's fit is less
+    assert auto_batch_size(50, 100_000) == 50  # what fits wins
+    assert auto_batch_size(1, 5) == 1
 
 
 def test_init_from_dataset_examples_starts_at_the_example_patch(tmp_path, whole_run):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from atlas.formats import UnitsOutput
 from atlas.ops.units import dictionary, quantise, self_rank
 from atlas.sources._demo import demo_location
 from atlas.store import RunDir, StoreError
+from tests.browser import launched
 from tests.stages.contract import StageContract, copy_run
 
 # A few icons (the layer has 192 channels: every unit gets examples, a heatmap and dictionaries; only
@@ -297,15 +297,10 @@ def _viewer_checks(page: Any, wide: bool) -> None:
 @pytest.mark.parametrize("size", [(1280, 800), (400, 800)], ids=["1280x800", "400x800"])
 def test_the_viewer_shows_a_cells_channels_and_a_channels_heatmap(units_run: tuple[Path, dict[str, Any]],
                                                                     size: tuple[int, int]) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium, done by `make setup`)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     run_dir, doc = units_run
     unit = next(iter(doc["located"]))
     problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    with launched() as browser:
         page = browser.new_page(viewport={"width": size[0], "height": size[1]})
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("console", lambda m: m.type == "error" and problems.append(m.text))
@@ -316,5 +311,4 @@ def test_the_viewer_shows_a_cells_channels_and_a_channels_heatmap(units_run: tup
         page.wait_for_function("document.querySelectorAll('#located-card img').length === 3 && "
                                "Array.from(document.querySelectorAll('#located-card img')).every(i => i.naturalWidth > 0)",
                                timeout=10_000)
-        browser.close()
     assert not problems, problems

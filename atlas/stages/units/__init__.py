@@ -34,9 +34,10 @@ from typing import Any
 
 from ...config import Config
 from ...formats._units import UnitsOutput, create_units
+from ...ops.inversion import CPU_BATCH
 from ...store import RunDir
 from .._protocol import Job, Resources, StageBase
-from ._context import CPU_BATCH, NAME, Context, open_context, settings
+from ._context import NAME, Context, open_context, settings
 from ._located import located_units
 
 __all__ = ["STAGE", "UnitsStage"]
@@ -46,11 +47,13 @@ def _resolve_batch_size(ctx: Context) -> int:
     bs = ctx.cfg.units.batch_size if ctx.cfg.units.batch_size is not None else ctx.cfg.render.batch_size
     if bs != "auto":
         return int(bs)
-    from ...ops.inversion import fit_batch_size
+    from ...ops.inversion import auto_batch_size, fit_batch_size
 
     fit = fit_batch_size(ctx.activations(), ctx.icon_size, restarts=ctx.cfg.render.restarts)
-    ctx.log.info("units batch_size auto: %s", f"{fit} icons fit the free GPU memory" if fit else f"{CPU_BATCH} (not on CUDA)")
-    return fit or CPU_BATCH
+    bs = auto_batch_size(fit, ctx.n_icons)
+    ctx.log.info("units batch_size auto: %d (%s, %d icons)", bs,
+                 f"{fit} icons fit the free GPU memory" if fit else f"{CPU_BATCH} off CUDA", ctx.n_icons)
+    return bs
 
 
 def _create(ctx: Context) -> None:

@@ -14,13 +14,13 @@ import numpy as np
 from ...config import Config
 from ...formats import CollectOutput, GridOutput
 from ...formats._units import UnitsOutput, UnitStats
+from ...ops.inversion import CPU_BATCH
 from ...ops.units import Basis, parse_basis
 from ...store import RunDir, StoreError
 
 __all__ = ["NAME", "Context", "Plan", "open_context", "settings", "unit_seed", "render_settings", "kind_of"]
 
 NAME = "units"
-CPU_BATCH = 100  # `batch_size: auto` off CUDA, as render
 EXAMPLE_UNITS = 128  # units whose example crops one `examples-NNNNNN` unit cuts
 TITLES = {"channels": "channel", "nmf": "neuron group", "sae": "feature"}
 
