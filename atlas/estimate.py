@@ -28,7 +28,7 @@ from typing import Any
 from .config import Config
 
 __all__ = ["Calibration", "StageEstimate", "Estimate", "FILL", "estimate", "default_calibration", "calibrate",
-           "image_count", "format_estimate", "cell_counts"]
+           "image_count", "format_estimate", "cell_counts", "tree_mib"]
 
 FILL = 0.3
 """Share of a grid's cells that hold icons: ``min(FILL * s², N // grid.min_count)`` icons at grid s. A prior,
@@ -328,7 +328,7 @@ def _rss_mib() -> float:
     return peak / _MIB if sys.platform == "darwin" else peak / 1024
 
 
-def _tree_mib(proc: Any) -> float:
+def tree_mib(proc: Any) -> float:
     """Memory of a process and its children (MiB): their summed PSS (RSS where PSS is not readable)."""
     import psutil
 
@@ -382,7 +382,7 @@ def _calibrate_collect(cfg: Config, seconds: float, start_timeout: float = 600.0
         try:
             ps = psutil.Process(proc.pid)
             while proc.poll() is None:
-                peak = max(peak, _tree_mib(ps))
+                peak = max(peak, tree_mib(ps))
                 times = _done_times(run_dir)
                 if first is None and times:
                     first = time.monotonic()

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from atlas.estimate import tree_mib
+
 ROOT = Path(__file__).resolve().parents[1]
 ATLAS = str(Path(sys.executable).with_name("atlas"))
 STAGES = ("collect", "reduce", "grid", "render", "tile")
@@ -56,18 +58,9 @@ class MemSampler(threading.Thread):
         except psutil.NoSuchProcess:
             return
         while not self._stop_evt.is_set():
-            total = 0
-            try:
-                for p in (root, *root.children(recursive=True)):
-                    try:
-                        info = p.memory_full_info()
-                        total += getattr(info, "pss", info.rss)
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            except psutil.NoSuchProcess:
-                return
+            total = tree_mib(root)  # what `atlas estimate` measures of its calibration collect
             if total:
-                self.samples.append((time.perf_counter() - self._t0, total / 2**20))
+                self.samples.append((time.perf_counter() - self._t0, total))
             self._stop_evt.wait(self.period)
 
     def stop(self) -> list[tuple[float, float]]:
